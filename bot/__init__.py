@@ -1,0 +1,1 @@
+"""Gridbot: chat front end for community grid governance."""

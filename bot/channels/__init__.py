@@ -1,0 +1,1 @@
+"""Channel adapters: the only place that imports platform libraries."""

@@ -1,0 +1,645 @@
+"""The order state machine: every transition writes an event row and queues its notifications.
+
+All methods run inside the caller's transaction; nothing here commits. Transitions that can race
+(accept, cancel, dispatch) are conditional UPDATEs checked by row count, never read-then-write, so
+under concurrent presses exactly one wins on SQLite and on PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.core import cards
+from bot.core.cards import OrderView, number
+from bot.core.notify import Notifier
+from bot.core.routing import (
+    ancestors,
+    can_manage,
+    escalation_target,
+    members_in_subtree,
+    people_with_role,
+    route_new_order,
+)
+from bot.i18n import Translator
+from bot.ports import Button, Outbound
+from models import Building, Category, Grid, Offer, Order, OrderEvent, Person, PointsEntry, Revisit
+from models.orders import (
+    ACCEPTED,
+    AWAITING_DISPATCH,
+    CANCELLABLE,
+    CANCELLED,
+    CLOSED,
+    CONFIRMED,
+    DISPATCHED,
+    DONE,
+    ESCALATED,
+    OFFER_ACCEPTED,
+    OFFER_DECLINED,
+    OFFER_OPEN,
+    OFFER_TAKEN,
+    OFFER_WITHDRAWN,
+    SUBMITTED,
+)
+from models.people import ROLE_HEAD
+
+log = logging.getLogger(__name__)
+
+#: Ratings at or below this open a revisit (回访) for the grid head.
+REVISIT_AT_OR_BELOW = 3
+
+
+class OrderError(Exception):
+    """A polite refusal: ``key`` names the sentence to show the user; nothing was changed."""
+
+    def __init__(self, key: str, **args: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.args_ = args
+
+
+@dataclass
+class NewOrder:
+    """What a resident filled in."""
+
+    category: str
+    description: str
+    photo: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+def offer_ref(offer_id: int) -> str:
+    """Outbox ref of the message that carries an offer (so it can be edited later)."""
+    return f"offer:{offer_id}"
+
+
+class OrderService:
+    """Transitions of orders, on behalf of a person, at a given time."""
+
+    def __init__(
+        self, session: AsyncSession, notifier: Notifier, tr: Translator, now: datetime
+    ) -> None:
+        self.session = session
+        self.notify = notifier
+        self.tr = tr
+        self.now = now
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    async def get(self, order_id: int) -> Order:
+        """Load an order or refuse politely."""
+        order = await self.session.get(Order, order_id, populate_existing=True)
+        if order is None:
+            raise OrderError("error.order_not_found")
+        return order
+
+    def _event(
+        self,
+        order: Order,
+        actor_id: int | None,
+        action: str,
+        from_status: str | None,
+        note: str | None = None,
+    ) -> None:
+        self.session.add(
+            OrderEvent(
+                order_id=order.id,
+                actor_id=actor_id,
+                action=action,
+                from_status=from_status,
+                to_status=order.status,
+                note=note,
+                created_at=self.now,
+            )
+        )
+
+    async def _transition(
+        self, order: Order, allowed: tuple[str, ...], to_status: str, **values: Any
+    ) -> str:
+        """Move ``order`` to ``to_status`` if it is still in one of ``allowed``; return the old
+        status. A concurrent change makes the row count 0 and the caller is told."""
+        result = await self.session.execute(
+            update(Order)
+            .where(Order.id == order.id, Order.status.in_(allowed))
+            .values(status=to_status, version=Order.version + 1, updated_at=self.now, **values)
+            .returning(Order.status)
+        )
+        if result.first() is None:
+            await self.session.refresh(order)
+            raise OrderError(self._stale_key(order))
+        old = order.status
+        await self.session.refresh(order)
+        return old
+
+    @staticmethod
+    def _stale_key(order: Order) -> str:
+        if order.status in (CANCELLED,):
+            return "error.order_cancelled"
+        if order.status in (ACCEPTED, DONE, CONFIRMED, CLOSED):
+            return "error.order_taken"
+        return "error.order_state_changed"
+
+    async def view(self, order: Order) -> OrderView:
+        """The order with its surroundings, fresh."""
+        return await OrderView.load(self.session, order)
+
+    async def _require_manager(self, person_id: int, order: Order) -> None:
+        grid = await self.session.get(Grid, order.handling_grid_id)
+        assert grid is not None
+        if not await can_manage(self.session, person_id, grid):
+            raise OrderError("error.not_your_button")
+
+    async def _notify_handlers(
+        self, order: Order, person_ids: list[int], note_key: str | None = None, **args: str
+    ) -> int:
+        view = await self.view(order)
+        reached = 0
+        for pid in person_ids:
+            row = await self.notify.to_person(
+                pid,
+                lambda lang: cards.dispatch_card(self.tr, lang, view, note_key, **args),
+                ref=f"disp:{order.id}",
+            )
+            reached += row is not None
+        return reached
+
+    async def _handlers(self, order: Order) -> list[int]:
+        """Who currently handles the order: the people responsible at its handling grid."""
+        grid = await self.session.get(Grid, order.handling_grid_id)
+        assert grid is not None
+        target = await route_new_order(self.session, grid)
+        return target.person_ids if target else []
+
+    async def _tell_resident(self, order: Order, key: str, **args: str) -> None:
+        await self.notify.to_person(
+            order.resident_id,
+            lambda lang: Outbound(self.tr.t(lang, key, number=number(order), **args)),
+        )
+
+    async def _close_open_offers(
+        self,
+        order: Order,
+        new_status: str,
+        key: str,
+        except_person: int | None = None,
+        **args: str,
+    ) -> None:
+        """Turn every open offer of ``order`` into ``new_status`` and edit its message."""
+        offers = (
+            await self.session.scalars(
+                select(Offer).where(Offer.order_id == order.id, Offer.status == OFFER_OPEN)
+            )
+        ).all()
+        if not offers:
+            return
+        view = await self.view(order)
+        for offer in offers:
+            if offer.person_id == except_person:
+                continue
+            offer.status = new_status
+            await self.notify.edit_for_person(
+                offer.person_id,
+                offer_ref(offer.id),
+                lambda lang: cards.offer_closed(self.tr, lang, view, key, **args),
+            )
+
+    # ---- resident --------------------------------------------------------------------------
+
+    async def submit(
+        self, resident: Person, building: Building, room: str | None, data: NewOrder
+    ) -> Order:
+        """Store a new order and route it to its micro-grid's worker(s) (or up the tree)."""
+        category = await self.session.scalar(
+            select(Category).where(Category.code == data.category)
+        )
+        if category is None:
+            raise OrderError("error.unknown_category")
+        grid = await self.session.get(Grid, building.grid_id)
+        assert grid is not None
+        target = await route_new_order(self.session, grid)
+        order = Order(
+            resident_id=resident.id,
+            building_id=building.id,
+            room=room,
+            grid_id=grid.id,
+            handling_grid_id=target.grid.id if target else grid.id,
+            category=category.code,
+            description=data.description,
+            photo=data.photo,
+            latitude=data.latitude,
+            longitude=data.longitude,
+            status=SUBMITTED,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.session.add(order)
+        await self.session.flush()
+        self._event(order, resident.id, "submit", None)
+        if target is None:
+            log.error("order %s has nobody to route to in grid %s", order.id, grid.code)
+        else:
+            reached = await self._notify_handlers(order, target.person_ids, "dispatch.new")
+            if not reached:
+                log.warning("order %s: no handler of grid %s has a chat yet", order.id, grid.code)
+        return order
+
+    async def cancel(self, person: Person, order_id: int) -> Order:
+        """The resident withdraws an order nobody has accepted yet."""
+        order = await self.get(order_id)
+        if order.resident_id != person.id:
+            raise OrderError("error.not_your_button")
+        if order.status not in CANCELLABLE:
+            raise OrderError("error.cannot_cancel")
+        old = await self._transition(order, CANCELLABLE, CANCELLED)
+        self._event(order, person.id, "cancel", old)
+        await self._close_open_offers(order, OFFER_WITHDRAWN, "offer.cancelled")
+        view = await self.view(order)
+        for pid in await self._handlers(order):
+            await self.notify.to_person(
+                pid,
+                lambda lang: Outbound(
+                    self.tr.t(lang, "dispatch.cancelled", number=number(order))
+                    + "\n\n"
+                    + cards.card_text(self.tr, lang, view, contact=False, full=False)
+                ),
+            )
+        return order
+
+    async def rate(self, person: Person, order_id: int, stars: int) -> Order:
+        """The resident confirms and rates; points go to the member; ≤3 stars → revisit."""
+        order = await self.get(order_id)
+        if order.resident_id != person.id:
+            raise OrderError("error.not_your_button")
+        if order.status != DONE:
+            raise OrderError("error.cannot_rate")
+        old = await self._transition(order, (DONE,), CONFIRMED, rating=stars)
+        self._event(order, person.id, "rate", old, note=str(stars))
+        await self._award_points(order)
+        if order.assignee_id:
+            await self.notify.to_person(
+                order.assignee_id,
+                lambda lang: Outbound(
+                    self.tr.t(lang, "member.rated", number=number(order), stars="★" * stars)
+                ),
+            )
+        if stars <= REVISIT_AT_OR_BELOW:
+            await self._open_revisit(order)
+        else:
+            old = await self._transition(order, (CONFIRMED,), CLOSED)
+            self._event(order, None, "close", old)
+        return order
+
+    async def _award_points(self, order: Order) -> None:
+        if order.assignee_id is None:
+            return
+        category = await self.session.scalar(
+            select(Category).where(Category.code == order.category)
+        )
+        points = category.points if category else 0
+        already = await self.session.scalar(
+            select(PointsEntry.id).where(
+                PointsEntry.order_id == order.id, PointsEntry.reason == "order_done"
+            )
+        )
+        if points <= 0 or already:
+            return
+        self.session.add(
+            PointsEntry(
+                person_id=order.assignee_id,
+                order_id=order.id,
+                points=points,
+                reason="order_done",
+                created_at=self.now,
+            )
+        )
+        await self.session.execute(
+            update(Person)
+            .where(Person.id == order.assignee_id)
+            .values(points=Person.points + points)
+        )
+
+    async def _open_revisit(self, order: Order) -> None:
+        grid = await self.session.get(Grid, order.grid_id)
+        assert grid is not None
+        chain = [grid]
+        chain += await ancestors(self.session, grid)
+        head_grid, heads = grid, []
+        for g in chain:
+            heads = await people_with_role(self.session, g.id, ROLE_HEAD)
+            if heads:
+                head_grid = g
+                break
+        revisit = Revisit(
+            order_id=order.id,
+            grid_id=head_grid.id,
+            head_id=heads[0] if heads else None,
+            created_at=self.now,
+        )
+        self.session.add(revisit)
+        await self.session.flush()
+        view = await self.view(order)
+        for pid in heads:
+            await self.notify.to_person(
+                pid,
+                lambda lang: Outbound(
+                    self.tr.t(
+                        lang, "revisit.new", number=number(order), stars="★" * (order.rating or 0)
+                    )
+                    + "\n\n"
+                    + cards.card_text(self.tr, lang, view, contact=True, full=True),
+                    buttons=[
+                        [Button(self.tr.t(lang, "btn.revisit_done"), cards.p.revisit(revisit.id))]
+                    ],
+                ),
+            )
+
+    async def not_solved(self, person: Person, order_id: int) -> Order:
+        """The resident says it is not solved: back to the same member."""
+        order = await self.get(order_id)
+        if order.resident_id != person.id:
+            raise OrderError("error.not_your_button")
+        if order.status != DONE:
+            raise OrderError("error.cannot_rate")
+        old = await self._transition(order, (DONE,), ACCEPTED)
+        self._event(order, person.id, "reopen", old)
+        view = await self.view(order)
+        if order.assignee_id:
+            await self.notify.to_person(
+                order.assignee_id,
+                lambda lang: cards.assignee_card(self.tr, lang, view, "member.reopened"),
+            )
+        return order
+
+    # ---- worker / head ---------------------------------------------------------------------
+
+    async def assignable(self, person: Person, order_id: int) -> tuple[Order, list[Any]]:
+        """Members the handler may assign the order to, least loaded first."""
+        order = await self.get(order_id)
+        await self._require_manager(person.id, order)
+        if order.status not in AWAITING_DISPATCH:
+            raise OrderError(
+                self._stale_key(order)
+                if order.status != DISPATCHED
+                else "error.already_dispatched"
+            )
+        grid = await self.session.get(Grid, order.handling_grid_id)
+        assert grid is not None
+        return order, await members_in_subtree(self.session, grid)
+
+    async def _offer(self, order: Order, person_ids: list[int], *, assigned: bool) -> int:
+        rnd = (
+            await self.session.scalar(
+                select(func.coalesce(func.max(Offer.round), 0)).where(Offer.order_id == order.id)
+            )
+            or 0
+        ) + 1
+        view = await self.view(order)
+        reached = 0
+        for pid in person_ids:
+            offer = Offer(order_id=order.id, person_id=pid, round=rnd, created_at=self.now)
+            self.session.add(offer)
+            await self.session.flush()
+            row = await self.notify.to_person(
+                pid,
+                lambda lang: cards.offer_card(self.tr, lang, view, assigned=assigned),
+                ref=offer_ref(offer.id),
+            )
+            reached += row is not None
+        return reached
+
+    async def assign(self, person: Person, order_id: int, member_id: int) -> Order:
+        """Offer the order to one named member."""
+        order, members = await self.assignable(person, order_id)
+        if member_id not in {m.person_id for m in members}:
+            raise OrderError("error.not_a_member_here")
+        old = await self._transition(order, AWAITING_DISPATCH, DISPATCHED, assignee_id=None)
+        member = await self.session.get(Person, member_id)
+        assert member is not None
+        self._event(order, person.id, "assign", old, note=member.name)
+        reached = await self._offer(order, [member_id], assigned=True)
+        if not reached:
+            raise OrderError("error.member_unreachable", name=member.name)
+        return order
+
+    async def broadcast(self, person: Person, order_id: int) -> tuple[Order, int]:
+        """Offer the order to every member of the handling grid's subtree; first accept wins."""
+        order, members = await self.assignable(person, order_id)
+        if not members:
+            raise OrderError("error.no_members")
+        old = await self._transition(order, AWAITING_DISPATCH, DISPATCHED, assignee_id=None)
+        self._event(order, person.id, "broadcast", old, note=str(len(members)))
+        reached = await self._offer(order, [m.person_id for m in members], assigned=False)
+        if not reached:
+            raise OrderError("error.no_members")
+        return order, reached
+
+    async def handle_self(self, person: Person, order_id: int) -> Order:
+        """The handler takes the order personally."""
+        order = await self.get(order_id)
+        await self._require_manager(person.id, order)
+        old = await self._transition(order, AWAITING_DISPATCH, ACCEPTED, assignee_id=person.id)
+        self._event(order, person.id, "handle", old)
+        await self._after_accept(order, person)
+        return order
+
+    async def escalate(self, person: Person, order_id: int, reason: str) -> Order:
+        """Send the order one level up the tree with a reason; the head above dispatches it."""
+        order = await self.get(order_id)
+        await self._require_manager(person.id, order)
+        allowed = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED)
+        if order.status not in allowed:
+            raise OrderError(self._stale_key(order))
+        grid = await self.session.get(Grid, order.handling_grid_id)
+        assert grid is not None
+        target = await escalation_target(self.session, grid)
+        if target is None:
+            raise OrderError("error.escalate_top")
+        previous_assignee = order.assignee_id
+        old = await self._transition(
+            order, allowed, ESCALATED, handling_grid_id=target.grid.id, assignee_id=None
+        )
+        self._event(order, person.id, "escalate", old, note=reason)
+        await self._close_open_offers(order, OFFER_WITHDRAWN, "offer.withdrawn")
+        if previous_assignee and previous_assignee != person.id:
+            await self.notify.to_person(
+                previous_assignee,
+                lambda lang: Outbound(
+                    self.tr.t(lang, "member.escalated_away", number=number(order))
+                ),
+            )
+        await self._notify_handlers(
+            order,
+            target.person_ids,
+            "dispatch.escalated",
+            reason=reason,
+            by=person.name,
+            level=target.grid.name,
+        )
+        await self._tell_resident(order, "resident.escalated", grid=target.grid.name)
+        return order
+
+    # ---- member ----------------------------------------------------------------------------
+
+    async def accept(self, person: Person, order_id: int) -> Order:
+        """First accept wins: a conditional UPDATE that only the holder of an open offer for a
+        still-dispatched order can make; everyone else's offer turns into 'taken'."""
+        order = await self.get(order_id)
+        has_offer = exists().where(
+            Offer.order_id == Order.id, Offer.person_id == person.id, Offer.status == OFFER_OPEN
+        )
+        result = await self.session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == DISPATCHED, has_offer)
+            .values(
+                status=ACCEPTED,
+                assignee_id=person.id,
+                version=Order.version + 1,
+                updated_at=self.now,
+            )
+            .returning(Order.id)
+        )
+        if result.first() is None:
+            await self.session.refresh(order)
+            offer_exists = await self.session.scalar(
+                select(Offer.id).where(Offer.order_id == order_id, Offer.person_id == person.id)
+            )
+            if not offer_exists:
+                raise OrderError("error.not_your_button")
+            if order.status == CANCELLED:
+                raise OrderError("error.order_cancelled")
+            if order.assignee_id == person.id and order.status == ACCEPTED:
+                raise OrderError("error.already_yours")
+            if order.status in (ACCEPTED, DONE, CONFIRMED, CLOSED):
+                raise OrderError("error.order_taken")
+            raise OrderError("error.offer_closed")
+        await self.session.refresh(order)
+        self._event(order, person.id, "accept", DISPATCHED)
+        mine = await self.session.scalar(
+            select(Offer).where(
+                Offer.order_id == order.id,
+                Offer.person_id == person.id,
+                Offer.status == OFFER_OPEN,
+            )
+        )
+        if mine is not None:
+            mine.status = OFFER_ACCEPTED
+        await self._close_open_offers(order, OFFER_TAKEN, "offer.taken", name=person.name)
+        await self._after_accept(order, person)
+        return order
+
+    async def _after_accept(self, order: Order, person: Person) -> None:
+        view = await self.view(order)
+        await self.notify.to_person(
+            person.id,
+            lambda lang: cards.assignee_card(self.tr, lang, view, "member.accepted"),
+            ref=f"task:{order.id}",
+        )
+        await self._tell_resident(order, "resident.accepted", name=person.name)
+        for pid in await self._handlers(order):
+            if pid != person.id:
+                await self.notify.to_person(
+                    pid,
+                    lambda lang: Outbound(
+                        self.tr.t(
+                            lang, "dispatch.accepted", number=number(order), name=person.name
+                        )
+                    ),
+                )
+
+    async def decline(self, person: Person, order_id: int) -> Order:
+        """A member turns an offer down; when no open offer is left the handler gets it back."""
+        order = await self.get(order_id)
+        offer = await self.session.scalar(
+            select(Offer).where(
+                Offer.order_id == order_id,
+                Offer.person_id == person.id,
+                Offer.status == OFFER_OPEN,
+            )
+        )
+        if offer is None:
+            anyone = await self.session.scalar(
+                select(Offer.id).where(Offer.order_id == order_id, Offer.person_id == person.id)
+            )
+            raise OrderError("error.offer_closed" if anyone else "error.not_your_button")
+        offer.status = OFFER_DECLINED
+        view = await self.view(order)
+        await self.notify.edit_for_person(
+            person.id,
+            offer_ref(offer.id),
+            lambda lang: cards.offer_closed(self.tr, lang, view, "offer.declined"),
+        )
+        await self.session.flush()
+        still_open = await self.session.scalar(
+            select(func.count())
+            .select_from(Offer)
+            .where(Offer.order_id == order_id, Offer.status == OFFER_OPEN)
+        )
+        self.session.add(
+            OrderEvent(
+                order_id=order.id,
+                actor_id=person.id,
+                action="decline",
+                from_status=order.status,
+                to_status=order.status,
+                created_at=self.now,
+            )
+        )
+        if not still_open and order.status == DISPATCHED:
+            old = await self._transition(order, (DISPATCHED,), SUBMITTED)
+            self._event(order, None, "returned", old)
+            await self._notify_handlers(
+                order, await self._handlers(order), "dispatch.declined", name=person.name
+            )
+        return order
+
+    async def start_done(self, person: Person, order_id: int) -> Order:
+        """Check that ``person`` may mark the order done (before asking for a note)."""
+        order = await self.get(order_id)
+        if order.assignee_id != person.id:
+            raise OrderError("error.not_your_button")
+        if order.status != ACCEPTED:
+            raise OrderError("error.cannot_finish")
+        return order
+
+    async def finish(
+        self, person: Person, order_id: int, note: str | None, photo: str | None
+    ) -> Order:
+        """The member marks the order done; the resident is asked to confirm and rate."""
+        order = await self.start_done(person, order_id)
+        old = await self._transition(order, (ACCEPTED,), DONE, done_note=note, done_photo=photo)
+        self._event(order, person.id, "done", old, note=note)
+        view = await self.view(order)
+        await self.notify.to_person(
+            order.resident_id,
+            lambda lang: cards.rating_card(self.tr, lang, view),
+            ref=f"rate:{order.id}",
+        )
+        return order
+
+    async def revisit_done(self, person: Person, revisit_id: int, note: str | None) -> Revisit:
+        """The head records the follow-up call; the order closes."""
+        revisit = await self.session.get(Revisit, revisit_id)
+        if revisit is None:
+            raise OrderError("error.button_invalid")
+        grid = await self.session.get(Grid, revisit.grid_id)
+        assert grid is not None
+        if not await can_manage(self.session, person.id, grid):
+            raise OrderError("error.not_your_button")
+        result = await self.session.execute(
+            update(Revisit)
+            .where(Revisit.id == revisit_id, Revisit.status == "open")
+            .values(status="done", note=note, done_at=self.now, head_id=person.id)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise OrderError("error.revisit_done_already")
+        order = await self.get(revisit.order_id)
+        if order.status == CONFIRMED:
+            old = await self._transition(order, (CONFIRMED,), CLOSED)
+            self._event(order, person.id, "revisit", old, note=note)
+        return revisit

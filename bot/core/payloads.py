@@ -1,0 +1,83 @@
+"""Button payloads: short, parseable, and treated as untrusted input.
+
+Every payload fits Telegram's 64-byte ``callback_data``. Parsing is strict: anything that does not
+match a known shape is rejected, and what a payload asks for is authorised on the server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "view")
+FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang")
+
+_PATTERNS = {
+    "o": re.compile(r"^o:(?P<act>[a-z]{2,4}):(?P<id>\d{1,12})$"),
+    "oa": re.compile(r"^oa:(?P<id>\d{1,12}):(?P<arg>\d{1,12})$"),
+    "or": re.compile(r"^or:(?P<id>\d{1,12}):(?P<arg>[1-5])$"),
+    "rv": re.compile(r"^rv:(?P<id>\d{1,12})$"),
+    "f": re.compile(r"^f:(?P<act>[a-z]{1,5})(?::(?P<arg>[A-Za-z0-9_-]{1,32}))?$"),
+    "m": re.compile(r"^m:(?P<act>[a-z]{1,16})$"),
+}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A parsed button payload."""
+
+    kind: str
+    action: str = ""
+    id: int | None = None
+    arg: str | None = None
+
+
+def parse(raw: str | None) -> Payload | None:
+    """Parse a payload; ``None`` for anything malformed or unknown."""
+    if not raw or len(raw) > 64:
+        return None
+    kind = raw.split(":", 1)[0]
+    pattern = _PATTERNS.get(kind)
+    match = pattern.match(raw) if pattern else None
+    if match is None:
+        return None
+    groups = match.groupdict()
+    action = groups.get("act") or ""
+    if kind == "o" and action not in ORDER_ACTIONS:
+        return None
+    if kind == "f" and action not in FLOW_ACTIONS:
+        return None
+    ident = groups.get("id")
+    return Payload(kind, action, int(ident) if ident else None, groups.get("arg"))
+
+
+def order(action: str, order_id: int) -> str:
+    """Payload of an order action button."""
+    assert action in ORDER_ACTIONS
+    return f"o:{action}:{order_id}"
+
+
+def assign(order_id: int, person_id: int) -> str:
+    """Payload of 'assign this order to this member'."""
+    return f"oa:{order_id}:{person_id}"
+
+
+def rate(order_id: int, stars: int) -> str:
+    """Payload of a star rating."""
+    return f"or:{order_id}:{stars}"
+
+
+def revisit(revisit_id: int) -> str:
+    """Payload of 'revisit done'."""
+    return f"rv:{revisit_id}"
+
+
+def flow(action: str, arg: str | None = None) -> str:
+    """Payload of a step inside a conversation flow."""
+    assert action in FLOW_ACTIONS
+    return f"f:{action}:{arg}" if arg else f"f:{action}"
+
+
+def menu(action: str) -> str:
+    """Payload of a main-menu shortcut."""
+    return f"m:{action}"

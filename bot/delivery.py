@@ -1,0 +1,261 @@
+"""The one delivery path: a durable outbox drained under each platform's limits.
+
+Rows are written in the same transaction as the state change they report, so a crash between
+commit and send loses nothing: a row is claimed with a lease (``claimed_until``) and a row whose
+lease ran out is claimed again. On PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` so several
+instances can drain one outbox. Limits: per chat (Telegram ~1 msg/s), global (~30 msg/s), per
+group (20/min); ``RetryAfter`` from the platform pauses that chat (and, being a flood signal,
+the whole channel) for the time asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.channels.base import Channel, DeliveryError, RetryAfter
+from bot.ports import Outbound
+from models import OutboxMessage, utcnow
+from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=60)
+MAX_ATTEMPTS = 8
+BATCH = 200
+
+
+class _Pacer:
+    """In-process pacing for one channel: global rate, per-chat gap, group window."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.next_global = 0.0
+        self.next_chat: dict[str, float] = defaultdict(float)
+        self.group_sent: dict[str, deque[float]] = defaultdict(deque)
+        self.paused_until = 0.0
+
+    def wait_for(self, chat_id: str, now: float) -> float:
+        """Seconds to wait before this chat may get its next message."""
+        limits = self.channel.limits
+        wait = max(self.paused_until - now, self.next_chat[chat_id] - now, 0.0)
+        if self.channel.is_group(chat_id):
+            window = self.group_sent[chat_id]
+            while window and now - window[0] >= 60.0:
+                window.popleft()
+            if len(window) >= limits.group_per_minute:
+                wait = max(wait, 60.0 - (now - window[0]))
+        return wait
+
+    async def take_global(self) -> None:
+        """Wait for a global sending slot."""
+        gap = 1.0 / self.channel.limits.global_per_second
+        now = time.monotonic()
+        slot = max(now, self.next_global)
+        self.next_global = slot + gap
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def sent(self, chat_id: str) -> None:
+        """Record a send to ``chat_id``."""
+        now = time.monotonic()
+        self.next_chat[chat_id] = now + self.channel.limits.per_chat_interval
+        if self.channel.is_group(chat_id):
+            self.group_sent[chat_id].append(now)
+
+
+class Deliverer:
+    """Drains the outbox through the channels."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        channels: Mapping[str, Channel],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.channels = dict(channels)
+        self.clock = clock
+        self.pacers = {name: _Pacer(ch) for name, ch in self.channels.items()}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent_count = 0
+        self.failed_count = 0
+
+    def add_channel(self, channel: Channel) -> None:
+        """Register a channel started after the deliverer."""
+        self.channels[channel.name] = channel
+        self.pacers[channel.name] = _Pacer(channel)
+
+    def wake(self) -> None:
+        """New rows were committed: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Run the drain loop in the background."""
+        self._task = asyncio.create_task(self._run(), name="gridbot-delivery")
+
+    async def stop(self) -> None:
+        """Stop the loop; claimed-but-unsent rows are picked up again after their lease."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                handled = await self.drain_once()
+            except Exception:
+                log.exception("delivery pass failed")
+                handled = 0
+            if handled:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _claim(self) -> list[OutboxMessage]:
+        now = self.clock()
+        async with self.sessionmaker() as session, session.begin():
+            stmt = (
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.channel.in_(list(self.channels)),
+                    or_(
+                        (OutboxMessage.status == OUT_PENDING) & (OutboxMessage.not_before <= now),
+                        (OutboxMessage.status == OUT_SENDING)
+                        & (OutboxMessage.claimed_until < now),
+                    ),
+                )
+                .order_by(OutboxMessage.id)
+                .limit(BATCH)
+            )
+            if session.bind and session.bind.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list((await session.scalars(stmt)).all())
+            if rows:
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_([r.id for r in rows]))
+                    .values(status=OUT_SENDING, claimed_until=now + LEASE)
+                )
+            return rows
+
+    async def drain_once(self) -> int:
+        """Claim due rows and send them, chat by chat in order; return how many were handled."""
+        rows = await self._claim()
+        if not rows:
+            return 0
+        by_chat: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
+        for row in rows:
+            by_chat[(row.channel, row.chat_id)].append(row)
+        await asyncio.gather(
+            *(self._send_chat(key, chat_rows) for key, chat_rows in by_chat.items())
+        )
+        return len(rows)
+
+    async def _send_chat(self, key: tuple[str, str], rows: list[OutboxMessage]) -> None:
+        channel_name, chat_id = key
+        pacer = self.pacers[channel_name]
+        for index, row in enumerate(rows):
+            wait = pacer.wait_for(chat_id, time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await pacer.take_global()
+            try:
+                message_id = await self._deliver(row)
+            except RetryAfter as err:
+                pause = time.monotonic() + err.seconds
+                pacer.paused_until = max(pacer.paused_until, pause)
+                await self._release(rows[index:], timedelta(seconds=err.seconds), str(err))
+                return
+            except DeliveryError as err:
+                await self._failed(row, err)
+                continue
+            except Exception as err:  # an adapter bug must not lose the row
+                log.exception("channel %s raised while sending", channel_name)
+                await self._failed(row, DeliveryError(repr(err)))
+                continue
+            pacer.sent(chat_id)
+            await self._mark_sent(row, message_id)
+
+    async def _deliver(self, row: OutboxMessage) -> str:
+        channel = self.channels[row.channel]
+        message = Outbound.from_payload(row.payload)
+        if not row.edit_ref:
+            return await channel.send(row.chat_id, message)
+        async with self.sessionmaker() as session, session.begin():
+            original = await session.scalar(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.ref == row.edit_ref,
+                    OutboxMessage.chat_id == row.chat_id,
+                    OutboxMessage.channel == row.channel,
+                )
+                .order_by(OutboxMessage.id.desc())
+                .limit(1)
+            )
+        if original is not None and original.platform_message_id:
+            return await channel.edit(row.chat_id, original.platform_message_id, message)
+        # The original never went out: the edit is the message to show.
+        return await channel.send(row.chat_id, message)
+
+    async def _mark_sent(self, row: OutboxMessage, message_id: str) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OUT_SENT,
+                    sent_at=self.clock(),
+                    platform_message_id=message_id,
+                    attempts=OutboxMessage.attempts + 1,
+                    claimed_until=None,
+                )
+            )
+        self.sent_count += 1
+
+    async def _release(self, rows: list[OutboxMessage], delay: timedelta, error: str) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_([r.id for r in rows]))
+                .values(
+                    status=OUT_PENDING,
+                    not_before=self.clock() + delay,
+                    claimed_until=None,
+                    error=error,
+                )
+            )
+
+    async def _failed(self, row: OutboxMessage, err: DeliveryError) -> None:
+        attempts = row.attempts + 1
+        final = err.permanent or attempts >= MAX_ATTEMPTS
+        backoff = timedelta(seconds=min(2**attempts, 300))
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row.id)
+                .values(
+                    status=OUT_FAILED if final else OUT_PENDING,
+                    attempts=attempts,
+                    not_before=self.clock() + backoff,
+                    claimed_until=None,
+                    error=str(err)[:500],
+                )
+            )
+        if final:
+            self.failed_count += 1
+            log.warning(
+                "outbox %s to %s failed for good after %s attempts", row.id, row.channel, attempts
+            )

@@ -1,0 +1,115 @@
+"""The neutral port between channels and handlers: inbound events and outbound messages.
+
+A channel adapter turns a platform update into an :class:`Inbound` and makes one call into the
+core; what the core sends back is an :class:`Outbound` that each adapter renders the best way its
+platform can (inline keyboards on Telegram, menus or numbered options on WeChat, HTML buttons in
+the local web chat).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+#: Telegram's callback_data limit; every payload fits it on every platform.
+MAX_PAYLOAD_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Button:
+    """A tappable choice: a label for people and an opaque payload for the server."""
+
+    label: str
+    payload: str
+
+    def __post_init__(self) -> None:
+        if len(self.payload.encode()) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"button payload longer than {MAX_PAYLOAD_BYTES} bytes")
+
+
+@dataclass
+class Outbound:
+    """A message to show a user: text, rows of buttons, an optional photo and reply menu."""
+
+    text: str
+    buttons: list[list[Button]] = field(default_factory=list)
+    photo: str | None = None
+    menu: list[list[str]] | None = None
+    remove_menu: bool = False
+    ask_location: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """Serialise for the outbox (JSON)."""
+        data: dict[str, Any] = {"text": self.text}
+        if self.buttons:
+            data["buttons"] = [[[b.label, b.payload] for b in row] for row in self.buttons]
+        if self.photo:
+            data["photo"] = self.photo
+        if self.menu:
+            data["menu"] = self.menu
+        if self.remove_menu:
+            data["remove_menu"] = True
+        if self.ask_location:
+            data["ask_location"] = self.ask_location
+        return data
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> Outbound:
+        """Rebuild from an outbox payload."""
+        return cls(
+            text=data["text"],
+            buttons=[
+                [Button(label, payload) for label, payload in row]
+                for row in data.get("buttons", [])
+            ],
+            photo=data.get("photo"),
+            menu=data.get("menu"),
+            remove_menu=bool(data.get("remove_menu")),
+            ask_location=data.get("ask_location"),
+        )
+
+    def all_buttons(self) -> list[Button]:
+        """Every button, row by row."""
+        return [b for row in self.buttons for b in row]
+
+
+@dataclass
+class Inbound:
+    """One thing a user did on a platform, in platform-neutral terms.
+
+    ``dedupe_key`` identifies the platform delivery (Telegram ``update_id``, WeChat ``MsgId``);
+    the same key twice is handled once. ``button`` is the payload of a pressed button and is
+    untrusted user input. ``photo`` is a platform file reference the channel can resolve.
+    """
+
+    channel: str
+    user_id: str
+    chat_id: str
+    dedupe_key: str | None = None
+    text: str | None = None
+    button: str | None = None
+    button_message_id: str | None = None
+    photo: str | None = None
+    location: tuple[float, float] | None = None
+    locale: str | None = None
+    display_name: str | None = None
+    received_at: datetime | None = None
+
+
+@dataclass
+class HandleResult:
+    """What the adapter needs after the core handled an event.
+
+    ``toast`` is the short acknowledgement of a button press (Telegram's answerCallbackQuery);
+    messages themselves always travel through the outbox.
+    """
+
+    toast: str | None = None
+    duplicate: bool = False
+    outbox_ids: list[int] = field(default_factory=list)
+
+
+#: The one call a channel makes into the core for each inbound event.
+Intake = Callable[[Inbound], Awaitable[HandleResult]]

@@ -1,0 +1,299 @@
+"""Commands, the main menu, help and the polite fallbacks."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.core import cards
+from bot.core import payloads as p
+from bot.core.orders import OrderError
+from bot.core.routing import path_ids, people_with_role
+from bot.i18n import SUPPORTED
+from bot.ports import Button, Outbound
+from handlers.context import Ctx
+from models import Building, Grid, Offer, Order, Person
+from models.orders import ACCEPTED, AWAITING_DISPATCH, CANCELLABLE, DONE, OFFER_OPEN
+from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROLE_WORKER
+
+LIST_LIMIT = 10
+
+#: Menu labels (catalog keys) and the command each one runs.
+MENU = {
+    "menu.order": "order",
+    "menu.myorders": "myorders",
+    "menu.mygrid": "mygrid",
+    "menu.tasks": "tasks",
+    "menu.queue": "queue",
+    "menu.help": "help",
+}
+
+
+async def command(ctx: Ctx, name: str, arg: str) -> None:
+    """Run a slash command (or its menu label)."""
+    from handlers import bind, flows
+
+    if name == "start":
+        if arg:
+            await ctx.end_conversation()
+            await bind.start(ctx, arg)
+        elif ctx.person is None:
+            await bind.welcome(ctx)
+        else:
+            ctx.say("start.back", name=ctx.person.name)
+            await show_menu(ctx)
+        return
+    if name == "help":
+        await help_(ctx)
+        return
+    if ctx.person is None:
+        await bind.welcome(ctx)
+        return
+    handlers = {
+        "order": flows.start_order,
+        "myorders": my_orders,
+        "mygrid": my_grid,
+        "tasks": my_tasks,
+        "queue": queue,
+        "cancel": cancel_flow,
+        "lang": choose_language,
+        "menu": show_menu,
+    }
+    handler = handlers.get(name)
+    if handler is None:
+        ctx.say("error.unknown_command", command=name[:32])
+        return
+    if name not in ("cancel", "lang", "menu"):
+        await ctx.end_conversation()
+    await handler(ctx)
+
+
+def menu_command(ctx: Ctx, text: str) -> str | None:
+    """The command a menu label stands for, in whatever language the label was shown."""
+    if not text or len(text) > 40:
+        return None
+    for key, name in MENU.items():
+        if text in ctx.tr.all_variants(key):
+            return name
+    return None
+
+
+async def menu_rows(ctx: Ctx) -> list[list[str]]:
+    """The persistent menu for the sender's roles."""
+    roles = {r.role for r in await ctx.roles()}
+    rows: list[list[str]] = []
+    if ROLE_RESIDENT in roles:
+        rows.append([ctx.t("menu.order"), ctx.t("menu.myorders")])
+    work = []
+    if ROLE_MEMBER in roles or ROLE_WORKER in roles or ROLE_HEAD in roles:
+        work.append(ctx.t("menu.tasks"))
+    if roles & {ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
+        work.append(ctx.t("menu.queue"))
+    if work:
+        rows.append(work)
+    rows.append([ctx.t("menu.mygrid"), ctx.t("menu.help")])
+    return rows
+
+
+async def show_menu(ctx: Ctx) -> None:
+    """Send the main menu."""
+    ctx.reply(Outbound(ctx.t("menu.title"), menu=await menu_rows(ctx)))
+
+
+async def help_(ctx: Ctx) -> None:
+    """What this person can do here."""
+    if ctx.person is None:
+        ctx.say("bind.welcome")
+        return
+    roles = {r.role for r in await ctx.roles()}
+    parts = [ctx.t("help.intro")]
+    for role in (ROLE_RESIDENT, ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
+        if role in roles:
+            parts.append(ctx.t(f"help.{role}"))
+    parts.append(ctx.t("help.common"))
+    ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))
+
+
+async def fallback(ctx: Ctx) -> None:
+    """Free text outside any flow: point to the menu, change nothing."""
+    ctx.reply(Outbound(ctx.t("fallback.hint"), menu=await menu_rows(ctx)))
+
+
+async def cancel_flow(ctx: Ctx) -> None:
+    """/cancel: leave the current flow."""
+    if await ctx.conversation() is None:
+        ctx.say("flow.nothing_to_cancel")
+        return
+    await ctx.end_conversation()
+    ctx.say("flow.cancelled")
+    await show_menu(ctx)
+
+
+async def choose_language(ctx: Ctx) -> None:
+    """/lang: pick a language."""
+    ctx.say(
+        "lang.pick",
+        [[Button(ctx.tr.t(code, "lang.name"), p.flow("lang", code)) for code in SUPPORTED]],
+    )
+
+
+async def set_language(ctx: Ctx, code: str) -> None:
+    """Store the chosen language."""
+    if code not in SUPPORTED or ctx.person is None:
+        raise OrderError("error.button_invalid")
+    ctx.person.locale = code
+    ctx.lang = code
+    ctx.say("lang.set")
+    await show_menu(ctx)
+
+
+def _status_line(ctx: Ctx, order: Order) -> str:
+    return ctx.t(
+        "list.line",
+        number=cards.number(order),
+        category=cards.category_name(ctx.tr, ctx.lang, order.category),
+        status=cards.status_name(ctx.tr, ctx.lang, order.status),
+        date=order.created_at.astimezone(ctx.settings.tz).strftime("%m-%d %H:%M"),
+    )
+
+
+async def my_orders(ctx: Ctx) -> None:
+    """A resident's latest orders, with what they can do next."""
+    assert ctx.person is not None
+    orders = (
+        await ctx.session.scalars(
+            select(Order)
+            .where(Order.resident_id == ctx.person.id)
+            .order_by(Order.id.desc())
+            .limit(LIST_LIMIT)
+        )
+    ).all()
+    if not orders:
+        ctx.say("list.no_orders", [[Button(ctx.t("menu.order"), p.menu("order"))]])
+        return
+    rows = []
+    for o in orders:
+        if o.status in CANCELLABLE:
+            rows.append(
+                [
+                    Button(ctx.t("btn.view", number=cards.number(o)), p.order("view", o.id)),
+                    Button(
+                        ctx.t("btn.cancel_order_n", number=cards.number(o)), p.order("cx", o.id)
+                    ),
+                ]
+            )
+        elif o.status == DONE:
+            rows.append(
+                [Button(ctx.t("btn.rate_n", number=cards.number(o)), p.order("view", o.id))]
+            )
+    text = ctx.t("list.my_orders") + "\n" + "\n".join(_status_line(ctx, o) for o in orders)
+    ctx.reply(Outbound(text, rows))
+
+
+async def my_tasks(ctx: Ctx) -> None:
+    """A member's accepted orders and open offers."""
+    assert ctx.person is not None
+    me = ctx.person.id
+    mine = (
+        await ctx.session.scalars(
+            select(Order)
+            .where(Order.assignee_id == me, Order.status == ACCEPTED)
+            .order_by(Order.id)
+            .limit(LIST_LIMIT)
+        )
+    ).all()
+    offered = (
+        await ctx.session.scalars(
+            select(Order)
+            .join(Offer, Offer.order_id == Order.id)
+            .where(Offer.person_id == me, Offer.status == OFFER_OPEN)
+            .order_by(Order.id)
+            .limit(LIST_LIMIT)
+        )
+    ).all()
+    if not mine and not offered:
+        ctx.say("list.no_tasks")
+        return
+    lines, rows = [], []
+    if mine:
+        lines.append(ctx.t("list.my_tasks"))
+        lines += [_status_line(ctx, o) for o in mine]
+        rows += [
+            [Button(ctx.t("btn.view", number=cards.number(o)), p.order("view", o.id))]
+            for o in mine
+        ]
+    if offered:
+        lines.append(ctx.t("list.my_offers"))
+        lines += [_status_line(ctx, o) for o in offered]
+        rows += [
+            [Button(ctx.t("btn.view", number=cards.number(o)), p.order("view", o.id))]
+            for o in offered
+        ]
+    ctx.reply(Outbound("\n".join(lines), rows))
+
+
+async def queue(ctx: Ctx) -> None:
+    """Orders waiting for dispatch in the grids this worker/head/admin looks after."""
+    assert ctx.person is not None
+    managed = [r for r in await ctx.roles() if r.role in (ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN)]
+    if not managed:
+        raise OrderError("error.not_a_manager")
+    grids = (
+        await ctx.session.scalars(select(Grid).where(Grid.id.in_([r.grid_id for r in managed])))
+    ).all()
+    prefix_filter = [Grid.path.startswith(g.path) for g in grids]
+    from sqlalchemy import or_
+
+    orders = (
+        await ctx.session.scalars(
+            select(Order)
+            .join(Grid, Grid.id == Order.handling_grid_id)
+            .where(Order.status.in_(AWAITING_DISPATCH), or_(*prefix_filter))
+            .order_by(Order.id)
+            .limit(LIST_LIMIT)
+        )
+    ).all()
+    if not orders:
+        ctx.say("list.queue_empty")
+        return
+    text = ctx.t("list.queue") + "\n" + "\n".join(_status_line(ctx, o) for o in orders)
+    rows = [
+        [Button(ctx.t("btn.view", number=cards.number(o)), p.order("view", o.id))] for o in orders
+    ]
+    ctx.reply(Outbound(text, rows))
+
+
+async def my_grid(ctx: Ctx) -> None:
+    """Who looks after my building: the micro-grid, its worker(s) and the grid head."""
+    roles = await ctx.roles()
+    residence = next((r for r in roles if r.role == ROLE_RESIDENT), None)
+    role = residence or (roles[0] if roles else None)
+    if role is None:
+        raise OrderError("error.not_bound")
+    grid = await ctx.session.get(Grid, role.grid_id)
+    assert grid is not None
+    lines = []
+    if residence and residence.building_id:
+        building = await ctx.session.get(Building, residence.building_id)
+        if building is not None:
+            lines.append(ctx.t("grid.building", building=building.name))
+    lines.append(ctx.t("grid.name", grid=grid.name))
+    chain = (await ctx.session.scalars(select(Grid).where(Grid.id.in_(path_ids(grid))))).all()
+    by_id = {g.id: g for g in chain}
+    for gid in reversed(path_ids(grid)):
+        g = by_id[gid]
+        for role_name in (ROLE_WORKER, ROLE_HEAD):
+            for pid in await people_with_role(ctx.session, g.id, role_name):
+                person = await ctx.session.get(Person, pid)
+                if person is None:
+                    continue
+                lines.append(
+                    ctx.t(
+                        f"grid.{role_name}",
+                        name=person.name,
+                        grid=g.name,
+                        phone=person.phone or "-",
+                    )
+                )
+        if any(line for line in lines[2:]):
+            break
+    ctx.reply(Outbound("\n".join(lines), menu=await menu_rows(ctx)))

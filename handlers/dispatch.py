@@ -1,0 +1,146 @@
+"""Order buttons: dispatch (assign, broadcast, handle, escalate), accept/decline, done, rate,
+cancel, revisit. Every press is authorised against the order on the server."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bot.core import cards
+from bot.core import payloads as p
+from bot.core.orders import OrderError
+from bot.core.routing import can_manage
+from bot.ports import Button, Outbound
+from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
+from models import Grid, Offer, Person, Revisit
+from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE, FINAL_STATES
+
+
+async def button(ctx: Ctx, payload: p.Payload) -> None:
+    """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``)."""
+    assert ctx.person is not None and payload.id is not None
+    person, oid = ctx.person, payload.id
+    if payload.kind == "oa":
+        order = await ctx.orders.assign(person, oid, int(payload.arg or 0))
+        member = await ctx.session.get(Person, int(payload.arg or 0))
+        ctx.toast = ctx.t("dispatch.assigned_short")
+        ctx.say(
+            "dispatch.assigned", number=cards.number(order), name=member.name if member else "-"
+        )
+        return
+    if payload.kind == "or":
+        await ctx.orders.rate(person, oid, int(payload.arg or 0))
+        ctx.toast = ctx.t("resident.rated_short")
+        ctx.say("resident.rated", stars="★" * int(payload.arg or 0))
+        return
+    if payload.kind == "rv":
+        revisit = await ctx.session.get(Revisit, oid)
+        if revisit is None or revisit.status != "open":
+            raise OrderError("error.revisit_done_already")
+        grid = await ctx.session.get(Grid, revisit.grid_id)
+        if grid is None or not await can_manage(ctx.session, person.id, grid):
+            raise OrderError("error.not_your_button")
+        await ctx.set_conversation(FLOW_REVISIT, "note", {"revisit_id": oid})
+        ctx.say(
+            "revisit.ask_note",
+            [
+                [
+                    Button(ctx.t("btn.skip"), p.flow("skip")),
+                    Button(ctx.t("btn.cancel_flow"), p.flow("x")),
+                ]
+            ],
+        )
+        return
+    action = payload.action
+    if action == "as":
+        order, members = await ctx.orders.assignable(person, oid)
+        if not members:
+            raise OrderError("error.no_members")
+        rows = [
+            [
+                Button(
+                    ctx.t("dispatch.member_label", name=m.name, load=str(m.open_orders)),
+                    p.assign(oid, m.person_id),
+                )
+            ]
+            for m in members
+        ]
+        ctx.say("dispatch.pick_member", rows, number=cards.number(order))
+    elif action == "bc":
+        order, reached = await ctx.orders.broadcast(person, oid)
+        ctx.toast = ctx.t("dispatch.broadcast_short")
+        ctx.say("dispatch.broadcast_ok", number=cards.number(order), count=str(reached))
+    elif action == "me":
+        order = await ctx.orders.handle_self(person, oid)
+        ctx.toast = ctx.t("dispatch.handle_short")
+    elif action == "esc":
+        order = await ctx.orders.get(oid)
+        grid = await ctx.session.get(Grid, order.handling_grid_id)
+        if grid is None or not await can_manage(ctx.session, person.id, grid):
+            raise OrderError("error.not_your_button")
+        if order.status in (*FINAL_STATES, DONE):
+            raise OrderError(ctx.orders._stale_key(order))
+        await ctx.set_conversation(FLOW_ESCALATE, "reason", {"order_id": oid})
+        ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
+    elif action == "acc":
+        order = await ctx.orders.accept(person, oid)
+        ctx.toast = ctx.t("member.accept_short", number=cards.number(order))
+    elif action == "dec":
+        order = await ctx.orders.decline(person, oid)
+        ctx.toast = ctx.t("member.declined_short")
+    elif action == "done":
+        await ctx.orders.start_done(person, oid)
+        await ctx.set_conversation(FLOW_DONE, "note", {"order_id": oid})
+        ctx.say(
+            "member.ask_done_note",
+            [
+                [
+                    Button(ctx.t("btn.skip"), p.flow("skip")),
+                    Button(ctx.t("btn.cancel_flow"), p.flow("x")),
+                ]
+            ],
+        )
+    elif action == "ns":
+        order = await ctx.orders.not_solved(person, oid)
+        ctx.say("resident.reopened", number=cards.number(order))
+    elif action == "cx":
+        order = await ctx.orders.cancel(person, oid)
+        ctx.toast = ctx.t("resident.cancelled_short")
+        ctx.say("resident.cancelled", number=cards.number(order))
+    elif action == "view":
+        await show_order(ctx, oid)
+    else:  # pragma: no cover - parse() only lets known actions through
+        raise OrderError("error.button_invalid")
+
+
+async def show_order(ctx: Ctx, order_id: int) -> None:
+    """Show one order to whoever may see it, with the buttons their part allows."""
+    assert ctx.person is not None
+    order = await ctx.orders.get(order_id)
+    view = await ctx.orders.view(order)
+    lang, tr, me = ctx.lang, ctx.tr, ctx.person.id
+    grid = await ctx.session.get(Grid, order.handling_grid_id)
+    assert grid is not None
+    if order.resident_id == me:
+        buttons = []
+        if order.status in (*AWAITING_DISPATCH, DISPATCHED):
+            buttons = [[Button(ctx.t("btn.cancel_order"), p.order("cx", order.id))]]
+        if order.status == DONE:
+            ctx.reply(cards.rating_card(tr, lang, view))
+            return
+        ctx.reply(Outbound(cards.card_text(tr, lang, view, contact=False, full=True), buttons))
+    elif order.assignee_id == me and order.status == "accepted":
+        ctx.reply(cards.assignee_card(tr, lang, view, "member.your_task"))
+    elif await can_manage(ctx.session, me, grid):
+        if order.status in AWAITING_DISPATCH:
+            ctx.reply(cards.dispatch_card(tr, lang, view))
+        else:
+            ctx.reply(Outbound(cards.card_text(tr, lang, view, contact=True, full=True)))
+    else:
+        offer = await ctx.session.scalar(
+            select(Offer.id).where(
+                Offer.order_id == order.id, Offer.person_id == me, Offer.status == "open"
+            )
+        )
+        if offer is None:
+            raise OrderError("error.not_your_button")
+        ctx.reply(cards.offer_card(tr, lang, view, assigned=False))

@@ -1,0 +1,193 @@
+"""The intake: one inbound event → one transaction → state changes and outbox rows.
+
+Order of business for every event: recognise a redelivery (the dedupe row is written in the same
+transaction as everything the event causes, so a crash leaves neither), find who is speaking,
+refuse oversized text, then route to a button, a command, the user's current flow, or help.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.config import Settings
+from bot.core import payloads
+from bot.core.notify import Notifier
+from bot.core.orders import OrderError, OrderService
+from bot.i18n import Translator, normalize_locale
+from bot.ports import HandleResult, Inbound, Outbound
+from handlers import bind, common, dispatch, flows
+from handlers.context import Ctx
+from models import Identity, Person, ProcessedUpdate, utcnow
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class Router:
+    """The platform-neutral core every channel calls (its ``intake``)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        tr: Translator,
+        *,
+        clock: Clock = utcnow,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.tr = tr
+        self.clock = clock
+        self.on_commit = on_commit or (lambda: None)
+
+    async def __call__(self, event: Inbound) -> HandleResult:
+        """Handle one event; never raises for bad input (the user gets a polite answer)."""
+        try:
+            result = await self._handle(event)
+        except Exception:
+            log.exception("handling %s event failed", event.channel)
+            result = await self._apologise(event)
+        if result.outbox_ids:
+            self.on_commit()
+        return result
+
+    async def _handle(self, event: Inbound) -> HandleResult:
+        now = self.clock()
+        async with self.sessionmaker() as session, session.begin():
+            if event.dedupe_key and not await self._first_delivery(session, event, now):
+                log.info("duplicate %s delivery ignored", event.channel)
+                return HandleResult(duplicate=True)
+            ctx = await self._context(session, event, now)
+            await self._route(ctx)
+            await session.flush()
+            return HandleResult(toast=ctx.toast, outbox_ids=[r.id for r in ctx.notify.written])
+
+    async def _first_delivery(self, session: AsyncSession, event: Inbound, now: datetime) -> bool:
+        assert event.dedupe_key is not None
+        dialect = session.bind.dialect.name if session.bind else "sqlite"
+        values = {"channel": event.channel, "dedupe_key": event.dedupe_key, "created_at": now}
+        stmt = (
+            postgresql.insert(ProcessedUpdate)
+            if dialect == "postgresql"
+            else sqlite.insert(ProcessedUpdate)
+            if dialect == "sqlite"
+            else insert(ProcessedUpdate)
+        )
+        result = await session.execute(
+            stmt.values(**values).on_conflict_do_nothing().returning(ProcessedUpdate.id)  # type: ignore[union-attr]
+        )
+        return result.first() is not None
+
+    async def _context(self, session: AsyncSession, event: Inbound, now: datetime) -> Ctx:
+        identity = await session.scalar(
+            select(Identity).where(
+                Identity.channel == event.channel, Identity.external_id == event.user_id
+            )
+        )
+        person = None
+        if identity is not None:
+            identity.last_inbound_at = now
+            identity.chat_id = event.chat_id
+            if event.locale:
+                identity.locale = normalize_locale(event.locale, self.settings.default_locale)
+            person = await session.get(Person, identity.person_id)
+        lang = (
+            (person.locale if person and person.locale else None)
+            or (identity.locale if identity and identity.locale else None)
+            or normalize_locale(event.locale, self.settings.default_locale)
+        )
+        notifier = Notifier(session, self.tr, self.settings.default_locale)
+        return Ctx(
+            session=session,
+            settings=self.settings,
+            tr=self.tr,
+            event=event,
+            identity=identity,
+            person=person,
+            lang=lang,
+            now=now,
+            notify=notifier,
+            orders=OrderService(session, notifier, self.tr, now),
+        )
+
+    async def _route(self, ctx: Ctx) -> None:
+        event = ctx.event
+        if event.text is not None and len(event.text) > self.settings.max_text_length:
+            ctx.say("error.too_long", limit=str(self.settings.max_text_length))
+            ctx.toast = ctx.t("error.too_long_short")
+            return
+        try:
+            async with ctx.session.begin_nested():
+                await self._dispatch(ctx)
+        except OrderError as refusal:
+            ctx.notify.written.clear()
+            ctx.say(refusal.key, **refusal.args_)
+            ctx.toast = ctx.t(refusal.key, **refusal.args_)
+
+    async def _dispatch(self, ctx: Ctx) -> None:
+        event = ctx.event
+        text = (event.text or "").strip()
+        if event.button is not None:
+            payload = payloads.parse(event.button)
+            if payload is None:
+                raise OrderError("error.button_invalid")
+            await self._button(ctx, payload)
+            return
+        if text.startswith("/"):
+            command, _, arg = text[1:].partition(" ")
+            command = command.split("@", 1)[0].lower()
+            await common.command(ctx, command, arg.strip())
+            return
+        menu_command = common.menu_command(ctx, text)
+        if menu_command:
+            await ctx.end_conversation()
+            await common.command(ctx, menu_command, "")
+            return
+        conv = await ctx.conversation()
+        if conv is not None:
+            await flows.step(ctx, conv)
+            return
+        if ctx.person is None:
+            await bind.welcome(ctx)
+            return
+        await common.fallback(ctx)
+
+    async def _button(self, ctx: Ctx, payload: payloads.Payload) -> None:
+        if ctx.person is None:
+            raise OrderError("error.not_bound")
+        if payload.kind == "f":
+            conv = await ctx.conversation()
+            if payload.action == "lang":
+                await common.set_language(ctx, payload.arg or "")
+                return
+            if conv is None:
+                raise OrderError("error.button_stale")
+            await flows.step(ctx, conv, payload)
+            return
+        if payload.kind == "m":
+            await ctx.end_conversation()
+            await common.command(ctx, payload.action, "")
+            return
+        await dispatch.button(ctx, payload)
+
+    async def _apologise(self, event: Inbound) -> HandleResult:
+        """Something broke: roll back (done), tell the user, keep the dedupe key free for retry."""
+        lang = normalize_locale(event.locale, self.settings.default_locale)
+        text = self.tr.t(lang, "error.internal")
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                notifier = Notifier(session, self.tr, self.settings.default_locale)
+                row = notifier.to_chat(event.channel, event.chat_id, Outbound(text))
+                await session.flush()
+                return HandleResult(toast=text, outbox_ids=[row.id])
+        except Exception:
+            log.exception("could not even apologise")
+            return HandleResult(toast=text)

@@ -1,0 +1,66 @@
+"""The grid tree, buildings and community settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+
+class Community(Base):
+    """One imported community file: its name and the names of its tree levels."""
+
+    __tablename__ = "community"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    level_names: Mapped[str] = mapped_column(String(500), default="")
+    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Grid(Base):
+    """A node of the grid tree (district, street, community, grid, micro-grid, ...).
+
+    ``path`` is the materialised path of ids (``/1/4/17/``) so a subtree is one LIKE query.
+    """
+
+    __tablename__ = "grid"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("community.id", ondelete="CASCADE"))
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("grid.id"), index=True)
+    depth: Mapped[int] = mapped_column(default=0)
+    path: Mapped[str] = mapped_column(String(1000), default="/", index=True)
+
+
+class Building(Base):
+    """An addressable building or building unit, belonging to one (micro-)grid."""
+
+    __tablename__ = "building"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(500), default="")
+
+
+class Category(Base):
+    """An order category. Its display name comes from the catalogs (``category.<code>``)."""
+
+    __tablename__ = "category"
+    __table_args__ = (UniqueConstraint("code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32))
+    urgent: Mapped[bool] = mapped_column(default=False)
+    deadline_hours: Mapped[int] = mapped_column(default=72)
+    points: Mapped[int] = mapped_column(default=10)
+    sort: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,104 @@
+"""Delivery and conversation plumbing: outbox, processed updates, conversation state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+OUT_PENDING = "pending"
+OUT_SENDING = "sending"
+OUT_SENT = "sent"
+OUT_FAILED = "failed"
+
+
+class OutboxMessage(Base):
+    """A message to send (or a sent message to edit), written with the state change it reports.
+
+    ``ref`` names a message so that later rows can edit it (``edit_ref``), e.g. ``offer:12``.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_due", "status", "not_before"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    edit_ref: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=OUT_PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    not_before: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    platform_message_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class ProcessedUpdate(Base):
+    """An inbound platform delivery already handled: a redelivery is recognised and skipped."""
+
+    __tablename__ = "processed_update"
+    __table_args__ = (UniqueConstraint("channel", "dedupe_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    dedupe_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Conversation(Base):
+    """Where one user stands in a multi-step flow (e.g. placing an order), kept across restarts."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (UniqueConstraint("identity_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identity.id", ondelete="CASCADE"))
+    flow: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebChatMessage(Base):
+    """A message shown in the local web chat (that channel's 'platform' storage)."""
+
+    __tablename__ = "webchat_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(128), index=True)
+    direction: Mapped[str] = mapped_column(String(3))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class KeyValue(Base):
+    """Small service-wide values, e.g. the generated signing secret."""
+
+    __tablename__ = "kv"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+__all__ = [
+    "OUT_FAILED",
+    "OUT_PENDING",
+    "OUT_SENDING",
+    "OUT_SENT",
+    "Conversation",
+    "KeyValue",
+    "OutboxMessage",
+    "ProcessedUpdate",
+    "WebChatMessage",
+]

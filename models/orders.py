@@ -1,0 +1,121 @@
+"""Orders (residents' requests), their event trail, offers, revisits and points."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, utcnow
+
+SUBMITTED = "submitted"
+ESCALATED = "escalated"
+DISPATCHED = "dispatched"
+ACCEPTED = "accepted"
+DONE = "done"
+CONFIRMED = "confirmed"
+CLOSED = "closed"
+CANCELLED = "cancelled"
+AUTO_CLOSED = "auto_closed"
+
+#: States in which the order waits for its handler (worker/head) to dispatch it.
+AWAITING_DISPATCH = (SUBMITTED, ESCALATED)
+#: States in which the resident may still cancel (nobody has accepted yet).
+CANCELLABLE = (SUBMITTED, ESCALATED, DISPATCHED)
+OPEN_STATES = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED, DONE)
+FINAL_STATES = (CLOSED, CANCELLED, AUTO_CLOSED)
+
+
+class Order(Base):
+    """A resident's request for help and where it stands."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resident_id: Mapped[int] = mapped_column(ForeignKey("person.id"), index=True)
+    building_id: Mapped[int] = mapped_column(ForeignKey("building.id"))
+    room: Mapped[str | None] = mapped_column(String(32))
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id"), index=True)
+    handling_grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id"), index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    photo: Mapped[str | None] = mapped_column(String(300))
+    latitude: Mapped[float | None] = mapped_column()
+    longitude: Mapped[float | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default=SUBMITTED, index=True)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"), index=True)
+    rating: Mapped[int | None] = mapped_column()
+    done_note: Mapped[str | None] = mapped_column(Text)
+    done_photo: Mapped[str | None] = mapped_column(String(300))
+    version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OrderEvent(Base):
+    """One transition of an order: who, when, from which state to which, and a note."""
+
+    __tablename__ = "order_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"))
+    action: Mapped[str] = mapped_column(String(24))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+OFFER_OPEN = "open"
+OFFER_ACCEPTED = "accepted"
+OFFER_TAKEN = "taken"
+OFFER_DECLINED = "declined"
+OFFER_WITHDRAWN = "withdrawn"
+
+
+class Offer(Base):
+    """An order offered to one member (by assignment or broadcast)."""
+
+    __tablename__ = "offer"
+    __table_args__ = (
+        UniqueConstraint("order_id", "person_id", "round"),
+        Index("ix_offer_order_status", "order_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id"), index=True)
+    round: Mapped[int] = mapped_column(default=1)
+    status: Mapped[str] = mapped_column(String(16), default=OFFER_OPEN)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Revisit(Base):
+    """A follow-up call (回访) the grid head owes on a low-rated order."""
+
+    __tablename__ = "revisit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id"))
+    head_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column()
+
+
+class PointsEntry(Base):
+    """Points (积分) credited to a member, one row per reason."""
+
+    __tablename__ = "points_entry"
+    __table_args__ = (UniqueConstraint("person_id", "order_id", "reason"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id"), index=True)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    points: Mapped[int] = mapped_column()
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
