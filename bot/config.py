@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         description="Folder of the message catalogs",
     )
     qr_dir: Path = Field(Path("qr"), description="Folder where QR code PNGs are written")
+    media_dir: Path = Field(
+        Path("media"), description="Folder for photos sent through the local web chat"
+    )
 
     @field_validator("timezone")
     @classmethod

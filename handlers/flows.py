@@ -40,6 +40,8 @@ def _skip_row(ctx: Ctx) -> list[Button]:
 
 async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -> None:
     """Feed one event (text, photo, location or flow button) to the user's current flow."""
+    if payload is None:
+        payload = _typed_flow_button(ctx)
     if payload is not None and payload.action == "x":
         await ctx.end_conversation()
         ctx.say("flow.cancelled")
@@ -59,6 +61,23 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
     else:
         await ctx.end_conversation()
         await common.fallback(ctx)
+
+
+def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
+    """A reply-keyboard tap (or typed label) of "skip"/"cancel" counts as the button."""
+    text = (ctx.event.text or "").strip()
+    if text and text in ctx.tr.all_variants("btn.skip"):
+        return p.Payload("f", "skip")
+    if text and text in ctx.tr.all_variants("btn.cancel_flow"):
+        return p.Payload("f", "x")
+    return None
+
+
+def _location_question(ctx: Ctx, key: str) -> Outbound:
+    # A location request is a reply keyboard; skip/cancel ride on it as keys, since a
+    # Telegram message carries one keyboard only.
+    return Outbound(ctx.t(key), menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
+                    ask_location=ctx.t("btn.send_location"))
 
 
 # ---- placing an order ---------------------------------------------------------------------
@@ -132,13 +151,7 @@ async def order_step(
         if ev.location:
             data["lat"], data["lon"] = ev.location
         elif payload is None or payload.action != "skip":
-            ctx.reply(
-                Outbound(
-                    ctx.t("order.ask_location_again"),
-                    [_skip_row(ctx)],
-                    ask_location=ctx.t("btn.send_location"),
-                )
-            )
+            ctx.reply(_location_question(ctx, "order.ask_location_again"))
             return
         await _confirm(ctx, data)
         return
@@ -153,11 +166,7 @@ async def order_step(
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
     await ctx.set_conversation(FLOW_ORDER, "location", data)
-    ctx.reply(
-        Outbound(
-            ctx.t("order.ask_location"), [_skip_row(ctx)], ask_location=ctx.t("btn.send_location")
-        )
-    )
+    ctx.reply(_location_question(ctx, "order.ask_location"))
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -207,9 +216,11 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
         Outbound(
             ctx.t("order.received", number=cards.number(order)),
             [[Button(ctx.t("btn.cancel_order"), p.order("cx", order.id))]],
-            menu=await common.menu_rows(ctx),
         )
     )
+    # The location step replaced the menu keyboard; a message carries inline buttons or a
+    # keyboard, not both, so the menu comes back on its own message.
+    await common.show_menu(ctx)
     ctx.toast = ctx.t("order.received_short", number=cards.number(order))
 
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -73,17 +73,14 @@ class Router:
     async def _first_delivery(self, session: AsyncSession, event: Inbound, now: datetime) -> bool:
         assert event.dedupe_key is not None
         dialect = session.bind.dialect.name if session.bind else "sqlite"
-        values = {"channel": event.channel, "dedupe_key": event.dedupe_key, "created_at": now}
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = (
-            postgresql.insert(ProcessedUpdate)
-            if dialect == "postgresql"
-            else sqlite.insert(ProcessedUpdate)
-            if dialect == "sqlite"
-            else insert(ProcessedUpdate)
+            insert(ProcessedUpdate)
+            .values(channel=event.channel, dedupe_key=event.dedupe_key, created_at=now)
+            .on_conflict_do_nothing()
+            .returning(ProcessedUpdate.id)
         )
-        result = await session.execute(
-            stmt.values(**values).on_conflict_do_nothing().returning(ProcessedUpdate.id)  # type: ignore[union-attr]
-        )
+        result = await session.execute(stmt)
         return result.first() is not None
 
     async def _context(self, session: AsyncSession, event: Inbound, now: datetime) -> Ctx:

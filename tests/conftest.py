@@ -20,7 +20,9 @@ from bot.core.invites import create_invite, signing_key
 from bot.ports import HandleResult, Inbound
 from models import Base, Building, Grid, Identity, Order, OrderEvent, Person, utcnow
 
-PG_ADMIN_URL = os.environ.get("GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 
 
 def _pg_available() -> str | None:
@@ -111,13 +113,27 @@ class Harness:
         async with self.app.sessionmaker() as session, session.begin():
             person = await session.scalar(select(Person).where(Person.key == key))
             assert person is not None, key
-            session.add(Identity(person_id=person.id, channel="memory", external_id=key,
-                                 chat_id=key, last_inbound_at=utcnow()))
+            session.add(
+                Identity(
+                    person_id=person.id,
+                    channel="memory",
+                    external_id=key,
+                    chat_id=key,
+                    last_inbound_at=utcnow(),
+                )
+            )
             name = person.name
         return self.user(key, name=name, locale=locale)
 
-    async def invite(self, role: str, grid: str, building: str | None = None, *,
-                     max_uses: int | None = 1, days: float = 7) -> str:
+    async def invite(
+        self,
+        role: str,
+        grid: str,
+        building: str | None = None,
+        *,
+        max_uses: int | None = 1,
+        days: float = 7,
+    ) -> str:
         """A fresh invite token."""
         async with self.app.sessionmaker() as session, session.begin():
             key = await signing_key(session, self.app.settings)
@@ -128,9 +144,15 @@ class Harness:
                 b = await session.scalar(select(Building).where(Building.code == building))
                 assert b is not None
                 b_id = b.id
-            _, token = await create_invite(session, key, role=role, grid_id=g.id,
-                                           building_id=b_id, max_uses=max_uses,
-                                           expires_at=utcnow() + timedelta(days=days))
+            _, token = await create_invite(
+                session,
+                key,
+                role=role,
+                grid_id=g.id,
+                building_id=b_id,
+                max_uses=max_uses,
+                expires_at=utcnow() + timedelta(days=days),
+            )
             return token
 
     async def order(self, order_id: int) -> Order:
@@ -150,7 +172,8 @@ class Harness:
         async with self.app.sessionmaker() as session:
             rows = await session.execute(
                 select(OrderEvent.action, OrderEvent.from_status, OrderEvent.to_status)
-                .where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+                .where(OrderEvent.order_id == order_id)
+                .order_by(OrderEvent.id)
             )
             return [tuple(r) for r in rows.all()]  # type: ignore[misc]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import uuid4
 
 from bot.channels.base import DeliveryError, Limits
@@ -90,7 +91,7 @@ class MemoryUser:
         """Private chat id (same as the user id)."""
         return self.user_id
 
-    def _event(self, **kwargs: object) -> Inbound:
+    def _event(self, **kwargs: Any) -> Inbound:
         return Inbound(
             channel=self.channel.name,
             user_id=self.user_id,
@@ -99,7 +100,7 @@ class MemoryUser:
             locale=self.locale,
             display_name=self.name,
             **kwargs,
-        )  # type: ignore[arg-type]
+        )
 
     async def send(self, text: str) -> str | None:
         """Type a text; return the toast, if any."""

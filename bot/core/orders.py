@@ -123,17 +123,21 @@ class OrderService:
         self, order: Order, allowed: tuple[str, ...], to_status: str, **values: Any
     ) -> str:
         """Move ``order`` to ``to_status`` if it is still in one of ``allowed``; return the old
-        status. A concurrent change makes the row count 0 and the caller is told."""
+        status. A concurrent change makes the row count 0 and the caller is told.
+
+        The old status is the one read before the UPDATE (the ORM synchronises the object with
+        the new values), and the UPDATE requires it to be unchanged, so the event's ``from`` is
+        exact and nobody acts on a state they did not see."""
+        old = order.status
         result = await self.session.execute(
             update(Order)
-            .where(Order.id == order.id, Order.status.in_(allowed))
+            .where(Order.id == order.id, Order.status.in_(allowed), Order.status == old)
             .values(status=to_status, version=Order.version + 1, updated_at=self.now, **values)
             .returning(Order.status)
         )
         if result.first() is None:
             await self.session.refresh(order)
             raise OrderError(self._stale_key(order))
-        old = order.status
         await self.session.refresh(order)
         return old
 

@@ -1,0 +1,1 @@
+"""Community administration: importing the grid tree and people, invites, the admin CLI."""

@@ -1,0 +1,324 @@
+"""Admin subcommands of the ``gridbot`` command line: import, grids, invite, qr-sheet.
+
+``bot/cli.py`` builds the parser and calls :func:`add_admin_commands`; each command is a sync
+function ``(settings, args) -> exit code`` that opens its own engine, migrates the schema, does
+its work in one transaction and disposes the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.admin.importer import (
+    CommunityFileError,
+    ImportReport,
+    grid_tree,
+    import_community,
+    render_tree,
+)
+from bot.config import Settings
+from bot.core.invites import (
+    building_sheet,
+    create_invite,
+    qr_png,
+    signing_key,
+    telegram_link,
+)
+from models.base import utcnow
+from models.db import make_engine, make_sessionmaker, upgrade
+from models.grid import Building, Grid
+from models.people import ROLE_RESIDENT, ROLES
+
+_T = TypeVar("_T")
+
+#: Chinese names of the roles, for the captions printed under QR codes.
+ROLE_LABELS_ZH = {
+    "resident": "居民",
+    "member": "党员志愿者",
+    "worker": "网格员",
+    "head": "网格长",
+    "admin": "社区管理员",
+}
+
+SHEET_DAYS = 180
+
+
+class CliError(Exception):
+    """A command failed in a way the user can fix; the message is printed after ``error:``."""
+
+
+def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
+    """Run ``work`` in one transaction on a migrated database; roll back if it raises."""
+
+    async def main() -> _T:
+        engine = make_engine(settings.database_url)
+        try:
+            await upgrade(engine)
+            async with make_sessionmaker(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Import community files (YAML or CSV) in one transaction; all or nothing."""
+
+    async def work(session: AsyncSession) -> list[ImportReport]:
+        return [await import_community(session, Path(f), fmt=args.format) for f in args.files]
+
+    try:
+        reports = _run(settings, work)
+    except CommunityFileError as exc:
+        return _fail(f"{exc}\nnothing was imported")
+    for report in reports:
+        print(report)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# grids
+
+
+def cmd_grids(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the grid tree with the number of buildings and people of each grid."""
+    tree = _run(settings, grid_tree)
+    if args.json:
+        print(json.dumps(tree, ensure_ascii=False, indent=2))
+    else:
+        print(render_tree(tree))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# invite
+
+
+async def _grid_by_code(session: AsyncSession, code: str) -> Grid:
+    grid = await session.scalar(select(Grid).where(Grid.code == code))
+    if grid is None:
+        raise CliError(f"unknown grid {code}")
+    return grid
+
+
+async def _building_by_code(session: AsyncSession, code: str) -> Building:
+    building = await session.scalar(select(Building).where(Building.code == code))
+    if building is None:
+        raise CliError(f"unknown building {code}")
+    return building
+
+
+def _caption(role: str, place: str, code: str, expires: str) -> str:
+    return f"{ROLE_LABELS_ZH.get(role, role)}邀请 · {place}\n{role} · {code} · until {expires}"
+
+
+def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
+    """Create one invite, print its token and Telegram link, and write its QR code."""
+    if args.role == ROLE_RESIDENT and not args.building:
+        return _fail("a resident invite needs --building")
+    if args.uses is not None and args.uses < 1:
+        return _fail("--uses must be at least 1")
+    days = settings.invite_days if args.days is None else args.days
+    if days <= 0:
+        return _fail("--days must be positive")
+    if args.single:
+        max_uses: int | None = 1
+    elif args.uses is not None:
+        max_uses = args.uses
+    else:
+        max_uses = None if args.role == ROLE_RESIDENT else 1
+    out_dir = Path(args.out) if args.out else settings.qr_dir
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        grid = await _grid_by_code(session, args.grid)
+        building = await _building_by_code(session, args.building) if args.building else None
+        grid_id = grid.id
+        if building is not None:
+            home = await session.get(Grid, building.grid_id)
+            assert home is not None
+            if not home.path.startswith(grid.path):
+                raise CliError(f"building {building.code} is not in grid {grid.code}")
+            if args.role == ROLE_RESIDENT:
+                grid_id = home.id
+        key = await signing_key(session, settings)
+        expires_at = utcnow() + timedelta(days=days)
+        invite, token = await create_invite(
+            session,
+            key,
+            role=args.role,
+            grid_id=grid_id,
+            building_id=building.id if building else None,
+            expires_at=expires_at,
+            max_uses=max_uses,
+        )
+        link = telegram_link(args.bot_username, token)
+        name = f"invite-{invite.id}-{args.role}-{grid.code}"
+        if building is not None:
+            name += f"-{building.code}"
+        expires_local = expires_at.astimezone(settings.tz)
+        place = building.name if building else grid.name
+        code = building.code if building else grid.code
+        png = qr_png(
+            link,
+            out_dir / f"{name}.png",
+            _caption(args.role, place, code, expires_local.date().isoformat()),
+        )
+        return {
+            "id": invite.id,
+            "token": token,
+            "role": args.role,
+            "grid": grid.code,
+            "building": building.code if building else None,
+            "max_uses": max_uses,
+            "expires_at": expires_local.isoformat(),
+            "telegram_link": link,
+            "qr_png": str(png),
+            "_place": place,
+        }
+
+    try:
+        info = _run(settings, work)
+    except CliError as exc:
+        return _fail(str(exc))
+    place = info.pop("_place")
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    uses = "unlimited uses" if max_uses is None else f"{max_uses} use(s)"
+    print(f"invite #{info['id']}: {info['role']} of {place} [{info['building'] or info['grid']}]")
+    print(f"  {uses}, valid until {info['expires_at']}")
+    print(f"token:    {info['token']}")
+    print(f"telegram: {info['telegram_link']}")
+    print(f"qr code:  {info['qr_png']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# qr-sheet
+
+
+def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
+    """One multi-use resident invite per building under a grid, printed as A4 sheets per grid."""
+    days = SHEET_DAYS if args.days is None else args.days
+    if days <= 0:
+        return _fail("--days must be positive")
+    out_dir = Path(args.out) if args.out else settings.qr_dir
+
+    async def work(session: AsyncSession) -> list[Path]:
+        top = await _grid_by_code(session, args.grid)
+        stmt = (
+            select(Building, Grid)
+            .join(Grid, Building.grid_id == Grid.id)
+            .where(Grid.path.startswith(top.path, autoescape=True))
+            .order_by(Grid.path, Building.code)
+        )
+        groups: dict[int, tuple[Grid, list[Building]]] = {}
+        for building, grid in await session.execute(stmt):
+            groups.setdefault(grid.id, (grid, []))[1].append(building)
+        if not groups:
+            raise CliError(f"no buildings under grid {top.code}")
+        key = await signing_key(session, settings)
+        expires_at = utcnow() + timedelta(days=days)
+        until = expires_at.astimezone(settings.tz).date().isoformat()
+        written: list[Path] = []
+        for grid, buildings in groups.values():
+            entries: list[tuple[str, str]] = []
+            for building in buildings:
+                _invite, token = await create_invite(
+                    session,
+                    key,
+                    role=ROLE_RESIDENT,
+                    grid_id=grid.id,
+                    building_id=building.id,
+                    expires_at=expires_at,
+                    max_uses=None,
+                )
+                link = telegram_link(args.bot_username, token)
+                entries.append((f"{building.name}\n{building.code}", link))
+            title = (
+                f"{grid.name} · 居民扫码登记\n"
+                f"{grid.code}: scan to join your building (valid until {until})"
+            )
+            written += building_sheet(entries, out_dir / f"sheet-{grid.code}.png", title)
+        return written
+
+    try:
+        paths = _run(settings, work)
+    except CliError as exc:
+        return _fail(str(exc))
+    for path in paths:
+        print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# registration
+
+
+def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``import``, ``grids``, ``invite`` and ``qr-sheet`` on the main CLI's subparsers.
+
+    Each sets ``func`` to a sync ``(settings, args) -> int`` handler.
+    """
+    p = subparsers.add_parser(
+        "import",
+        help="import community files (YAML tree, or CSV lists of buildings/people)",
+        description="Import community files in one transaction: a bad file rejects them all.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="community.yaml, buildings.csv, …")
+    p.add_argument(
+        "--format", choices=("yaml", "csv"), default=None, help="default: from the file suffix"
+    )
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser("grids", help="show the grid tree with buildings and people")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    p.set_defaults(func=cmd_grids)
+
+    p = subparsers.add_parser(
+        "invite",
+        help="create an invite (token, Telegram link, QR code PNG)",
+        description="Residents get building-bound invites of unlimited use by default; other "
+        "roles single-use ones.",
+    )
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--grid", required=True, metavar="CODE", help="grid the role is on")
+    p.add_argument("--building", metavar="CODE", help="building (required for residents)")
+    uses = p.add_mutually_exclusive_group()
+    uses.add_argument("--uses", type=int, metavar="N", help="how many people may use it")
+    uses.add_argument("--single", action="store_true", help="one use only")
+    p.add_argument("--days", type=int, metavar="D", help="days valid (default: invite_days)")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNG (default: qr_dir)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--bot-username", metavar="NAME", help="Telegram bot username for the link")
+    p.set_defaults(func=cmd_invite)
+
+    p = subparsers.add_parser(
+        "qr-sheet",
+        help="print-ready QR sheets: one resident invite per building under a grid",
+    )
+    p.add_argument("--grid", required=True, metavar="CODE")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: qr_dir)")
+    p.add_argument("--days", type=int, metavar="D", help=f"days valid (default: {SHEET_DAYS})")
+    p.add_argument("--bot-username", metavar="NAME", help="Telegram bot username for the links")
+    p.set_defaults(func=cmd_qr_sheet)

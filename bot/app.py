@@ -1,0 +1,238 @@
+"""Composition root: builds the engine, translator, router, channels, delivery and web server,
+and passes each what it needs (no globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from sqlalchemy import func, select, text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from bot.admin.importer import default_categories, import_community
+from bot.channels.base import Channel
+from bot.config import Settings
+from bot.delivery import Deliverer
+from bot.i18n import Translator
+from handlers.router import Router
+from models import Category, Grid, Identity, Person, Role, utcnow
+from models.db import make_engine, make_sessionmaker, upgrade
+
+log = logging.getLogger(__name__)
+
+DEMO_FILE = Path(__file__).parent / "demo" / "community.yaml"
+TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
+MAX_WEBHOOK_BODY = 1 << 20
+
+#: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
+BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
+
+
+class Gridbot:
+    """The whole service, wired together."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.engine = make_engine(settings.database_url)
+        self.sessionmaker = make_sessionmaker(self.engine)
+        self.tr = Translator.load(settings.locales_dir, settings.default_locale)
+        self.deliverer = Deliverer(self.sessionmaker, {}, clock=clock)
+        self.router = Router(
+            self.sessionmaker, settings, self.tr, clock=clock, on_commit=self.deliverer.wake
+        )
+        self.channels: dict[str, Channel] = {}
+        self.telegram: Any = None
+        self.webchat: Any = None
+
+    def add_channel(self, channel: Channel) -> None:
+        """Deliver through ``channel`` from now on."""
+        self.channels[channel.name] = channel
+        self.deliverer.add_channel(channel)
+
+    async def prepare(self) -> None:
+        """Migrate the schema; load the demo community into an empty database when asked."""
+        await upgrade(self.engine)
+        async with self.sessionmaker() as session, session.begin():
+            grids = await session.scalar(select(func.count()).select_from(Grid))
+            if not grids and self.settings.demo:
+                report = await import_community(session, DEMO_FILE)
+                log.info("demo community loaded: %s", report)
+            categories = await session.scalar(select(func.count()).select_from(Category))
+            if not categories:
+                for sort, spec in enumerate(default_categories()):
+                    session.add(
+                        Category(
+                            code=spec.code,
+                            urgent=spec.urgent,
+                            deadline_hours=spec.deadline_hours,
+                            points=spec.points,
+                            sort=sort,
+                        )
+                    )
+
+    # ---- channels ---------------------------------------------------------------------------
+
+    async def personas(self) -> list[Any]:
+        """Everyone the local web chat may play, each with a web identity (made on first use)."""
+        from bot.channels.webchat import Persona
+
+        async with self.sessionmaker() as session, session.begin():
+            people = (await session.scalars(select(Person).order_by(Person.id))).all()
+            roles = (await session.execute(select(Role.person_id, Role.role))).all()
+            by_person: dict[int, list[str]] = {}
+            for pid, role in roles:
+                label = self.tr.t(self.settings.default_locale, f"role.{role}")
+                if label not in by_person.setdefault(pid, []):
+                    by_person[pid].append(label)
+            known = set(
+                (
+                    await session.scalars(
+                        select(Identity.person_id).where(Identity.channel == "web")
+                    )
+                ).all()
+            )
+            result = []
+            for person in people:
+                if person.id not in by_person:
+                    continue
+                chat_id = f"p{person.id}"
+                if person.id not in known:
+                    session.add(
+                        Identity(
+                            person_id=person.id,
+                            channel="web",
+                            external_id=chat_id,
+                            chat_id=chat_id,
+                            created_at=self.clock(),
+                        )
+                    )
+                result.append(Persona(chat_id, person.name, by_person[person.id], person.locale))
+            return result
+
+    def enable_webchat(self) -> None:
+        """Serve the local web chat at /chat."""
+        from bot.channels.webchat import WebChatChannel
+
+        self.webchat = WebChatChannel(
+            self.sessionmaker,
+            self.router,
+            self.personas,
+            title="Gridbot 社区网格",
+            media_dir=self.settings.media_dir,
+        )
+        self.add_channel(self.webchat)
+
+    def enable_telegram(self) -> None:
+        """Talk to Telegram (polling or webhook) with the configured Bot API server."""
+        from bot.channels.telegram import TelegramChannel
+
+        s = self.settings
+        assert s.telegram_token
+        self.telegram = TelegramChannel(
+            s.telegram_token,
+            self.router,
+            base_url=s.telegram_api_url,
+            base_file_url=s.telegram_file_url,
+            mode=s.telegram_mode,
+            webhook_url=s.telegram_webhook_url,
+            webhook_secret=s.telegram_webhook_secret,
+        )
+        self.add_channel(self.telegram)
+
+    # ---- web server -------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        """200 when the database answers."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            log.exception("health check failed")
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def telegram_webhook(self, request: Request) -> Response:
+        """Telegram's webhook: secret checked, update stored (handled) before we answer 200."""
+        if self.telegram is None or self.settings.telegram_mode != "webhook":
+            return Response(status_code=404)
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BODY:
+            return Response(status_code=413)
+        status = await self.telegram.process_webhook(
+            body, request.headers.get("x-telegram-bot-api-secret-token")
+        )
+        return Response(status_code=status)
+
+    def web_app(self) -> Starlette:
+        """The one web server: health, webhooks and (when enabled) the local web chat."""
+        routes: list[Any] = [
+            Route("/healthz", self.healthz),
+            Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
+        ]
+        if self.webchat is not None:
+            routes.append(Mount("/chat", routes=self.webchat.routes()))
+            routes.append(
+                Route("/", lambda r: Response(status_code=307, headers={"location": "/chat/"}))
+            )
+        return Starlette(routes=routes)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivery and the platform connections."""
+        await self.deliverer.start()
+        if self.telegram is not None:
+            await self.telegram.start()
+            lang = self.settings.default_locale
+            await self.telegram.set_commands(
+                [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
+            )
+
+    async def stop(self) -> None:
+        """Stop everything; what is still in the outbox goes out after the next start."""
+        if self.telegram is not None:
+            await self.telegram.stop()
+        await self.deliverer.stop()
+        await self.engine.dispose()
+
+    async def serve(self) -> None:
+        """``gridbot run``: prepare, start, serve HTTP until SIGINT/SIGTERM."""
+        await self.prepare()
+        if self.settings.webchat_enabled:
+            self.enable_webchat()
+        if self.settings.telegram_token:
+            self.enable_telegram()
+        await self.start()
+        config = uvicorn.Config(
+            self.web_app(),
+            host=self.settings.web_host,
+            port=self.settings.web_port,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        where = f"http://{self.settings.web_host}:{self.settings.web_port}"
+        if self.webchat is not None:
+            print(f"Gridbot is running. Local web chat: {where}/chat/", flush=True)
+        else:
+            print(f"Gridbot is running on {where}", flush=True)
+        if self.telegram is not None:
+            print(f"Telegram: {self.settings.telegram_mode} mode", flush=True)
+        try:
+            await server.serve()
+        finally:
+            await self.stop()

@@ -1,0 +1,517 @@
+"""The Telegram adapter: the only module that imports ``telegram`` (python-telegram-bot 22).
+
+Inbound: one :class:`~telegram.ext.TypeHandler` turns every update into a neutral
+:class:`~bot.ports.Inbound` (:func:`to_inbound`) and awaits the core's ``intake``; button presses
+are answered with the core's toast. Polling mode runs PTB's updater; webhook mode expects the
+web app to hand each request to :meth:`TelegramChannel.process_webhook`, which checks the secret
+header and answers only after the core has handled (stored) the update.
+
+Outbound: :meth:`TelegramChannel.send` / :meth:`TelegramChannel.edit` render an
+:class:`~bot.ports.Outbound` and map PTB errors to the delivery worker's
+:class:`~bot.channels.base.DeliveryError` / :class:`~bot.channels.base.RetryAfter`. Flood limits
+are the delivery worker's job (:attr:`TelegramChannel.limits`); PTB's rate limiter is not used and
+PTB does not retry sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    Message,
+    MessageEntity,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    Update,
+)
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    TelegramError,
+)
+from telegram.error import RetryAfter as TelegramRetryAfter
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from bot.channels.base import DeliveryError, Limits, RetryAfter
+from bot.ports import HandleResult, Inbound, Intake, Outbound
+
+log = logging.getLogger(__name__)
+
+#: Telegram's limits, counted in UTF-16 code units after entity parsing.
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+#: Update types the bot asks for (polling and webhook alike).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+DEFAULT_BASE_URL = "https://api.telegram.org/bot"
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+#: Attempts for the 2nd.. parts of a split message (the first part's errors go to the caller).
+_CONTINUATION_ATTEMPTS = 3
+
+Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- inbound
+def to_inbound(
+    update: Update, bot_id: int | str, bot_username: str | None = None
+) -> Inbound | None:
+    """Convert a PTB update into an :class:`Inbound`, or ``None`` if it is nothing for the core.
+
+    Ignored: update types other than messages and button presses, messages without a sender,
+    messages without text, caption, photo or location (service messages, stickers...), and
+    commands addressed to another bot (``/cmd@other_bot``). ``/cmd@this_bot args`` becomes
+    ``/cmd args``.
+    """
+    dedupe_key = f"{bot_id}:{update.update_id}"
+    query = update.callback_query
+    if query is not None:
+        user = query.from_user
+        chat_id = query.message.chat.id if query.message is not None else user.id
+        return Inbound(
+            channel="telegram",
+            user_id=str(user.id),
+            chat_id=str(chat_id),
+            dedupe_key=dedupe_key,
+            button=query.data,
+            button_message_id=(
+                str(query.message.message_id) if query.message is not None else None
+            ),
+            locale=user.language_code,
+            display_name=user.full_name,
+            received_at=datetime.now(UTC),
+        )
+    message = update.message
+    if message is None or message.from_user is None:
+        return None
+    text = message.text if message.text is not None else message.caption
+    if text is not None and message.text is not None:
+        text = _strip_bot_mention(message, text, bot_username)
+        if text is None:
+            return None
+    photo = max(message.photo, key=lambda p: p.width * p.height).file_id if message.photo else None
+    location = (
+        (message.location.latitude, message.location.longitude)
+        if message.location is not None
+        else None
+    )
+    if text is None and photo is None and location is None:
+        return None
+    user = message.from_user
+    received = message.date
+    if received.tzinfo is None:
+        received = received.replace(tzinfo=UTC)
+    return Inbound(
+        channel="telegram",
+        user_id=str(user.id),
+        chat_id=str(message.chat.id),
+        dedupe_key=dedupe_key,
+        text=text,
+        photo=photo,
+        location=location,
+        locale=user.language_code,
+        display_name=user.full_name,
+        received_at=received,
+    )
+
+
+def _strip_bot_mention(message: Message, text: str, bot_username: str | None) -> str | None:
+    """Turn ``/cmd@bot rest`` into ``/cmd rest``; ``None`` if addressed to another bot."""
+    entity = next(
+        (e for e in message.entities if e.type == MessageEntity.BOT_COMMAND and e.offset == 0),
+        None,
+    )
+    if entity is None:
+        return text
+    command = message.parse_entity(entity)
+    if "@" not in command:
+        return text
+    name, _, target = command.partition("@")
+    if bot_username is not None and target.lower() != bot_username.lower():
+        return None
+    return name + text[len(command) :]
+
+
+# -------------------------------------------------------------------------- outbound
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fit(text: str, limit: int) -> int:
+    """The longest prefix length (in code points) of ``text`` that fits ``limit`` units."""
+    cut = min(len(text), limit)
+    while _utf16_len(text[:cut]) > limit:
+        cut -= max(1, (_utf16_len(text[:cut]) - limit) // 2)
+    return cut
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Split ``text`` into parts of at most ``limit`` UTF-16 units.
+
+    Cuts at the last line break in the second half of a part, else at the last space there,
+    else hard; the separator is dropped and empty parts are skipped.
+    """
+    parts: list[str] = []
+    rest = text
+    while _utf16_len(rest) > limit:
+        cut = _fit(rest, limit)
+        window = rest[:cut]
+        sep = window.rfind("\n")
+        if sep < cut // 2:
+            sep = max(window.rfind(" "), window.rfind("\u3000"))
+        if sep >= cut // 2 and sep > 0:
+            part, rest = window[:sep], rest[sep + 1 :]
+        else:
+            part, rest = window, rest[cut:]
+        if part.strip():
+            parts.append(part)
+    if rest.strip() or not parts:
+        parts.append(rest)
+    return parts
+
+
+def _truncate(text: str, limit: int) -> str:
+    """Shorten to ``limit`` UTF-16 units, marking the cut with an ellipsis."""
+    if _utf16_len(text) <= limit:
+        return text
+    return text[: _fit(text, limit - 1)] + "…"
+
+
+def _inline_markup(message: Outbound) -> InlineKeyboardMarkup | None:
+    if not message.buttons:
+        return None
+    return InlineKeyboardMarkup(
+        [
+            [InlineKeyboardButton(b.label, callback_data=b.payload) for b in row]
+            for row in message.buttons
+        ]
+    )
+
+
+def render_markup(message: Outbound) -> Markup | None:
+    """The one ``reply_markup`` a Telegram message can carry.
+
+    Inline buttons win; otherwise the location request (with the menu's labels under it, e.g.
+    "skip"), the menu, or the menu's removal.
+    """
+    inline = _inline_markup(message)
+    if inline is not None:
+        if message.menu or message.remove_menu or message.ask_location:
+            log.warning("message has inline buttons and a reply keyboard; keyboard not sent")
+        return inline
+    if message.ask_location:
+        extra = [[KeyboardButton(label) for label in row] for row in message.menu or []]
+        return ReplyKeyboardMarkup(
+            [[KeyboardButton(message.ask_location, request_location=True)], *extra],
+            resize_keyboard=True,
+            one_time_keyboard=True,
+        )
+    if message.menu:
+        return ReplyKeyboardMarkup(
+            [[KeyboardButton(label) for label in row] for row in message.menu],
+            resize_keyboard=True,
+            is_persistent=True,
+        )
+    if message.remove_menu:
+        return ReplyKeyboardRemove()
+    return None
+
+
+def _retry_seconds(exc: TelegramRetryAfter) -> float:
+    # The public ``retry_after`` warns about its coming type change; PTB reads this too.
+    return exc._retry_after.total_seconds()
+
+
+def map_error(exc: TelegramError) -> DeliveryError:
+    """Map a PTB error to the delivery worker's errors."""
+    if isinstance(exc, TelegramRetryAfter):
+        return RetryAfter(_retry_seconds(exc))
+    if isinstance(exc, Forbidden):  # blocked by the user, kicked from the group
+        return DeliveryError(f"forbidden: {exc.message}", permanent=True)
+    if isinstance(exc, ChatMigrated):
+        return DeliveryError(f"chat migrated to {exc.new_chat_id}", permanent=True)
+    if isinstance(exc, BadRequest):  # chat not found, bad markup...: a retry fails the same way
+        return DeliveryError(f"bad request: {exc.message}", permanent=True)
+    if isinstance(exc, NetworkError):  # includes TimedOut
+        return DeliveryError(f"network: {exc.message}", permanent=False)
+    if isinstance(exc, InvalidToken):
+        return DeliveryError("invalid bot token", permanent=False)
+    return DeliveryError(f"telegram: {exc.message}", permanent=False)
+
+
+# --------------------------------------------------------------------------- channel
+class TelegramChannel:
+    """Telegram as a :class:`~bot.channels.base.Channel`, plus its inbound side."""
+
+    name = "telegram"
+    limits = Limits(per_chat_interval=1.0, global_per_second=30, group_per_minute=20)
+
+    def __init__(
+        self,
+        token: str,
+        intake: Intake,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        base_file_url: str | None = None,
+        mode: Literal["polling", "webhook"] = "polling",
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        poll_timeout: float = 10.0,
+    ) -> None:
+        if mode not in ("polling", "webhook"):
+            raise ValueError(f"unknown Telegram mode {mode!r}")
+        if webhook_secret is not None and not _SECRET_RE.match(webhook_secret):
+            raise ValueError("webhook secret must be 1-256 characters of A-Za-z0-9_-")
+        self.mode = mode
+        self.bot_id = token.split(":", 1)[0]
+        self._intake = intake
+        self._webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self._poll_timeout = poll_timeout
+        self._bot_username: str | None = None
+        if base_file_url is None:
+            base_file_url = (
+                base_url[: -len("/bot")] + "/file/bot"
+                if base_url.endswith("/bot")
+                else "https://api.telegram.org/file/bot"
+            )
+        builder = (
+            ApplicationBuilder()
+            .token(token)
+            .base_url(base_url)
+            .base_file_url(base_file_url)
+            .concurrent_updates(True)
+        )
+        if mode == "webhook":
+            builder = builder.updater(None)
+        self.application: Application[Any, Any, Any, Any, Any, Any] = builder.build()
+        self.application.add_handler(TypeHandler(Update, self._on_update))
+
+    def is_group(self, chat_id: str) -> bool:
+        """Groups and channels have negative ids."""
+        return chat_id.lstrip().startswith("-")
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Initialise PTB (``getMe``), then poll or register the webhook."""
+        app = self.application
+        await app.initialize()
+        self._bot_username = app.bot.username
+        await app.start()
+        if self.mode == "polling":
+            assert app.updater is not None
+            await app.updater.start_polling(
+                timeout=timedelta(seconds=self._poll_timeout),
+                drop_pending_updates=False,
+                allowed_updates=ALLOWED_UPDATES,
+            )
+        elif self._webhook_url:
+            if self._webhook_secret is None:
+                log.warning("webhook without a secret token: anyone can post updates")
+            await app.bot.set_webhook(
+                self._webhook_url,
+                secret_token=self._webhook_secret,
+                allowed_updates=ALLOWED_UPDATES,
+            )
+        log.info("telegram channel started (%s)", self.mode)
+
+    async def stop(self) -> None:
+        """Stop polling and PTB; the webhook stays registered (other instances may serve it)."""
+        app = self.application
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        await app.shutdown()
+
+    async def set_commands(self, commands: list[tuple[str, str]]) -> None:
+        """Set the bot's command menu: ``[(command, description), ...]``."""
+        await self._call(
+            self.application.bot.set_my_commands(
+                [BotCommand(command.lstrip("/"), description) for command, description in commands]
+            )
+        )
+
+    # ------------------------------------------------------------- inbound
+    async def process_webhook(
+        self, body: bytes | dict[str, Any], secret_header: str | None
+    ) -> int:
+        """Handle one webhook request; return the HTTP status to answer.
+
+        403: wrong or missing ``X-Telegram-Bot-Api-Secret-Token`` (when a secret is set);
+        400: not an update; 500: the core failed (Telegram will deliver it again);
+        200: handled and stored.
+        """
+        if self._webhook_secret is not None and not hmac.compare_digest(
+            (secret_header or "").encode(), self._webhook_secret.encode()
+        ):
+            return 403
+        try:
+            data = json.loads(body) if isinstance(body, bytes | bytearray) else body
+        except ValueError:  # includes UnicodeDecodeError
+            return 400
+        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+            return 400
+        try:
+            update = Update.de_json(data, self.application.bot)
+        except Exception:
+            log.warning("malformed webhook update %s", data.get("update_id"))
+            return 400
+        return 200 if await self._dispatch(update) else 500
+
+    async def _on_update(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if isinstance(update, Update):
+            await self._dispatch(update)
+
+    async def _dispatch(self, update: Update) -> bool:
+        """Hand one update to the core; answer a button press. False if the core failed."""
+        inbound = to_inbound(update, self.bot_id, self._bot_username)
+        result: HandleResult | None = None
+        ok = True
+        if inbound is not None:
+            try:
+                result = await self._intake(inbound)
+            except Exception:
+                ok = False
+                log.exception("intake failed for update %s", inbound.dedupe_key)
+        if update.callback_query is not None:
+            try:
+                await update.callback_query.answer(text=result.toast if result else None)
+            except TelegramError as exc:  # too old, already answered, network
+                log.warning(
+                    "answerCallbackQuery failed for update %s: %s",
+                    update.update_id,
+                    type(exc).__name__,
+                )
+        return ok
+
+    async def fetch_file(self, file_id: str) -> bytes:
+        """Download a file (e.g. an :attr:`Inbound.photo`) by its file_id."""
+
+        async def download() -> bytes:
+            file = await self.application.bot.get_file(file_id)
+            return bytes(await file.download_as_bytearray())
+
+        return await self._call(download())
+
+    # ------------------------------------------------------------ outbound
+    async def send(self, chat_id: str, message: Outbound) -> str:
+        """Send a message; return the id of the last part (the one carrying the markup).
+
+        Texts over 4096 units go out in parts, paced by ``limits.per_chat_interval``; a photo
+        whose caption exceeds 1024 units is sent bare, followed by the text.
+        """
+        if not message.text.strip() and not message.photo:
+            raise DeliveryError("empty message", permanent=True)
+        bot = self.application.bot
+        target = _chat_ref(chat_id)
+        markup = render_markup(message)
+        if message.photo and _utf16_len(message.text) <= CAPTION_LIMIT:
+            sent = await self._call(
+                bot.send_photo(
+                    target, message.photo, caption=message.text or None, reply_markup=markup
+                )
+            )
+            return str(sent.message_id)
+        parts = split_text(message.text)
+
+        def send_part(number: int) -> Awaitable[Message]:
+            last = number == len(parts) - 1
+            return bot.send_message(target, parts[number], reply_markup=markup if last else None)
+
+        if message.photo:
+            await self._call(bot.send_photo(target, message.photo))
+            sent = await self._continue(lambda: send_part(0))
+        else:
+            sent = await self._call(send_part(0))
+        for number in range(1, len(parts)):
+            # Something is out already: finish rather than fail, or a retry would repeat it.
+            sent = await self._continue(functools.partial(send_part, number))
+        return str(sent.message_id)
+
+    async def edit(self, chat_id: str, message_id: str, message: Outbound) -> str:
+        """Replace a sent message's text (or caption) and inline buttons.
+
+        Only inline buttons can change in an edit; too long texts are cut. "Not modified"
+        counts as success. A message that can no longer be edited is sent anew (new id).
+        """
+        bot = self.application.bot
+        target, mid = _chat_ref(chat_id), int(message_id)
+        markup = _inline_markup(message)
+        try:
+            if message.photo:
+                await bot.edit_message_caption(
+                    target,
+                    mid,
+                    caption=_truncate(message.text, CAPTION_LIMIT),
+                    reply_markup=markup,
+                )
+            else:
+                try:
+                    await bot.edit_message_text(
+                        _truncate(message.text, TEXT_LIMIT), target, mid, reply_markup=markup
+                    )
+                except BadRequest as exc:
+                    if "no text in the message" not in exc.message.lower():
+                        raise
+                    await bot.edit_message_caption(
+                        target,
+                        mid,
+                        caption=_truncate(message.text, CAPTION_LIMIT),
+                        reply_markup=markup,
+                    )
+        except BadRequest as exc:
+            reason = exc.message.lower()
+            if "message is not modified" in reason:
+                return message_id
+            if (
+                "message to edit not found" in reason
+                or "message can't be edited" in reason
+                or "message_id_invalid" in reason
+            ):
+                return await self.send(chat_id, message)
+            raise map_error(exc) from exc
+        except TelegramError as exc:
+            raise map_error(exc) from exc
+        return message_id
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    async def _call(request: Awaitable[T]) -> T:
+        """Await one Bot API call, mapping PTB errors to delivery errors."""
+        try:
+            return await request
+        except TelegramError as exc:
+            raise map_error(exc) from exc
+
+    async def _continue(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Send a continuation part, waiting out flood limits a few times."""
+        await asyncio.sleep(self.limits.per_chat_interval)
+        for attempt in range(_CONTINUATION_ATTEMPTS):
+            try:
+                return await self._call(request())
+            except RetryAfter as exc:
+                if attempt == _CONTINUATION_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(exc.seconds)
+        raise AssertionError("unreachable")
+
+
+def _chat_ref(chat_id: str) -> int | str:
+    """Numeric chat ids as ints; ``@channelname`` stays a string."""
+    stripped = chat_id.strip()
+    return int(stripped) if stripped.lstrip("-").isdigit() else stripped
