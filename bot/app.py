@@ -23,6 +23,9 @@ from bot.channels.base import Channel
 from bot.config import Settings
 from bot.delivery import Deliverer
 from bot.i18n import Translator
+from bot.media import PREFIX as MEDIA_PREFIX
+from bot.media import MediaStore
+from bot.ports import Inbound
 from handlers.router import Router
 from models import Category, Grid, Identity, Person, Role, utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
@@ -47,8 +50,14 @@ class Gridbot:
         self.sessionmaker = make_sessionmaker(self.engine)
         self.tr = Translator.load(settings.locales_dir, settings.default_locale)
         self.deliverer = Deliverer(self.sessionmaker, {}, clock=clock)
+        self.media = MediaStore(settings.media_dir)
         self.router = Router(
-            self.sessionmaker, settings, self.tr, clock=clock, on_commit=self.deliverer.wake
+            self.sessionmaker,
+            settings,
+            self.tr,
+            clock=clock,
+            on_commit=self.deliverer.wake,
+            import_photo=self.import_photo,
         )
         self.channels: dict[str, Channel] = {}
         self.telegram: Any = None
@@ -58,6 +67,19 @@ class Gridbot:
         """Deliver through ``channel`` from now on."""
         self.channels[channel.name] = channel
         self.deliverer.add_channel(channel)
+
+    async def import_photo(self, event: Inbound) -> str | None:
+        """Copy a photo from its platform into the media store; ``None`` if that fails."""
+        channel = self.channels.get(event.channel)
+        fetch = getattr(channel, "fetch_file", None)
+        if fetch is None or not event.photo or event.photo.startswith(MEDIA_PREFIX):
+            return None
+        try:
+            data = await fetch(event.photo)
+        except Exception as err:
+            log.warning("could not fetch a %s photo: %s", event.channel, type(err).__name__)
+            return None
+        return await self.media.save(data)
 
     async def prepare(self) -> None:
         """Migrate the schema; load the demo community into an empty database when asked."""
@@ -146,6 +168,7 @@ class Gridbot:
             mode=s.telegram_mode,
             webhook_url=s.telegram_webhook_url,
             webhook_secret=s.telegram_webhook_secret,
+            media=self.media,
         )
         self.add_channel(self.telegram)
 

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 BATCH = 200
+#: Seconds added to each one-second window, for jitter between our clock and the platform's.
+WINDOW_MARGIN = 0.04
+#: A global rate at or above this is no limit at all (in-memory and local channels).
+UNLIMITED = 10_000
 
 
 class _Pacer:
@@ -38,7 +42,8 @@ class _Pacer:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.next_global = 0.0
+        self.global_done: deque[float] = deque()
+        self.in_flight = 0
         self.next_chat: dict[str, float] = defaultdict(float)
         self.group_sent: dict[str, deque[float]] = defaultdict(deque)
         self.paused_until = 0.0
@@ -56,13 +61,33 @@ class _Pacer:
         return wait
 
     async def take_global(self) -> None:
-        """Wait for a global sending slot."""
-        gap = 1.0 / self.channel.limits.global_per_second
-        now = time.monotonic()
-        slot = max(now, self.next_global)
-        self.next_global = slot + gap
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        """Wait until a send may start without breaking the global per-second limit.
+
+        Counted: sends still in flight plus sends that *completed* within the last second. A
+        request reaches the platform no later than it completes, so whatever the platform counts
+        in its window ending at our request's arrival, we counted too, even when the HTTP pool
+        or an event-loop hiccup delayed requests. ``WINDOW_MARGIN`` absorbs clock jitter.
+        """
+        limit = self.channel.limits.global_per_second
+        if limit >= UNLIMITED:
+            return
+        window = self.global_done
+        while True:
+            now = time.monotonic()
+            while window and now - window[0] >= 1.0 + WINDOW_MARGIN:
+                window.popleft()
+            if len(window) + self.in_flight < limit:
+                self.in_flight += 1
+                return
+            wake = window[0] + 1.0 + WINDOW_MARGIN - now if window else 0.01
+            await asyncio.sleep(max(wake, 0.001))
+
+    def release_global(self) -> None:
+        """A send taken with :meth:`take_global` finished (whatever its outcome)."""
+        if self.channel.limits.global_per_second >= UNLIMITED:
+            return
+        self.in_flight -= 1
+        self.global_done.append(time.monotonic())
 
     def sent(self, chat_id: str) -> None:
         """Record a send to ``chat_id``."""
@@ -175,17 +200,21 @@ class Deliverer:
             try:
                 message_id = await self._deliver(row)
             except RetryAfter as err:
+                pacer.release_global()
                 pause = time.monotonic() + err.seconds
                 pacer.paused_until = max(pacer.paused_until, pause)
                 await self._release(rows[index:], timedelta(seconds=err.seconds), str(err))
                 return
             except DeliveryError as err:
+                pacer.release_global()
                 await self._failed(row, err)
                 continue
             except Exception as err:  # an adapter bug must not lose the row
+                pacer.release_global()
                 log.exception("channel %s raised while sending", channel_name)
                 await self._failed(row, DeliveryError(repr(err)))
                 continue
+            pacer.release_global()
             pacer.sent(chat_id)
             await self._mark_sent(row, message_id)
 

@@ -39,15 +39,22 @@ class Ctx:
         return self.tr.t(self.lang, key, **args)
 
     def reply(
-        self, text: str | Outbound, buttons: list[list[Button]] | None = None, **extra: Any
+        self,
+        text: str | Outbound,
+        buttons: list[list[Button]] | None = None,
+        *,
+        ref: str | None = None,
+        **extra: Any,
     ) -> None:
-        """Answer in the chat the event came from (through the outbox)."""
+        """Answer in the chat the event came from (through the outbox); ``ref`` names the
+        message so that it can be edited later."""
         message = text if isinstance(text, Outbound) else Outbound(text, buttons or [], **extra)
         self.notify.to_chat(
             self.event.channel,
             self.event.chat_id,
             message,
             person_id=self.person.id if self.person else None,
+            ref=ref,
         )
 
     def say(self, key: str, buttons: list[list[Button]] | None = None, **args: Any) -> None:

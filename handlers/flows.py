@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.core import cards
 from bot.core import payloads as p
-from bot.core.orders import NewOrder, OrderError
+from bot.core.orders import NewOrder, OrderError, receipt_ref
 from bot.ports import Button, Outbound
 from handlers import bind, common
 from handlers.context import (
@@ -76,8 +76,11 @@ def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
 def _location_question(ctx: Ctx, key: str) -> Outbound:
     # A location request is a reply keyboard; skip/cancel ride on it as keys, since a
     # Telegram message carries one keyboard only.
-    return Outbound(ctx.t(key), menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
-                    ask_location=ctx.t("btn.send_location"))
+    return Outbound(
+        ctx.t(key),
+        menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
+        ask_location=ctx.t("btn.send_location"),
+    )
 
 
 # ---- placing an order ---------------------------------------------------------------------
@@ -216,7 +219,8 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
         Outbound(
             ctx.t("order.received", number=cards.number(order)),
             [[Button(ctx.t("btn.cancel_order"), p.order("cx", order.id))]],
-        )
+        ),
+        ref=receipt_ref(order.id),
     )
     # The location step replaced the menu keyboard; a message carries inline buttons or a
     # keyboard, not both, so the menu comes back on its own message.

@@ -8,7 +8,7 @@ refuse oversized text, then route to a button, a command, the user's current flo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -41,15 +41,21 @@ class Router:
         *,
         clock: Clock = utcnow,
         on_commit: Callable[[], None] | None = None,
+        import_photo: Callable[[Inbound], Awaitable[str | None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.tr = tr
         self.clock = clock
         self.on_commit = on_commit or (lambda: None)
+        self.import_photo = import_photo
 
     async def __call__(self, event: Inbound) -> HandleResult:
         """Handle one event; never raises for bad input (the user gets a polite answer)."""
+        if event.photo and self.import_photo is not None:
+            # Copy the photo into the shared store first (outside the transaction), so that
+            # whoever sees the order, on whatever platform, can see the photo.
+            event.photo = await self.import_photo(event) or event.photo
         try:
             result = await self._handle(event)
         except Exception:

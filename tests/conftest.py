@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -186,9 +187,15 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(database_url: str) -> AsyncIterator[Harness]:
+async def harness(database_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     """The demo community on a fresh database, with the in-memory channel."""
-    settings = load_settings(database_url=database_url, demo=True, secret_key="test-key")
+    settings = load_settings(
+        database_url=database_url,
+        demo=True,
+        secret_key="test-key",
+        media_dir=tmp_path / "media",
+        qr_dir=tmp_path / "qr",
+    )
     app = Gridbot(settings)
     await app.prepare()
     channel = MemoryChannel()

@@ -48,6 +48,8 @@ from telegram.error import RetryAfter as TelegramRetryAfter
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from bot.channels.base import DeliveryError, Limits, RetryAfter
+from bot.media import PREFIX as MEDIA_PREFIX
+from bot.media import MediaStore
 from bot.ports import HandleResult, Inbound, Intake, Outbound
 
 log = logging.getLogger(__name__)
@@ -271,6 +273,7 @@ class TelegramChannel:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         poll_timeout: float = 10.0,
+        media: MediaStore | None = None,
     ) -> None:
         if mode not in ("polling", "webhook"):
             raise ValueError(f"unknown Telegram mode {mode!r}")
@@ -282,6 +285,7 @@ class TelegramChannel:
         self._webhook_url = webhook_url
         self._webhook_secret = webhook_secret
         self._poll_timeout = poll_timeout
+        self._media = media
         self._bot_username: str | None = None
         if base_file_url is None:
             base_file_url = (
@@ -409,6 +413,24 @@ class TelegramChannel:
         return await self._call(download())
 
     # ------------------------------------------------------------ outbound
+    async def _photo(self, ref: str | None) -> str | bytes | None:
+        """What to hand sendPhoto: a stored image's bytes, or a Telegram file_id.
+
+        A reference from another platform that was never copied into the media store cannot be
+        shown here; the text (which says a photo exists) goes out alone.
+        """
+        if not ref:
+            return None
+        if ref.startswith(MEDIA_PREFIX):
+            path = self._media.path(ref) if self._media else None
+            if path is None:
+                log.warning("photo %s is not in the media store; sending text only", ref)
+                return None
+            return await asyncio.to_thread(path.read_bytes)
+        if ":" in ref:
+            return None
+        return ref
+
     async def send(self, chat_id: str, message: Outbound) -> str:
         """Send a message; return the id of the last part (the one carrying the markup).
 
@@ -420,11 +442,10 @@ class TelegramChannel:
         bot = self.application.bot
         target = _chat_ref(chat_id)
         markup = render_markup(message)
-        if message.photo and _utf16_len(message.text) <= CAPTION_LIMIT:
+        photo = await self._photo(message.photo)
+        if photo is not None and _utf16_len(message.text) <= CAPTION_LIMIT:
             sent = await self._call(
-                bot.send_photo(
-                    target, message.photo, caption=message.text or None, reply_markup=markup
-                )
+                bot.send_photo(target, photo, caption=message.text or None, reply_markup=markup)
             )
             return str(sent.message_id)
         parts = split_text(message.text)
@@ -433,8 +454,8 @@ class TelegramChannel:
             last = number == len(parts) - 1
             return bot.send_message(target, parts[number], reply_markup=markup if last else None)
 
-        if message.photo:
-            await self._call(bot.send_photo(target, message.photo))
+        if photo is not None:
+            await self._call(bot.send_photo(target, photo))
             sent = await self._continue(lambda: send_part(0))
         else:
             sent = await self._call(send_part(0))

@@ -220,7 +220,7 @@ class WebChatChannel:
     # -- media ----------------------------------------------------------------------------------
 
     async def save_media(self, data: bytes) -> str:
-        """Store an image (JPEG, PNG, GIF or WebP) and return its reference ``web:<name>``."""
+        """Store an image (JPEG, PNG, GIF or WebP); return its ``media:<name>`` reference."""
         ext = _sniff_image(data)
         if ext is None:
             raise BadRequest("not a JPEG, PNG, GIF or WebP image", status=415)
@@ -228,18 +228,18 @@ class WebChatChannel:
             raise BadRequest("photo too large", status=413)
         name = f"{secrets.token_hex(16)}.{ext}"
         await asyncio.to_thread((self.media_dir / name).write_bytes, data)
-        return f"web:{name}"
+        return f"media:{name}"
 
     def media_path(self, ref: str) -> Path | None:
-        """The file behind a ``web:<name>`` reference, or None when it is not one of ours."""
-        name = ref.removeprefix("web:")
-        if not ref.startswith("web:") or not _MEDIA_NAME.fullmatch(name):
+        """The file behind a ``media:<name>`` reference (:mod:`bot.media`), or None."""
+        name = ref.removeprefix("media:")
+        if not ref.startswith("media:") or not _MEDIA_NAME.fullmatch(name):
             return None
         path = self.media_dir / name
         return path if path.is_file() else None
 
     async def fetch_file(self, ref: str) -> bytes:
-        """The bytes of a ``web:<name>`` reference (e.g. an :attr:`Inbound.photo`)."""
+        """The bytes of a ``media:<name>`` reference (e.g. an :attr:`Inbound.photo`)."""
         path = self.media_path(ref)
         if path is None:
             raise DeliveryError(f"unknown web chat media {ref!r}", permanent=True)
@@ -285,7 +285,7 @@ class WebChatChannel:
 
     async def _media_endpoint(self, request: Request) -> Response:
         name = request.path_params["name"]
-        path = self.media_path(f"web:{name}")
+        path = self.media_path(f"media:{name}")
         if path is None:
             return JSONResponse({"error": "not found"}, status_code=404)
         return FileResponse(
@@ -526,8 +526,8 @@ class WebChatChannel:
         """A row as the page draws it."""
         payload = row.payload
         photo = payload.get("photo")
-        if isinstance(photo, str) and photo.startswith("web:"):
-            photo = "media/" + photo.removeprefix("web:")
+        if isinstance(photo, str) and photo.startswith("media:"):
+            photo = "media/" + photo.removeprefix("media:")
         elif isinstance(photo, str) and not photo.startswith(_SHOWABLE_PHOTO_PREFIXES):
             photo = None  # a reference only another platform can resolve
         return {

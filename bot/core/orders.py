@@ -28,7 +28,18 @@ from bot.core.routing import (
 )
 from bot.i18n import Translator
 from bot.ports import Button, Outbound
-from models import Building, Category, Grid, Offer, Order, OrderEvent, Person, PointsEntry, Revisit
+from models import (
+    Building,
+    Category,
+    Grid,
+    Offer,
+    Order,
+    OrderEvent,
+    OutboxMessage,
+    Person,
+    PointsEntry,
+    Revisit,
+)
 from models.orders import (
     ACCEPTED,
     AWAITING_DISPATCH,
@@ -72,6 +83,11 @@ class NewOrder:
     photo: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+
+
+def receipt_ref(order_id: int) -> str:
+    """Outbox ref of the resident's "received" message (its cancel button goes stale)."""
+    return f"receipt:{order_id}"
 
 
 def offer_ref(offer_id: int) -> str:
@@ -139,7 +155,44 @@ class OrderService:
             await self.session.refresh(order)
             raise OrderError(self._stale_key(order))
         await self.session.refresh(order)
+        await self._refresh_cards(order)
         return old
+
+    async def _refresh_cards(self, order: Order) -> None:
+        """Bring earlier messages about ``order`` up to date, so that no stale button invites
+        a press: the handlers' dispatch cards show the new state without buttons, and the
+        resident's receipt loses its cancel button once cancelling is no longer possible."""
+        handlers = [
+            pid
+            for pid in (
+                await self.session.scalars(
+                    select(OutboxMessage.person_id)
+                    .where(OutboxMessage.ref == f"disp:{order.id}")
+                    .distinct()
+                )
+            ).all()
+            if pid is not None
+        ]
+        closed_receipt = order.status not in CANCELLABLE
+        if not handlers and not closed_receipt:
+            return
+        view = await self.view(order)
+
+        def card(lang: str) -> Outbound:
+            return Outbound(cards.card_text(self.tr, lang, view, contact=True, full=True))
+
+        def receipt(lang: str) -> Outbound:
+            status = cards.status_name(self.tr, lang, order.status)
+            return Outbound(
+                self.tr.t(lang, "order.received", number=number(order))
+                + "\n"
+                + self.tr.t(lang, "card.status", status=status)
+            )
+
+        for pid in handlers:
+            await self.notify.edit_for_person(pid, f"disp:{order.id}", card)
+        if closed_receipt:
+            await self.notify.edit_for_person(order.resident_id, receipt_ref(order.id), receipt)
 
     @staticmethod
     def _stale_key(order: Order) -> str:
@@ -258,6 +311,8 @@ class OrderService:
         order = await self.get(order_id)
         if order.resident_id != person.id:
             raise OrderError("error.not_your_button")
+        if order.status == CANCELLED:
+            raise OrderError("error.order_cancelled")
         if order.status not in CANCELLABLE:
             raise OrderError("error.cannot_cancel")
         old = await self._transition(order, CANCELLABLE, CANCELLED)
@@ -296,7 +351,7 @@ class OrderService:
             await self._open_revisit(order)
         else:
             old = await self._transition(order, (CONFIRMED,), CLOSED)
-            self._event(order, None, "close", old)
+            self._event(order, person.id, "close", old)
         return order
 
     async def _award_points(self, order: Order) -> None:
@@ -533,7 +588,14 @@ class OrderService:
         )
         if mine is not None:
             mine.status = OFFER_ACCEPTED
+            view = await self.view(order)
+            await self.notify.edit_for_person(
+                person.id,
+                offer_ref(mine.id),
+                lambda lang: cards.offer_closed(self.tr, lang, view, "offer.yours"),
+            )
         await self._close_open_offers(order, OFFER_TAKEN, "offer.taken", name=person.name)
+        await self._refresh_cards(order)
         await self._after_accept(order, person)
         return order
 
@@ -596,7 +658,7 @@ class OrderService:
         )
         if not still_open and order.status == DISPATCHED:
             old = await self._transition(order, (DISPATCHED,), SUBMITTED)
-            self._event(order, None, "returned", old)
+            self._event(order, person.id, "returned", old)
             await self._notify_handlers(
                 order, await self._handlers(order), "dispatch.declined", name=person.name
             )

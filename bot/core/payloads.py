@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "view")
 FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang")
+#: Row ids are 32-bit integers (PostgreSQL ``integer``): a larger one cannot name a row and
+#: would make the database refuse the query instead of the handler refusing politely.
+MAX_ID = 2**31 - 1
 
 _PATTERNS = {
     "o": re.compile(r"^o:(?P<act>[a-z]{2,4}):(?P<id>\d{1,12})$"),
@@ -38,7 +41,8 @@ def parse(raw: str | None) -> Payload | None:
         return None
     kind = raw.split(":", 1)[0]
     pattern = _PATTERNS.get(kind)
-    match = pattern.match(raw) if pattern else None
+    # fullmatch: ``$`` alone would accept a trailing newline.
+    match = pattern.fullmatch(raw) if pattern else None
     if match is None:
         return None
     groups = match.groupdict()
@@ -48,6 +52,10 @@ def parse(raw: str | None) -> Payload | None:
     if kind == "f" and action not in FLOW_ACTIONS:
         return None
     ident = groups.get("id")
+    if ident and int(ident) > MAX_ID:
+        return None
+    if kind == "oa" and int(groups["arg"]) > MAX_ID:
+        return None
     return Payload(kind, action, int(ident) if ident else None, groups.get("arg"))
 
 

@@ -390,16 +390,16 @@ async def test_photo_upload_is_stored_served_and_passed_on(
     )
     assert r.status_code == 200, r.text
     ref = core.calls[0].photo
-    assert ref is not None and ref.startswith("web:")
+    assert ref is not None and ref.startswith("media:")
     path = channel.media_path(ref)
     assert path is not None and path.read_bytes() == PNG
     assert await channel.fetch_file(ref) == PNG
     with pytest.raises(DeliveryError):
-        await channel.fetch_file("web:" + "0" * 32 + ".png")
+        await channel.fetch_file("media:" + "0" * 32 + ".png")
 
     messages, _ = await _poll(client, "p-resident")
     url = messages[0]["photo"]
-    assert url == "media/" + ref.removeprefix("web:")
+    assert url == "media/" + ref.removeprefix("media:")
     served = await client.get(f"/chat/{url}")
     assert served.status_code == 200
     assert served.content == PNG
@@ -434,7 +434,7 @@ async def test_outbound_photo_references(
     await channel.send("p-worker", Outbound("qr", photo=ref))
     await channel.send("p-worker", Outbound("tg", photo="AgACAgIAAxkBAAIB"))  # not ours
     messages, _ = await _poll(client, "p-worker")
-    assert messages[0]["photo"] == "media/" + ref.removeprefix("web:")
+    assert messages[0]["photo"] == "media/" + ref.removeprefix("media:")
     assert messages[1]["photo"] is None
 
 
@@ -461,4 +461,4 @@ async def test_multipart_photo(client: httpx.AsyncClient, core: StubCore) -> Non
         assert core.calls == []
     else:
         assert r.status_code == 200, r.text
-        assert (core.calls[0].photo or "").startswith("web:")
+        assert (core.calls[0].photo or "").startswith("media:")

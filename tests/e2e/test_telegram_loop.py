@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,11 +26,14 @@ def has(text: str) -> Any:
 
 
 @pytest.fixture
-async def tg_app(database_url: str) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
+async def tg_app(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
     async with FakeTelegramServer() as tg:
         settings = load_settings(
             database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
             telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
+            media_dir=tmp_path / "media",
         )
         app = Gridbot(settings)
         await app.prepare()
@@ -190,3 +194,38 @@ async def test_redelivered_update_creates_one_order(
     assert len([m for m in tg.sent(RESIDENT) if "工单号" in (m.text or "")]) == 1
     assert dupes and dupes > 0
 
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c63f8cfc0f01f0005000201e2aa46b70000000049454e44ae426082"
+)
+
+
+async def test_photo_reaches_the_worker_through_the_media_store(
+    tg_app: tuple[Harness, FakeTelegramServer],
+) -> None:
+    h, tg = tg_app
+    resident, worker = tg.user(RESIDENT, "张"), tg.user(WORKER, "王网格员")
+    await bind(tg, h, worker, "worker", "xh-g1-m1")
+    await tg.wait_for(WORKER, has("网格员"))
+    await bind(tg, h, resident, "resident", "xh-g1-m1", "xh-b01")
+    await resident.press_label(await tg.wait_for(RESIDENT, has("房号")), "跳过")
+    await resident.press_label(await tg.wait_for(RESIDENT, has("电话")), "跳过")
+    await resident.send_command("order")
+    await resident.press_label(await tg.wait_for(RESIDENT, has("类别")), "安全隐患")
+    await tg.wait_for(RESIDENT, has("描述"))
+    await resident.send_text("电动车在楼道充电")
+    await tg.wait_for(RESIDENT, has("照片"))
+    tg.add_file("resident-photo", PNG)
+    await resident.send_photo("resident-photo")
+    await tg.wait_for(RESIDENT, has("位置"))
+    await resident.send_text("跳过")
+    await resident.press_label(await tg.wait_for(RESIDENT, has("请确认")), "✅ 提交")
+    card = await tg.wait_for(WORKER, has("电动车在楼道充电"))
+    order = (await h.orders())[0]
+    assert order.photo is not None and order.photo.startswith("media:")
+    assert h.app.media.path(order.photo) is not None
+    assert card.photo is not None  # sent as an upload of the stored bytes
+    assert tg._files[card.photo] == PNG
+    assert "紧急" in (card.text or "")  # safety hazards are urgent

@@ -1,0 +1,54 @@
+"""One store for photos whatever platform they came from, so a photo a resident sent on one
+platform reaches a worker on another. References look like ``media:<32 hex>.<ext>``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from pathlib import Path
+
+PREFIX = "media:"
+NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp)")
+MAX_BYTES = 10 * 1024 * 1024
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The file extension of a JPEG, PNG, GIF or WebP image, else ``None``."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+class MediaStore:
+    """Image files in one folder, named at random."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def save(self, data: bytes) -> str | None:
+        """Store an image; ``None`` when it is not an image we accept."""
+        ext = sniff_image(data)
+        if ext is None or len(data) > MAX_BYTES:
+            return None
+        name = f"{secrets.token_hex(16)}.{ext}"
+        await asyncio.to_thread(self._write, name, data)
+        return PREFIX + name
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / name).write_bytes(data)
+
+    def path(self, ref: str) -> Path | None:
+        """The file behind a reference, or ``None`` when it is not one of ours."""
+        name = ref.removeprefix(PREFIX)
+        if not ref.startswith(PREFIX) or not NAME.fullmatch(name):
+            return None
+        path = self.root / name
+        return path if path.is_file() else None

@@ -1,0 +1,153 @@
+"""The outbox: nothing lost between commit and send, limits and retry_after honoured."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from bot.channels.base import DeliveryError, Limits, RetryAfter
+from bot.channels.memory import MemoryChannel
+from bot.delivery import Deliverer
+from bot.ports import Outbound
+from models import OutboxMessage
+from tests.conftest import Harness
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FlakyChannel(MemoryChannel):
+    """Fails the way a platform does, on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[Exception] = []
+        self.attempts = 0
+
+    async def send(self, chat_id: str, message: Outbound) -> str:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return await super().send(chat_id, message)
+
+
+async def queue(h: Harness, *texts: str, chat: str = "c1") -> None:
+    async with h.app.sessionmaker() as session, session.begin():
+        for text in texts:
+            session.add(
+                OutboxMessage(
+                    channel="memory",
+                    chat_id=chat,
+                    payload={"text": text},
+                    not_before=datetime(2026, 1, 1, tzinfo=UTC),
+                )
+            )
+
+
+async def statuses(h: Harness) -> list[tuple[str, int]]:
+    async with h.app.sessionmaker() as session:
+        rows = await session.execute(
+            select(OutboxMessage.status, OutboxMessage.attempts).order_by(OutboxMessage.id)
+        )
+        return [(s, a) for s, a in rows.all()]
+
+
+async def test_rows_committed_before_a_crash_are_sent_after_restart(harness: Harness) -> None:
+    await queue(harness, "一", "二")
+    clock = Clock()
+    channel = MemoryChannel()
+    first = Deliverer(harness.app.sessionmaker, {"memory": channel}, clock=clock)
+    claimed = await first._claim()  # claimed, then the process dies before sending
+    assert len(claimed) == 2
+    second = Deliverer(harness.app.sessionmaker, {"memory": channel}, clock=clock)
+    assert await second.drain_once() == 0  # the lease still holds
+    clock.advance(61)
+    assert await second.drain_once() == 2
+    assert [m.text for m in channel.messages["c1"]] == ["一", "二"]
+    assert await statuses(harness) == [("sent", 1), ("sent", 1)]
+
+
+async def test_retry_after_pauses_the_chat_and_keeps_order(harness: Harness) -> None:
+    await queue(harness, "a", "b", "c")
+    clock = Clock()
+    channel = FlakyChannel()
+    channel.failures = [RetryAfter(0.05)]
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": channel}, clock=clock)
+    await deliverer.drain_once()
+    assert channel.messages.get("c1") is None
+    assert [s for s, _ in await statuses(harness)] == ["pending"] * 3
+    assert await deliverer.drain_once() == 0  # not before the time asked
+    clock.advance(1)
+    await deliverer.drain_once()
+    assert [m.text for m in channel.messages["c1"]] == ["a", "b", "c"]
+
+
+async def test_transient_errors_back_off_and_permanent_ones_stop(harness: Harness) -> None:
+    await queue(harness, "x", chat="c1")
+    await queue(harness, "y", chat="c2")
+    clock = Clock()
+    channel = FlakyChannel()
+    channel.failures = [DeliveryError("timeout"), DeliveryError("blocked", permanent=True)]
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": channel}, clock=clock)
+    await deliverer.drain_once()
+    rows = await statuses(harness)
+    assert sorted(rows) == [("failed", 1), ("pending", 1)]
+    clock.advance(5)
+    await deliverer.drain_once()
+    assert sorted(await statuses(harness)) == [("failed", 1), ("sent", 2)]
+    assert deliverer.failed_count == 1
+
+
+async def test_edit_of_an_unsent_message_is_sent_as_a_message(harness: Harness) -> None:
+    async with harness.app.sessionmaker() as session, session.begin():
+        session.add(
+            OutboxMessage(
+                channel="memory",
+                chat_id="c1",
+                payload={"text": "offer"},
+                ref="offer:1",
+                status="failed",
+            )
+        )
+        session.add(
+            OutboxMessage(
+                channel="memory",
+                chat_id="c1",
+                payload={"text": "taken"},
+                edit_ref="offer:1",
+                not_before=datetime(2026, 1, 1, tzinfo=UTC),
+            )
+        )
+    channel = MemoryChannel()
+    await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
+    assert [m.text for m in channel.messages["c1"]] == ["taken"]
+
+
+async def test_per_chat_pace_is_applied(harness: Harness) -> None:
+    await queue(harness, "1", "2", "3")
+    channel = MemoryChannel()
+    channel.limits = Limits(per_chat_interval=0.2, global_per_second=1000)
+    sent_at: list[float] = []
+    original = channel.send
+
+    async def timed(chat_id: str, message: Outbound) -> str:
+        import time
+
+        sent_at.append(time.monotonic())
+        return await original(chat_id, message)
+
+    channel.send = timed  # type: ignore[method-assign]
+    await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    assert len(gaps) == 2 and min(gaps) >= 0.19
