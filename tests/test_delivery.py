@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -142,12 +144,10 @@ async def test_per_chat_pace_is_applied(harness: Harness) -> None:
     original = channel.send
 
     async def timed(chat_id: str, message: Outbound) -> str:
-        import time
-
         sent_at.append(time.monotonic())
         return await original(chat_id, message)
 
     channel.send = timed  # type: ignore[method-assign]
     await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(gaps) == 2 and min(gaps) >= 0.19
