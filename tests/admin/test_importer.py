@@ -81,8 +81,9 @@ TABLES = ("community", "grid", "building", "person", "role", "category")
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Every test here runs on SQLite and on PostgreSQL (see tests/conftest.py)."""
+    eng = make_engine(database_url)
     await upgrade(eng)
     yield eng
     await eng.dispose()
