@@ -10,7 +10,7 @@ from models.messaging import (
     WebChatMessage,
 )
 from models.orders import Offer, Order, OrderEvent, PointsEntry, Revisit
-from models.people import Identity, Invite, Person, Role
+from models.people import Identity, Invite, LinkCode, Person, Role
 
 __all__ = [
     "Base",
@@ -22,6 +22,7 @@ __all__ = [
     "Identity",
     "Invite",
     "KeyValue",
+    "LinkCode",
     "Offer",
     "Order",
     "OrderEvent",

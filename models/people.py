@@ -28,6 +28,8 @@ class Person(Base):
     phone: Mapped[str | None] = mapped_column(String(32))
     locale: Mapped[str | None] = mapped_column(String(16))
     points: Mapped[int] = mapped_column(default=0)
+    #: The channel pushes go to when the person chose one; else the one they used last.
+    preferred_channel: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -44,6 +46,21 @@ class Identity(Base):
     chat_id: Mapped[str] = mapped_column(String(128))
     locale: Mapped[str | None] = mapped_column(String(16))
     last_inbound_at: Mapped[datetime | None] = mapped_column()
+    #: Pushes sent since ``last_inbound_at`` (WeChat allows a handful per 48 h window).
+    window_pushes: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LinkCode(Base):
+    """A one-time code that links a second platform identity to a person."""
+
+    __tablename__ = "link_code"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
