@@ -5,6 +5,7 @@ from models.grid import Building, Category, Community, Grid
 from models.messaging import (
     Conversation,
     KeyValue,
+    OfferedChoices,
     OutboxMessage,
     ProcessedUpdate,
     WebChatMessage,
@@ -24,6 +25,7 @@ __all__ = [
     "KeyValue",
     "LinkCode",
     "Offer",
+    "OfferedChoices",
     "Order",
     "OrderEvent",
     "OutboxMessage",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -68,6 +68,19 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class OfferedChoices(Base):
+    """The numbered choices last shown to a user on a platform without buttons (WeChat):
+    replying "2" means pressing the second one. ``options`` is a list of [label, payload]."""
+
+    __tablename__ = "offered_choices"
+
+    identity_id: Mapped[int] = mapped_column(
+        ForeignKey("identity.id", ondelete="CASCADE"), primary_key=True
+    )
+    options: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class WebChatMessage(Base):
     """A message shown in the local web chat (that channel's 'platform' storage)."""
 
@@ -98,6 +111,7 @@ __all__ = [
     "OUT_SENT",
     "Conversation",
     "KeyValue",
+    "OfferedChoices",
     "OutboxMessage",
     "ProcessedUpdate",
     "WebChatMessage",
