@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from bot.core import cards
 from bot.core import payloads as p
@@ -30,8 +30,14 @@ MENU = {
 
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """Run a slash command (or its menu label)."""
-    from handlers import bind, flows
+    from handlers import bind, flows, link
 
+    if name == "link":  # also for someone not bound yet: that is how a second platform joins
+        await link.link(ctx, arg)
+        return
+    if name == "push":
+        await link.push(ctx, arg)
+        return
     if name == "start":
         if arg:
             await ctx.end_conversation()
@@ -47,6 +53,10 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
         return
     if ctx.person is None:
         await bind.welcome(ctx)
+        return
+    if name in duties.COMMANDS:
+        await ctx.end_conversation()
+        await duties.command(ctx, name, arg)
         return
     handlers = {
         "order": flows.start_order,
@@ -96,7 +106,8 @@ async def menu_rows(ctx: Ctx) -> list[list[str]]:
 
 async def show_menu(ctx: Ctx) -> None:
     """Send the main menu."""
-    ctx.reply(Outbound(ctx.t("menu.title"), menu=await menu_rows(ctx)))
+    # kind "menu": platforms with a fixed account menu (WeChat) need not send it at all.
+    ctx.reply(Outbound(ctx.t("menu.title"), menu=await menu_rows(ctx), kind="menu"))
 
 
 async def help_(ctx: Ctx) -> None:
@@ -241,8 +252,6 @@ async def queue(ctx: Ctx) -> None:
         await ctx.session.scalars(select(Grid).where(Grid.id.in_([r.grid_id for r in managed])))
     ).all()
     prefix_filter = [Grid.path.startswith(g.path) for g in grids]
-    from sqlalchemy import or_
-
     orders = (
         await ctx.session.scalars(
             select(Order)

@@ -8,11 +8,11 @@ from sqlalchemy import select
 from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import OrderError
-from bot.core.routing import can_manage, escalation_target
+from bot.core.routing import can_manage
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
 from models import Grid, Offer, Person, Revisit
-from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE, FINAL_STATES
+from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
 
 async def button(ctx: Ctx, payload: p.Payload) -> None:
@@ -73,15 +73,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         order = await ctx.orders.handle_self(person, oid)
         ctx.toast = ctx.t("dispatch.handle_short")
     elif action == "esc":
-        order = await ctx.orders.get(oid)
-        grid = await ctx.session.get(Grid, order.handling_grid_id)
-        if grid is None or not await can_manage(ctx.session, person.id, grid):
-            raise OrderError("error.not_your_button")
-        if order.status in (*FINAL_STATES, DONE):
-            raise OrderError(ctx.orders._stale_key(order))
-        if await escalation_target(ctx.session, grid) is None:
-            # Refuse now rather than after the reason: a flow that can only fail traps the user.
-            raise OrderError("error.escalate_top")
+        await ctx.orders.escalation_check(person, oid)
         await ctx.set_conversation(FLOW_ESCALATE, "reason", {"order_id": oid})
         ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
     elif action == "acc":

@@ -19,6 +19,7 @@ from bot.core import cards
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
 from bot.core.routing import (
+    Target,
     ancestors,
     can_manage,
     escalation_target,
@@ -61,17 +62,24 @@ from models.people import ROLE_HEAD
 
 log = logging.getLogger(__name__)
 
+#: States from which a worker or head may send an order up the tree.
+ESCALATABLE = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED)
 #: Ratings at or below this open a revisit (回访) for the grid head.
 REVISIT_AT_OR_BELOW = 3
 
 
 class OrderError(Exception):
-    """A polite refusal: ``key`` names the sentence to show the user; nothing was changed."""
+    """A polite refusal: ``key`` names the sentence to show the user; nothing was changed.
+
+    ``end_flow`` is set when the refused action was the last step of a conversation flow that
+    can no longer succeed (the order changed meanwhile): the flow ends instead of asking again.
+    """
 
     def __init__(self, key: str, **args: Any) -> None:
         super().__init__(key)
         self.key = key
         self.args_ = args
+        self.end_flow = False
 
 
 @dataclass
@@ -233,10 +241,17 @@ class OrderService:
         target = await route_new_order(self.session, grid)
         return target.person_ids if target else []
 
-    async def _tell_resident(self, order: Order, key: str, **args: str) -> None:
+    async def _tell_resident(
+        self, order: Order, key: str, *, kind: str | None = None, **args: str
+    ) -> None:
+        # The ref ties the note to its order (who to tell when the resident cannot be
+        # reached); ``kind`` picks the WeChat template outside the 48-hour window.
         await self.notify.to_person(
             order.resident_id,
-            lambda lang: Outbound(self.tr.t(lang, key, number=number(order), **args)),
+            lambda lang: Outbound(
+                self.tr.t(lang, key, number=number(order), **args), kind=kind
+            ),
+            ref=f"note:{order.id}",
         )
 
     async def _close_open_offers(
@@ -507,21 +522,26 @@ class OrderService:
         await self._after_accept(order, person)
         return order
 
-    async def escalate(self, person: Person, order_id: int, reason: str) -> Order:
-        """Send the order one level up the tree with a reason; the head above dispatches it."""
+    async def escalation_check(self, person: Person, order_id: int) -> tuple[Order, Target]:
+        """Whether ``person`` may escalate the order now, and to whom; refuse politely if not
+        (asked before the reason, so that a flow that can only fail never starts)."""
         order = await self.get(order_id)
         await self._require_manager(person.id, order)
-        allowed = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED)
-        if order.status not in allowed:
+        if order.status not in ESCALATABLE:
             raise OrderError(self._stale_key(order))
         grid = await self.session.get(Grid, order.handling_grid_id)
         assert grid is not None
         target = await escalation_target(self.session, grid)
         if target is None:
             raise OrderError("error.escalate_top")
+        return order, target
+
+    async def escalate(self, person: Person, order_id: int, reason: str) -> Order:
+        """Send the order one level up the tree with a reason; the head above dispatches it."""
+        order, target = await self.escalation_check(person, order_id)
         previous_assignee = order.assignee_id
         old = await self._transition(
-            order, allowed, ESCALATED, handling_grid_id=target.grid.id, assignee_id=None
+            order, ESCALATABLE, ESCALATED, handling_grid_id=target.grid.id, assignee_id=None
         )
         self._event(order, person.id, "escalate", old, note=reason)
         await self._close_open_offers(order, OFFER_WITHDRAWN, "offer.withdrawn")
@@ -606,7 +626,9 @@ class OrderService:
             lambda lang: cards.assignee_card(self.tr, lang, view, "member.accepted"),
             ref=f"task:{order.id}",
         )
-        await self._tell_resident(order, "resident.accepted", name=person.name)
+        await self._tell_resident(
+            order, "resident.accepted", kind="accepted", name=person.name
+        )
         for pid in await self._handlers(order):
             if pid != person.id:
                 await self.notify.to_person(
