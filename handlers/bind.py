@@ -7,7 +7,7 @@ import re
 from sqlalchemy import select
 
 from bot.core import payloads as p
-from bot.core.invites import InviteError, redeem_invite, signing_key
+from bot.core.invites import InviteError, check_invite, redeem_invite, signing_key
 from bot.core.orders import OrderError
 from bot.ports import Button
 from handlers import common
@@ -28,7 +28,7 @@ async def start(ctx: Ctx, token: str) -> None:
     """Redeem an invite: create the person on first contact, then add the invited role."""
     key = await signing_key(ctx.session, ctx.settings)
     try:
-        invite = await redeem_invite(ctx.session, key, token, ctx.now)
+        invite = await check_invite(ctx.session, key, token, ctx.now)
     except InviteError as err:
         raise OrderError(f"invite.{err.reason}") from err
     grid = await ctx.session.get(Grid, invite.grid_id)
@@ -64,9 +64,14 @@ async def start(ctx: Ctx, token: str) -> None:
     if existing is not None and (
         invite.role != ROLE_RESIDENT or existing.building_id == invite.building_id
     ):
+        # Checked before redeeming: holding the role already must not use up the invite.
         ctx.say("bind.already", role=ctx.t(f"role.{invite.role}"), grid=grid.name)
         await common.show_menu(ctx)
         return
+    try:
+        await redeem_invite(ctx.session, key, token, ctx.now)
+    except InviteError as err:  # lost a race for the last use
+        raise OrderError(f"invite.{err.reason}") from err
     if existing is not None:
         existing.building_id = invite.building_id
         role = existing

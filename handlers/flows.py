@@ -240,7 +240,11 @@ async def escalate_step(
     if payload is not None or len(text) < MIN_DESCRIPTION:
         ctx.say("dispatch.ask_reason", [_cancel_row(ctx)])
         return
-    order = await ctx.orders.escalate(ctx.person, int(data["order_id"]), text)
+    try:
+        order = await ctx.orders.escalate(ctx.person, int(data["order_id"]), text)
+    except OrderError as refusal:
+        refusal.end_flow = True  # the order changed meanwhile: another reason will not help
+        raise
     await ctx.end_conversation()
     ctx.say("dispatch.escalated_ok", number=cards.number(order))
 
@@ -254,9 +258,13 @@ async def done_step(ctx: Ctx, state: str, data: dict[str, Any], payload: p.Paylo
     if not skip and not text and not ev.photo:
         ctx.say("member.ask_done_note", [_skip_row(ctx)])
         return
-    order = await ctx.orders.finish(
-        ctx.person, int(data["order_id"]), None if skip else text, None if skip else ev.photo
-    )
+    try:
+        order = await ctx.orders.finish(
+            ctx.person, int(data["order_id"]), None if skip else text, None if skip else ev.photo
+        )
+    except OrderError as refusal:
+        refusal.end_flow = True
+        raise
     await ctx.end_conversation()
     ctx.say("member.done_ok", number=cards.number(order))
 
@@ -271,6 +279,10 @@ async def revisit_step(
     if not skip and not text:
         ctx.say("revisit.ask_note", [_skip_row(ctx)])
         return
-    await ctx.orders.revisit_done(ctx.person, int(data["revisit_id"]), None if skip else text)
+    try:
+        await ctx.orders.revisit_done(ctx.person, int(data["revisit_id"]), None if skip else text)
+    except OrderError as refusal:
+        refusal.end_flow = True
+        raise
     await ctx.end_conversation()
     ctx.say("revisit.done_ok")

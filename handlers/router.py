@@ -98,6 +98,8 @@ class Router:
         person = None
         if identity is not None:
             identity.last_inbound_at = now
+            # A new 48-hour window (WeChat) with its quota of pushes starts with every message.
+            identity.window_pushes = 0
             identity.chat_id = event.chat_id
             if event.locale:
                 identity.locale = normalize_locale(event.locale, self.settings.default_locale)
@@ -132,6 +134,8 @@ class Router:
                 await self._dispatch(ctx)
         except OrderError as refusal:
             ctx.notify.written.clear()
+            if refusal.end_flow:
+                await ctx.end_conversation()
             ctx.say(refusal.key, **refusal.args_)
             ctx.toast = ctx.t(refusal.key, **refusal.args_)
 

@@ -187,7 +187,14 @@ class OrderService:
         view = await self.view(order)
 
         def card(lang: str) -> Outbound:
-            return Outbound(cards.card_text(self.tr, lang, view, contact=True, full=True))
+            # Dispatched or accepted orders can still be sent up when the member is stuck.
+            buttons = []
+            if order.status in ESCALATABLE and order.status not in AWAITING_DISPATCH:
+                buttons = [
+                    [Button(self.tr.t(lang, "btn.escalate"), cards.p.order("esc", order.id))]
+                ]
+            text = cards.card_text(self.tr, lang, view, contact=True, full=True)
+            return Outbound(text, buttons)
 
         def receipt(lang: str) -> Outbound:
             status = cards.status_name(self.tr, lang, order.status)
@@ -248,9 +255,7 @@ class OrderService:
         # reached); ``kind`` picks the WeChat template outside the 48-hour window.
         await self.notify.to_person(
             order.resident_id,
-            lambda lang: Outbound(
-                self.tr.t(lang, key, number=number(order), **args), kind=kind
-            ),
+            lambda lang: Outbound(self.tr.t(lang, key, number=number(order), **args), kind=kind),
             ref=f"note:{order.id}",
         )
 
@@ -476,15 +481,19 @@ class OrderService:
         view = await self.view(order)
         reached = 0
         for pid in person_ids:
+            if await self.notify.identity_of(pid) is None:
+                # Nobody to tell: an offer nobody can see would keep the order waiting for a
+                # decline that never comes.
+                continue
             offer = Offer(order_id=order.id, person_id=pid, round=rnd, created_at=self.now)
             self.session.add(offer)
             await self.session.flush()
-            row = await self.notify.to_person(
+            await self.notify.to_person(
                 pid,
                 lambda lang: cards.offer_card(self.tr, lang, view, assigned=assigned),
                 ref=offer_ref(offer.id),
             )
-            reached += row is not None
+            reached += 1
         return reached
 
     async def assign(self, person: Person, order_id: int, member_id: int) -> Order:
@@ -626,9 +635,7 @@ class OrderService:
             lambda lang: cards.assignee_card(self.tr, lang, view, "member.accepted"),
             ref=f"task:{order.id}",
         )
-        await self._tell_resident(
-            order, "resident.accepted", kind="accepted", name=person.name
-        )
+        await self._tell_resident(order, "resident.accepted", kind="accepted", name=person.name)
         for pid in await self._handlers(order):
             if pid != person.id:
                 await self.notify.to_person(

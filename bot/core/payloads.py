@@ -22,6 +22,10 @@ _PATTERNS = {
     "rv": re.compile(r"^rv:(?P<id>\d{1,12})$"),
     "f": re.compile(r"^f:(?P<act>[a-z]{1,5})(?::(?P<arg>[A-Za-z0-9_-]{1,32}))?$"),
     "m": re.compile(r"^m:(?P<act>[a-z]{1,16})$"),
+    # duties: patrol check-in, visit outcome, whistle answer (built in bot.core.duties)
+    "dp": re.compile(r"^dp:(?P<act>ci):(?P<id>\d{1,12})$"),
+    "dv": re.compile(r"^dv:(?P<act>ok|help):(?P<id>\d{1,12})$"),
+    "dw": re.compile(r"^dw:(?P<act>on|no):(?P<id>\d{1,12})$"),
 }
 
 
