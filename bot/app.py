@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,13 +28,14 @@ from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
 from bot.ports import Inbound
 from handlers.router import Router
-from models import Category, Grid, Identity, Person, Role, utcnow
+from models import Category, Grid, Identity, OutboxMessage, Person, Role, utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
 
 log = logging.getLogger(__name__)
 
 DEMO_FILE = Path(__file__).parent / "demo" / "community.yaml"
 TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
+WECHAT_PATH = "/wechat"
 MAX_WEBHOOK_BODY = 1 << 20
 
 #: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
@@ -49,7 +51,9 @@ class Gridbot:
         self.engine = make_engine(settings.database_url)
         self.sessionmaker = make_sessionmaker(self.engine)
         self.tr = Translator.load(settings.locales_dir, settings.default_locale)
-        self.deliverer = Deliverer(self.sessionmaker, {}, clock=clock)
+        self.deliverer = Deliverer(
+            self.sessionmaker, {}, clock=clock, on_unreachable=self.report_unreachable
+        )
         self.media = MediaStore(settings.media_dir)
         self.router = Router(
             self.sessionmaker,
@@ -60,8 +64,10 @@ class Gridbot:
             import_photo=self.import_photo,
         )
         self.channels: dict[str, Channel] = {}
+        self.duties: Any = None  # bot.scheduler.DutyScheduler once started
         self.telegram: Any = None
         self.webchat: Any = None
+        self.wechat: Any = None
 
     def add_channel(self, channel: Channel) -> None:
         """Deliver through ``channel`` from now on."""
@@ -80,6 +86,20 @@ class Gridbot:
             log.warning("could not fetch a %s photo: %s", event.channel, type(err).__name__)
             return None
         return await self.media.save(data)
+
+    async def report_unreachable(self, row: OutboxMessage) -> None:
+        """A push failed because its person cannot be reached: their other platform, or the
+        order's handler, is told (never a silent failure)."""
+        from bot.core.reach import report_unreachable
+
+        async with self.sessionmaker() as session, session.begin():
+            await report_unreachable(
+                session,
+                self.tr,
+                self.settings.default_locale,
+                row,
+                channels=set(self.channels),
+            )
 
     async def prepare(self) -> None:
         """Migrate the schema; load the demo community into an empty database when asked."""
@@ -172,6 +192,33 @@ class Gridbot:
         )
         self.add_channel(self.telegram)
 
+    def enable_wechat(self) -> None:
+        """Serve a WeChat Official Account at /wechat (plain or safe mode)."""
+        from bot.channels.wechat import WeChatChannel
+
+        s = self.settings
+        assert s.wechat_appid and s.wechat_token
+        self.wechat = WeChatChannel(
+            appid=s.wechat_appid,
+            secret=s.wechat_secret or "",
+            token=s.wechat_token,
+            aes_key=s.wechat_aes_key or None,
+            api_url=s.wechat_api_url,
+            intake=self.router,
+            sessionmaker=self.sessionmaker,
+            tr=self.tr,
+            deliverer=self.deliverer,
+            default_locale=s.default_locale,
+            media=self.media,
+            clock=self.clock,
+            reply_deadline=s.wechat_reply_deadline,
+            timestamp_skew=s.wechat_timestamp_skew,
+            push_quota=s.wechat_push_quota,
+            msgmenu=s.wechat_msgmenu,
+            templates=s.wechat_templates,
+        )
+        self.add_channel(self.wechat)
+
     # ---- web server -------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
@@ -196,11 +243,27 @@ class Gridbot:
         )
         return Response(status_code=status)
 
+    async def wechat_webhook(self, request: Request) -> Response:
+        """WeChat's callback URL: GET is the admin console's check, POST a message or event."""
+        if self.wechat is None:
+            return Response(status_code=404)
+        params = dict(request.query_params)
+        if request.method == "GET":
+            status, body = self.wechat.process_get(params)
+            return Response(body, status_code=status, media_type="text/plain")
+        data = await request.body()
+        if len(data) > MAX_WEBHOOK_BODY:
+            return Response(status_code=413)
+        status, body = await self.wechat.process_post(params, data)
+        media = "application/xml" if body.startswith("<") else "text/plain"
+        return Response(body, status_code=status, media_type=media)
+
     def web_app(self) -> Starlette:
         """The one web server: health, webhooks and (when enabled) the local web chat."""
         routes: list[Any] = [
             Route("/healthz", self.healthz),
             Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
+            Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
         ]
         if self.webchat is not None:
             routes.append(Mount("/chat", routes=self.webchat.routes()))
@@ -221,10 +284,30 @@ class Gridbot:
                 [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
             )
 
+    async def start_duties(self, *, manual: bool = False) -> Any:
+        """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,
+        see ``bot.scheduler``. Raises ``SchedulerRefused`` on SQLite when another runs."""
+        from bot.scheduler import DutyScheduler
+
+        self.duties = DutyScheduler(
+            self.sessionmaker,
+            self.settings,
+            self.tr,
+            clock=self.clock,
+            wake=self.deliverer.wake,
+            manual=manual,
+        )
+        await self.duties.start()
+        return self.duties
+
     async def stop(self) -> None:
         """Stop everything; what is still in the outbox goes out after the next start."""
+        if self.duties is not None:
+            await self.duties.stop()
         if self.telegram is not None:
             await self.telegram.stop()
+        if self.wechat is not None:
+            await self.wechat.stop()
         await self.deliverer.stop()
         await self.engine.dispose()
 
@@ -235,7 +318,19 @@ class Gridbot:
             self.enable_webchat()
         if self.settings.telegram_token:
             self.enable_telegram()
+        if self.settings.wechat_appid and self.settings.wechat_token:
+            self.enable_wechat()
         await self.start()
+        if self.settings.scheduler_enabled:
+            from bot.scheduler import SchedulerRefused
+
+            try:
+                await self.start_duties()
+            except SchedulerRefused as err:
+                log.error("%s", err)
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                await self.stop()
+                raise SystemExit(1) from err
         config = uvicorn.Config(
             self.web_app(),
             host=self.settings.web_host,
@@ -255,6 +350,9 @@ class Gridbot:
             print(f"Gridbot is running on {where}", flush=True)
         if self.telegram is not None:
             print(f"Telegram: {self.settings.telegram_mode} mode", flush=True)
+        if self.wechat is not None:
+            mode = "safe (AES)" if self.settings.wechat_aes_key else "plain"
+            print(f"WeChat: callback URL {where}{WECHAT_PATH}, {mode} mode", flush=True)
         try:
             await server.serve()
         finally:

@@ -69,6 +69,74 @@ class Settings(BaseSettings):
         Path("media"), description="Folder for photos sent through the local web chat"
     )
 
+    wechat_appid: str | None = Field(
+        None, description="WeChat Official Account AppID; with the token it enables WeChat"
+    )
+    wechat_secret: str | None = Field(None, description="WeChat Official Account AppSecret")
+    wechat_token: str | None = Field(
+        None, description="Token entered in the WeChat admin console (signs callbacks)"
+    )
+    wechat_aes_key: str | None = Field(
+        None, description="EncodingAESKey (43 characters): set it to use safe (AES) mode"
+    )
+    wechat_api_url: str = Field(
+        "https://api.weixin.qq.com", description="WeChat API base URL (a test fake, a proxy)"
+    )
+    wechat_reply_deadline: float = Field(
+        4.0, description="Seconds to wait for the handler before answering WeChat 'success'"
+    )
+    wechat_timestamp_skew: int = Field(
+        300, description="Seconds a WeChat callback's timestamp may differ from our clock"
+    )
+    wechat_push_quota: int = Field(
+        5, description="Customer-service messages allowed per user per 48-hour window"
+    )
+    wechat_msgmenu: bool = Field(
+        False, description="Send choices as tappable msgmenu messages (else numbered text)"
+    )
+    wechat_templates: dict[str, str] = Field(
+        {},
+        description="Template ids per push kind outside the 48-hour window, JSON: "
+        '{"offer": "…", "accepted": "…", "rate": "…", "reminder": "…", "other": "…"}',
+    )
+
+    # ---- duties and timers (issue 4) ----
+    scheduler_enabled: bool = Field(
+        True, description="Run the duty scheduler (one per database; others wait or are refused)"
+    )
+    scheduler_misfire_grace: int = Field(
+        6 * 3600,
+        description="Seconds a reminder missed while the service was down may still fire "
+        "(once) after a restart; later than that it is logged and recorded as skipped",
+    )
+    scheduler_lease_seconds: int = Field(
+        30, description="Scheduler lease length; the leader renews it every third of it"
+    )
+    scheduler_sweep_seconds: int = Field(
+        60, description="Seconds between sweeps of order clocks, patrol deadlines, whistles"
+    )
+    scheduler_concurrency: int = Field(8, description="Duty jobs run at the same time at most")
+    quiet_hours: str = Field(
+        "22:00-07:00", description="Default quiet hours (non-urgent pushes wait), HH:MM-HH:MM"
+    )
+    order_dispatch_minutes: int = Field(
+        30, description="Order not dispatched in this many minutes: broadcast automatically"
+    )
+    order_accept_minutes: int = Field(
+        60, description="Order not accepted in this many minutes: escalate one level"
+    )
+    order_overdue_escalate_minutes: int = Field(
+        120, description="Minutes after the deadline reminder before an order is escalated"
+    )
+    order_rate_days: int = Field(7, description="Days a done order waits for a rating")
+    whistle_remind_minutes: int = Field(
+        10, description="Minutes before unanswered people of a whistle are reminded (once)"
+    )
+    digest_time: str = Field("18:00", description="Local time of the daily digest to grid heads")
+    month_end_days: int = Field(
+        3, description="Days before month end when owed visits are pre-reminded (月末预提醒)"
+    )
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -15,13 +15,13 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.channels.base import Channel, DeliveryError, RetryAfter
+from bot.channels.base import Channel, DeliveryError, RetryAfter, Unreachable
 from bot.ports import Outbound
 from models import OutboxMessage, utcnow
 from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
@@ -106,8 +106,13 @@ class Deliverer:
         channels: Mapping[str, Channel],
         *,
         clock: Callable[[], datetime] = utcnow,
+        on_unreachable: Callable[[OutboxMessage], Awaitable[None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        #: Called with a row that failed because its person cannot be reached by push.
+        self.on_unreachable = on_unreachable
+        #: Chats whose rows this process leaves alone for now (a passive reply is being made).
+        self._held: dict[str, dict[str, int]] = defaultdict(dict)
         self.channels = dict(channels)
         self.clock = clock
         self.pacers = {name: _Pacer(ch) for name, ch in self.channels.items()}
@@ -120,6 +125,45 @@ class Deliverer:
         """Register a channel started after the deliverer."""
         self.channels[channel.name] = channel
         self.pacers[channel.name] = _Pacer(channel)
+
+    def hold(self, channel: str, chat_id: str) -> None:
+        """Leave this chat's rows alone until :meth:`release` (WeChat answers the event that
+        produced them with a passive reply, which must win against a customer-service send)."""
+        held = self._held[channel]
+        held[chat_id] = held.get(chat_id, 0) + 1
+
+    def release(self, channel: str, chat_id: str) -> None:
+        """Undo one :meth:`hold`; the chat's rows go out with the next pass."""
+        held = self._held[channel]
+        left = held.get(chat_id, 0) - 1
+        if left > 0:
+            held[chat_id] = left
+        else:
+            held.pop(chat_id, None)
+            self.wake()
+
+    async def claim_for_passive(self, ids: list[int]) -> list[int]:
+        """Mark pending rows as sent by a passive reply (platform id ``passive``); return the
+        ids claimed. A conditional UPDATE: a row another deliverer claimed first is left to
+        it, so a message never goes out twice."""
+        if not ids:
+            return []
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids), OutboxMessage.status == OUT_PENDING)
+                .values(
+                    status=OUT_SENT,
+                    sent_at=self.clock(),
+                    platform_message_id="passive",
+                    attempts=OutboxMessage.attempts + 1,
+                    claimed_until=None,
+                )
+                .returning(OutboxMessage.id)
+            )
+            claimed = [int(r[0]) for r in result.all()]
+        self.sent_count += len(claimed)
+        return claimed
 
     def wake(self) -> None:
         """New rows were committed: look now rather than at the next poll."""
@@ -165,6 +209,16 @@ class Deliverer:
                 .order_by(OutboxMessage.id)
                 .limit(BATCH)
             )
+            for channel_name, chats in self._held.items():
+                if chats:
+                    stmt = stmt.where(
+                        not_(
+                            and_(
+                                OutboxMessage.channel == channel_name,
+                                OutboxMessage.chat_id.in_(list(chats)),
+                            )
+                        )
+                    )
             if session.bind and session.bind.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = list((await session.scalars(stmt)).all())
@@ -221,6 +275,11 @@ class Deliverer:
     async def _deliver(self, row: OutboxMessage) -> str:
         channel = self.channels[row.channel]
         message = Outbound.from_payload(row.payload)
+        deliver_row = getattr(channel, "deliver_row", None)
+        if deliver_row is not None:
+            # Channels with push rules (WeChat) need the row itself: its kind, ref and person.
+            sent: str = await deliver_row(row, message)
+            return sent
         if not row.edit_ref:
             return await channel.send(row.chat_id, message)
         async with self.sessionmaker() as session, session.begin():
@@ -288,3 +347,9 @@ class Deliverer:
             log.warning(
                 "outbox %s to %s failed for good after %s attempts", row.id, row.channel, attempts
             )
+            if isinstance(err, Unreachable) and self.on_unreachable is not None:
+                try:
+                    await self.on_unreachable(row)
+                except Exception:
+                    log.exception("could not report unreachable outbox %s", row.id)
+                self.wake()

@@ -39,6 +39,9 @@ class Outbound:
     menu: list[list[str]] | None = None
     remove_menu: bool = False
     ask_location: str | None = None
+    #: What kind of push this is (``menu``, ``offer``, ``accepted``, ``rate``, ``reminder``):
+    #: platforms with push rules (WeChat) pick a template by it, or drop a bare menu.
+    kind: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """Serialise for the outbox (JSON)."""
@@ -53,6 +56,8 @@ class Outbound:
             data["remove_menu"] = True
         if self.ask_location:
             data["ask_location"] = self.ask_location
+        if self.kind:
+            data["kind"] = self.kind
         return data
 
     @classmethod
@@ -68,6 +73,7 @@ class Outbound:
             menu=data.get("menu"),
             remove_menu=bool(data.get("remove_menu")),
             ask_location=data.get("ask_location"),
+            kind=data.get("kind"),
         )
 
     def all_buttons(self) -> list[Button]:

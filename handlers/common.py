@@ -30,7 +30,7 @@ MENU = {
 
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """Run a slash command (or its menu label)."""
-    from handlers import bind, flows, link
+    from handlers import bind, duties, flows, link
 
     if name == "link":  # also for someone not bound yet: that is how a second platform joins
         await link.link(ctx, arg)

@@ -15,7 +15,7 @@ from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import NewOrder, OrderError, receipt_ref
 from bot.ports import Button, Outbound
-from handlers import bind, common
+from handlers import bind, common, duties
 from handlers.context import (
     FLOW_BIND,
     FLOW_DONE,
@@ -53,6 +53,7 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         FLOW_ESCALATE: escalate_step,
         FLOW_DONE: done_step,
         FLOW_REVISIT: revisit_step,
+        **duties.FLOWS,
     }.get(conv.flow)
     if conv.flow == FLOW_BIND:
         await bind.step(ctx, conv.state, dict(conv.data), payload)

@@ -21,7 +21,7 @@ from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, Outbound
-from handlers import bind, common, dispatch, flows
+from handlers import bind, common, dispatch, duties, flows
 from handlers.context import Ctx
 from models import Identity, Person, ProcessedUpdate, utcnow
 
@@ -182,6 +182,9 @@ class Router:
         if payload.kind == "m":
             await ctx.end_conversation()
             await common.command(ctx, payload.action, "")
+            return
+        if payload.kind in duties.PAYLOAD_KINDS:
+            await duties.button(ctx, payload)
             return
         await dispatch.button(ctx, payload)
 

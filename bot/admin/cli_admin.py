@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.admin.cli_wechat import wechat_configured, wechat_qr
 from bot.admin.importer import (
     CommunityFileError,
     ImportReport,
@@ -194,6 +195,7 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
             "telegram_link": link,
             "qr_png": str(png),
             "_place": place,
+            "_caption": _caption(args.role, place, code, expires_local.date().isoformat()),
         }
 
     try:
@@ -201,6 +203,22 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
     except CliError as exc:
         return _fail(str(exc))
     place = info.pop("_place")
+    if wechat_configured(settings):
+        png = Path(info["qr_png"])
+        try:
+            info.update(
+                wechat_qr(
+                    settings,
+                    info["token"],
+                    permanent=max_uses is None and args.role == ROLE_RESIDENT,
+                    days=days,
+                    png_path=png.with_name(png.stem + "-wechat.png"),
+                    caption=info.pop("_caption"),
+                )
+            )
+        except Exception as exc:  # the invite exists; only its WeChat code is missing
+            return _fail(f"invite #{info['id']} created, but the WeChat QR code failed: {exc}")
+    info.pop("_caption", None)
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
         return 0
@@ -210,6 +228,8 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
     print(f"token:    {info['token']}")
     print(f"telegram: {info['telegram_link']}")
     print(f"qr code:  {info['qr_png']}")
+    if "wechat_qr_png" in info:
+        print(f"wechat:   {info['wechat_qr_url']} (QR code: {info['wechat_qr_png']})")
     return 0
 
 

@@ -37,6 +37,15 @@ class RetryAfter(DeliveryError):
         self.seconds = seconds
 
 
+class Unreachable(DeliveryError):
+    """The person cannot be reached by push on this channel now (WeChat: outside the 48-hour
+    window with no template for this kind of message, or unsubscribed). Permanent; the
+    deliverer hands the row to its ``on_unreachable`` hook so that somebody is told."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
 class Channel(Protocol):
     """A platform adapter as the delivery worker sees it."""
 

@@ -25,7 +25,21 @@ class Notifier:
         self.written: list[OutboxMessage] = []
 
     async def identity_of(self, person_id: int) -> Identity | None:
-        """The identity a person used last: pushes go where they are."""
+        """Where pushes to a person go: the channel they chose (``/push``), else the identity
+        they used last."""
+        person = await self.session.get(Person, person_id)
+        if person is not None and person.preferred_channel:
+            chosen = await self.session.scalar(
+                select(Identity)
+                .where(
+                    Identity.person_id == person_id,
+                    Identity.channel == person.preferred_channel,
+                )
+                .order_by(Identity.last_inbound_at.desc().nulls_last(), Identity.id.desc())
+                .limit(1)
+            )
+            if chosen is not None:
+                return chosen
         return await self.session.scalar(
             select(Identity)
             .where(Identity.person_id == person_id)

@@ -1,0 +1,840 @@
+"""The WeChat Official Account (公众号) adapter: the only module that imports ``wechatpy``.
+
+Inbound: :meth:`WeChatChannel.process_get` answers the URL check (``echostr``);
+:meth:`WeChatChannel.process_post` verifies a callback (plain mode: ``signature``; safe mode:
+``msg_signature`` and AES through wechatpy's ``WeChatCrypto``; both compared in constant time,
+stale timestamps refused), parses it (:func:`to_inbound`) and awaits the core. WeChat waits
+5 seconds: when the core is done within ``reply_deadline`` the first message it produced for
+this user is the passive reply (claimed in the outbox so the deliverer does not send it again);
+otherwise the answer is ``success`` and everything goes out through the customer-service API.
+
+Outbound: :meth:`WeChatChannel.deliver_row` knows each user's 48-hour window
+(``Identity.last_inbound_at``) and pushes used (``Identity.window_pushes``): inside the window
+and under the quota a customer-service message, else the template configured for that kind of
+push, else :class:`~bot.channels.base.Unreachable` (the deliverer tells the order's handler).
+Buttons become numbered options ("回复 1 接单", or a ``msgmenu``) remembered in
+``offered_choices``; a reply "1" (or a msgmenu tap's ``bizmsgmenuid``) comes back as the same
+neutral button payload. WeChat cannot edit a sent message: edits are dropped (they only refresh
+what the user already has, and every message counts against the window's quota).
+
+wechatpy's HTTP client is synchronous; the few endpoints used are called through a small async
+httpx client (:class:`WeChatApi`) whose access token is shared by every process through the
+database (the ``stable_token`` endpoint, refreshed under a lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from xml.parsers.expat import ExpatError
+
+import httpx
+import xmltodict
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from wechatpy import parse_message
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.replies import TextReply
+
+from bot.channels.base import DeliveryError, Limits, Unreachable
+from bot.i18n import Translator
+from bot.media import MAX_BYTES, MediaStore
+from bot.ports import HandleResult, Inbound, Intake, Outbound
+from models import Identity, KeyValue, OfferedChoices, OutboxMessage, Person, utcnow
+from models.messaging import OUT_PENDING
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://api.weixin.qq.com"
+CHANNEL = "wechat"
+TOKEN_KV_KEY = "wechat_access_token"
+#: pg_advisory_xact_lock key of the token refresher ("wxtk").
+TOKEN_LOCK_KEY = 0x7778746B
+#: Refresh this long before WeChat says the token expires.
+TOKEN_MARGIN = timedelta(minutes=5)
+WINDOW = timedelta(hours=48)
+#: WeChat refuses texts over 2048 bytes (passive and customer-service alike).
+TEXT_LIMIT_BYTES = 2000
+#: Numbered options remembered per user; numbering starts again after the user's next message.
+OPTION_LIMIT = 40
+#: Errors that mean the access token is no longer valid.
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})
+#: Errors that mean the user cannot get customer-service messages now.
+WINDOW_CLOSED = 45015
+QUOTA_USED = 45047
+#: Errors that mean the user cannot be reached at all (unsubscribed, unknown openid).
+GONE = frozenset({43004, 40003})
+BUSY = -1
+#: Menu click keys and the commands they run (anything else is ignored).
+MENU_KEYS = ("order", "myorders", "tasks", "queue", "mygrid", "link", "help")
+#: Push kind of an outbox row by the prefix of its ``ref`` (when the payload names none).
+KIND_BY_REF = {"offer": "offer", "disp": "offer", "task": "accepted", "rate": "rate"}
+SKIPPED = "dropped"
+
+Clock = Callable[[], datetime]
+
+
+class WindowClosed(DeliveryError):
+    """45015: the user's 48-hour window is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("wechat 45015: outside the 48-hour window", permanent=True)
+
+
+class QuotaUsed(DeliveryError):
+    """45047: the customer-service messages of this window are used up."""
+
+    def __init__(self) -> None:
+        super().__init__("wechat 45047: push quota of the window used", permanent=True)
+
+
+def push_kind(row: OutboxMessage) -> str:
+    """What kind of push a row is: from its payload's ``kind``, else its ref's prefix."""
+    kind = (row.payload or {}).get("kind")
+    if kind:
+        return str(kind)
+    prefix = (row.ref or "").split(":", 1)[0]
+    return KIND_BY_REF.get(prefix, "other")
+
+
+def sanitize_cdata(value: str) -> str:
+    """Make text safe inside ``<![CDATA[...]]>``: a ``]]>`` is split across two sections."""
+    return value.replace("]]>", "]]]]><![CDATA[>")
+
+
+def clip_bytes(value: str, limit: int = TEXT_LIMIT_BYTES) -> str:
+    """Shorten to at most ``limit`` UTF-8 bytes, marking a cut with an ellipsis."""
+    data = value.encode()
+    if len(data) <= limit:
+        return value
+    return data[: limit - 3].decode(errors="ignore") + "…"
+
+
+def signature(*parts: str) -> str:
+    """WeChat's callback signature: SHA-1 of the sorted parts."""
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+# --------------------------------------------------------------------------- inbound
+def to_inbound(message: Any, received_at: datetime) -> Inbound | None:
+    """Turn a wechatpy message (:func:`wechatpy.parse_message`) into an :class:`Inbound`;
+    ``None`` if it is nothing for the core (unsubscribe, view, automatic location reports,
+    voice...).
+
+    ``subscribe`` with ``qrscene_<token>`` and ``SCAN`` with ``<token>`` are ``/start <token>``;
+    a plain ``subscribe`` is ``/start``; a menu ``CLICK`` is its command.
+    """
+    data: Mapping[str, Any] = message._data
+    openid = str(data.get("FromUserName") or "")
+    if not openid:
+        return None
+    msg_type = str(data.get("MsgType") or "").lower()
+    msg_id = data.get("MsgId")
+    # Events carry no MsgId: the sender and the second they happened name them (plus the event
+    # type, so that a subscribe and a menu click within one second stay two events).
+    dedupe = (
+        f"{msg_id}" if msg_id else f"{openid}:{data.get('CreateTime')}:{data.get('Event')}"
+    )
+    base: dict[str, Any] = {
+        "channel": CHANNEL,
+        "user_id": openid,
+        "chat_id": openid,
+        "dedupe_key": dedupe[:128],
+        "received_at": received_at,
+    }
+    if msg_type == "text":
+        return Inbound(text=str(data.get("Content") or ""), **base)
+    if msg_type == "image":
+        media_id = str(data.get("MediaId") or "")
+        pic_url = str(data.get("PicUrl") or "")
+        if not media_id and not pic_url:
+            return None
+        return Inbound(photo=f"wx:{media_id}|{pic_url}", **base)
+    if msg_type == "location":
+        try:
+            lat, lon = float(data["Location_X"]), float(data["Location_Y"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return Inbound(location=(lat, lon), **base)
+    if msg_type != "event":
+        return None
+    event = str(getattr(message, "event", "") or "")
+    if event == "subscribe_scan" or event == "scan":
+        scene = str(getattr(message, "scene_id", "") or "").strip()
+        return Inbound(text=f"/start {scene}" if scene else "/start", **base)
+    if event == "subscribe":
+        return Inbound(text="/start", **base)
+    if event == "click":
+        key = str(getattr(message, "key", "") or "")
+        if key in MENU_KEYS:
+            return Inbound(text=f"/{key}", **base)
+    return None
+
+
+# ------------------------------------------------------------------------------ API
+class WeChatApi:
+    """A thin async client for the endpoints Gridbot uses, with one shared access token."""
+
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        base_url: str = DEFAULT_API_URL,
+        clock: Clock = utcnow,
+        timeout: float = 10.0,
+    ) -> None:
+        self.appid = appid
+        self.secret = secret
+        self.sessionmaker = sessionmaker
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.http = httpx.AsyncClient(timeout=timeout)
+        self._token: str | None = None
+        self._expires_at: datetime | None = None
+        self._lock = asyncio.Lock()
+        self.token_fetches = 0
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        await self.http.aclose()
+
+    # ---- access token --------------------------------------------------------------------
+    def _fresh(self, token: str | None, expires_at: datetime | None, stale: str | None) -> bool:
+        return (
+            token is not None
+            and token != stale
+            and expires_at is not None
+            and expires_at - TOKEN_MARGIN > self.clock()
+        )
+
+    async def access_token(self, *, stale: str | None = None) -> str:
+        """The current access token; ``stale`` is one WeChat just refused.
+
+        One refresher at a time: in this process an asyncio lock, across processes the token
+        row in ``kv`` (PostgreSQL: under an advisory lock), and the ``stable_token`` endpoint,
+        which hands every caller the same token instead of invalidating the previous one.
+        """
+        if self._fresh(self._token, self._expires_at, stale):
+            assert self._token is not None
+            return self._token
+        async with self._lock:
+            if self._fresh(self._token, self._expires_at, stale):
+                assert self._token is not None
+                return self._token
+            async with self.sessionmaker() as session, session.begin():
+                if session.bind is not None and session.bind.dialect.name == "postgresql":
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": TOKEN_LOCK_KEY}
+                    )
+                row = await session.get(KeyValue, TOKEN_KV_KEY, populate_existing=True)
+                token, expires_at = None, None
+                if row is not None:
+                    try:
+                        cached = json.loads(row.value)
+                        token = str(cached["token"])
+                        expires_at = datetime.fromisoformat(cached["expires_at"])
+                    except (ValueError, KeyError, TypeError):
+                        token = None
+                if not self._fresh(token, expires_at, stale):
+                    token, expires_at = await self._fetch_token(force=stale is not None)
+                    value = json.dumps({"token": token, "expires_at": expires_at.isoformat()})
+                    if row is None:
+                        session.add(KeyValue(key=TOKEN_KV_KEY, value=value))
+                    else:
+                        row.value = value
+            self._token, self._expires_at = token, expires_at
+            assert token is not None
+            return token
+
+    async def _fetch_token(self, *, force: bool) -> tuple[str, datetime]:
+        self.token_fetches += 1
+        try:
+            response = await self.http.post(
+                f"{self.base_url}/cgi-bin/stable_token",
+                json={
+                    "grant_type": "client_credential",
+                    "appid": self.appid,
+                    "secret": self.secret,
+                    "force_refresh": force,
+                },
+            )
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as err:
+            raise DeliveryError(f"wechat token: {type(err).__name__}") from err
+        if not isinstance(data, dict) or "access_token" not in data:
+            code = data.get("errcode") if isinstance(data, dict) else None
+            raise DeliveryError(f"wechat token refused: {code}")
+        expires_in = int(data.get("expires_in") or 7200)
+        return str(data["access_token"]), self.clock() + timedelta(seconds=expires_in)
+
+    # ---- calls -------------------------------------------------------------------------------
+    async def call(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST JSON to ``/cgi-bin/<path>``; map WeChat's ``errcode`` to delivery errors.
+
+        An expired token (40001/42001/40014) is refreshed and the call made once more; ``-1``
+        (busy) and network errors are worth a retry; 45015/45047 have their own errors.
+        """
+        token = await self.access_token()
+        for attempt in range(2):
+            try:
+                response = await self.http.post(
+                    f"{self.base_url}/cgi-bin/{path}",
+                    params={"access_token": token},
+                    content=json.dumps(payload or {}, ensure_ascii=False).encode(),
+                    headers={"content-type": "application/json"},
+                )
+                data = response.json()
+            except (httpx.HTTPError, ValueError) as err:
+                raise DeliveryError(f"wechat {path}: {type(err).__name__}") from err
+            code = int(data.get("errcode") or 0) if isinstance(data, dict) else 0
+            if code == 0:
+                return data if isinstance(data, dict) else {}
+            if code in TOKEN_ERRORS and attempt == 0:
+                token = await self.access_token(stale=token)
+                continue
+            raise _error(path, code)
+        raise DeliveryError(f"wechat {path}: token refused twice")
+
+    async def get_media(self, media_id: str) -> bytes:
+        """Download a user's temporary media (an image they sent)."""
+        token = await self.access_token()
+        for attempt in range(2):
+            try:
+                response = await self.http.get(
+                    f"{self.base_url}/cgi-bin/media/get",
+                    params={"access_token": token, "media_id": media_id},
+                )
+            except httpx.HTTPError as err:
+                raise DeliveryError(f"wechat media: {type(err).__name__}") from err
+            if not response.headers.get("content-type", "").startswith(("application/json",
+                                                                           "text/")):
+                return response.content[: MAX_BYTES + 1]
+            try:
+                code = int(response.json().get("errcode") or 0)
+            except (ValueError, AttributeError):
+                code = 0
+            if code in TOKEN_ERRORS and attempt == 0:
+                token = await self.access_token(stale=token)
+                continue
+            raise _error("media/get", code)
+        raise DeliveryError("wechat media: token refused twice")
+
+
+def _error(path: str, code: int) -> DeliveryError:
+    if code == WINDOW_CLOSED:
+        return WindowClosed()
+    if code == QUOTA_USED:
+        return QuotaUsed()
+    if code in GONE:
+        return Unreachable(f"wechat {path}: {code}")
+    if code == BUSY or code in TOKEN_ERRORS or code == 45009:
+        return DeliveryError(f"wechat {path}: {code} (busy)", permanent=False)
+    return DeliveryError(f"wechat {path}: error {code}", permanent=True)
+
+
+# --------------------------------------------------------------------------- channel
+@dataclass
+class _Rendered:
+    text: str
+    head: str
+    options: list[tuple[int, str]]
+
+
+class WeChatChannel:
+    """A WeChat Official Account as a :class:`~bot.channels.base.Channel`, plus its webhook."""
+
+    name = CHANNEL
+    limits = Limits(per_chat_interval=0.0, global_per_second=100, group_per_minute=10**9)
+
+    def __init__(
+        self,
+        *,
+        appid: str,
+        secret: str,
+        token: str,
+        intake: Intake,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        tr: Translator,
+        deliverer: Any,
+        aes_key: str | None = None,
+        api_url: str = DEFAULT_API_URL,
+        default_locale: str = "zh_CN",
+        media: MediaStore | None = None,
+        clock: Clock = utcnow,
+        reply_deadline: float = 4.0,
+        timestamp_skew: int = 300,
+        push_quota: int = 5,
+        msgmenu: bool = False,
+        templates: Mapping[str, str] | None = None,
+    ) -> None:
+        self.appid = appid
+        self.token = token
+        self._intake = intake
+        self.sessionmaker = sessionmaker
+        self.tr = tr
+        self.deliverer = deliverer
+        self.crypto = WeChatCrypto(token, aes_key, appid) if aes_key else None
+        self.api = WeChatApi(appid, secret, sessionmaker, base_url=api_url, clock=clock)
+        self.default_locale = default_locale
+        self.media = media
+        self.clock = clock
+        self.reply_deadline = reply_deadline
+        self.timestamp_skew = timestamp_skew
+        self.push_quota = push_quota
+        self.msgmenu = msgmenu
+        self.templates = dict(templates or {})
+        self._background: set[asyncio.Task[Any]] = set()
+        #: Last message time and pushes of users we have no identity for yet (strangers who
+        #: have not scanned a code): they are owed the answer to what they wrote.
+        self._strangers: dict[str, tuple[datetime, int]] = {}
+
+    def is_group(self, chat_id: str) -> bool:
+        """Official Accounts talk to people one by one."""
+        return False
+
+    async def stop(self) -> None:
+        """Let late handlers finish, then close the HTTP client."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
+        await self.api.close()
+
+    # ------------------------------------------------------------- webhook
+    def _fresh_timestamp(self, timestamp: str) -> bool:
+        if not timestamp.isdigit():
+            return False
+        return abs(self.clock().timestamp() - int(timestamp)) <= self.timestamp_skew
+
+    def process_get(self, params: Mapping[str, str]) -> tuple[int, str]:
+        """The URL check of the admin console: echo ``echostr`` when the signature is ours."""
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
+        if not self._fresh_timestamp(timestamp):
+            return 403, ""
+        if not _same(signature(self.token, timestamp, nonce), params.get("signature", "")):
+            return 403, ""
+        return 200, params.get("echostr", "")
+
+    async def process_post(self, params: Mapping[str, str], body: bytes) -> tuple[int, str]:
+        """Handle one callback; return (HTTP status, body).
+
+        403: bad signature or stale timestamp; 400: malformed XML, entities (XXE), bad
+        ciphertext; 200 with a passive reply, or ``success``. Nothing touches the database
+        before the request is verified and parsed.
+        """
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
+        if not self._fresh_timestamp(timestamp):
+            return 403, ""
+        encrypted = params.get("encrypt_type", "raw").lower() == "aes"
+        try:
+            if encrypted:
+                if self.crypto is None:
+                    return 400, ""
+                outer = xmltodict.parse(body)["xml"]
+                cipher = str(outer["Encrypt"])
+                given = params.get("msg_signature", "")
+                if not _same(signature(self.token, timestamp, nonce, cipher), given):
+                    return 403, ""
+                try:
+                    plain = self.crypto.decrypt_message(outer, given, timestamp, nonce)
+                except Exception:
+                    log.warning("wechat callback could not be decrypted")
+                    return 400, ""
+            else:
+                if not _same(signature(self.token, timestamp, nonce), params.get("signature", "")):
+                    return 403, ""
+                plain = body.decode()
+            message = parse_message(plain)
+            data = getattr(message, "_data", None)
+            if not isinstance(data, dict):
+                return 400, ""
+            inbound = to_inbound(message, self.clock())
+        except (ValueError, ExpatError, KeyError, TypeError, AttributeError):
+            # xmltodict refuses entity declarations with ValueError (XXE); all are the
+            # sender's fault, none is ours.
+            return 400, ""
+        if inbound is None:
+            return 200, "success"
+        self._strangers[inbound.user_id] = (self.clock(), 0)
+        if len(self._strangers) > 10_000:
+            self._strangers.pop(next(iter(self._strangers)))
+        if inbound.text is not None:
+            inbound.button, inbound.text = await self._map_choice(
+                inbound.user_id, inbound.text, data.get("bizmsgmenuid")
+            )
+        reply = await self._answer(inbound)
+        if reply is None:
+            return 200, "success"
+        xml = TextReply(
+            source=str(data.get("ToUserName") or ""),
+            target=inbound.user_id,
+            content=sanitize_cdata(reply),
+            time=int(time.time()),
+        ).render()
+        if encrypted and self.crypto is not None:
+            xml = self.crypto.encrypt_message(xml, nonce, str(int(time.time())))
+        return 200, xml
+
+    async def _answer(self, inbound: Inbound) -> str | None:
+        """Run the core within the deadline; the text of the passive reply, if any."""
+        chat = inbound.chat_id
+        self.deliverer.hold(CHANNEL, chat)
+        async def run() -> HandleResult:
+            return await self._intake(inbound)
+
+        task = asyncio.create_task(run())
+        done, _ = await asyncio.wait({task}, timeout=self.reply_deadline)
+        if not done:
+            # Too late for a passive reply: WeChat gets "success" and the deliverer sends
+            # everything through the customer-service API once the core is done.
+            log.info("wechat handler slower than %.1fs: replying through the API",
+                     self.reply_deadline)
+            self._background.add(task)
+
+            def finished(t: asyncio.Task[HandleResult]) -> None:
+                self._background.discard(t)
+                self.deliverer.release(CHANNEL, chat)
+
+            task.add_done_callback(finished)
+            return None
+        try:
+            result = task.result()
+            if result.duplicate or not result.outbox_ids:
+                return None
+            return await self._passive(chat, result.outbox_ids)
+        except Exception:
+            log.exception("wechat intake failed")
+            return None
+        finally:
+            self.deliverer.release(CHANNEL, chat)
+
+    async def _passive(self, openid: str, ids: list[int]) -> str | None:
+        """Claim the first message this event produced for the sender as the passive reply."""
+        async with self.sessionmaker() as session:
+            rows = (
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(
+                        OutboxMessage.id.in_(ids),
+                        OutboxMessage.channel == CHANNEL,
+                        OutboxMessage.chat_id == openid,
+                        OutboxMessage.status == OUT_PENDING,
+                        OutboxMessage.edit_ref.is_(None),
+                    )
+                    .order_by(OutboxMessage.id)
+                )
+            ).all()
+        row = next((r for r in rows if push_kind(r) != "menu"), None)
+        if row is None:
+            return None
+        identity, lang = await self._identity(openid)
+        rendered = await self._render(identity, Outbound.from_payload(row.payload), lang)
+        if not await self.deliverer.claim_for_passive([row.id]):
+            return None
+        return clip_bytes(rendered.text)
+
+    # ------------------------------------------------------------- choices
+    async def _map_choice(
+        self, openid: str, text_in: str, menu_id: Any
+    ) -> tuple[str | None, str | None]:
+        """A reply that is just the number of an offered option (or a msgmenu tap) becomes
+        that option: its button payload, or its label as text (location-step keys)."""
+        raw = str(menu_id).strip() if menu_id else text_in.strip()
+        if not raw.isdigit() or len(raw) > 3:
+            return None, text_in
+        number = int(raw)
+        async with self.sessionmaker() as session:
+            choices = await session.scalar(
+                select(OfferedChoices)
+                .join(Identity, Identity.id == OfferedChoices.identity_id)
+                .where(Identity.channel == CHANNEL, Identity.external_id == openid)
+            )
+        options = list(choices.options) if choices is not None else []
+        if not 1 <= number <= len(options):
+            return None, text_in
+        label, payload = options[number - 1]
+        if payload:
+            return str(payload), None
+        return None, str(label)
+
+    async def _identity(self, openid: str) -> tuple[Identity | None, str]:
+        async with self.sessionmaker() as session:
+            identity = await session.scalar(
+                select(Identity).where(
+                    Identity.channel == CHANNEL, Identity.external_id == openid
+                )
+            )
+            lang = self.default_locale
+            if identity is not None:
+                person = await session.get(Person, identity.person_id)
+                lang = (person.locale if person else None) or identity.locale or lang
+        return identity, lang
+
+    async def _render(
+        self, identity: Identity | None, message: Outbound, lang: str
+    ) -> _Rendered:
+        """The text with numbered options; the options are remembered for the user's reply.
+
+        Numbers continue across messages until the user writes again, so that "3" still
+        means the third option shown since their last message."""
+        options: list[tuple[str, str | None]] = [
+            (b.label, b.payload) for b in message.all_buttons()
+        ]
+        if message.ask_location:
+            options += [(label, None) for row in message.menu or [] for label in row]
+        head = message.text
+        if message.photo:
+            head = head or self.tr.t(lang, "card.has_photo")
+        if not options:
+            text_out = head
+            if message.ask_location:
+                text_out += "\n\n" + self.tr.t(lang, "wechat.send_location")
+            return _Rendered(text_out, head, [])
+        first = 1
+        if identity is not None:
+            now = self.clock()
+            async with self.sessionmaker() as session, session.begin():
+                stored = await session.get(OfferedChoices, identity.id, with_for_update=True)
+                fresh = await session.get(Identity, identity.id, populate_existing=True)
+                last_in = fresh.last_inbound_at if fresh else None
+                old: list[Any] = []
+                if stored is not None and (last_in is None or stored.created_at >= last_in):
+                    old = list(stored.options)
+                if len(old) + len(options) > OPTION_LIMIT:
+                    old = []
+                first = len(old) + 1
+                value = old + [[label, payload] for label, payload in options]
+                if stored is None:
+                    session.add(
+                        OfferedChoices(identity_id=identity.id, options=value, created_at=now)
+                    )
+                else:
+                    stored.options, stored.created_at = value, now
+        numbered = [(first + i, label) for i, (label, _) in enumerate(options)]
+        lines = [head, ""] + [
+            self.tr.t(lang, "wechat.option", number=str(n), label=label) for n, label in numbered
+        ]
+        if message.ask_location:
+            lines.append(self.tr.t(lang, "wechat.send_location"))
+        return _Rendered("\n".join(lines), head, numbered)
+
+    # ------------------------------------------------------------ outbound
+    async def deliver_row(self, row: OutboxMessage, message: Outbound) -> str:
+        """Send one outbox row under WeChat's push rules; return a message id.
+
+        Bare menus (the account menu covers them) and edits (WeChat cannot edit) are dropped.
+        Inside the 48-hour window and under the quota: a customer-service message; else the
+        template for this kind of push; else :class:`Unreachable`.
+        """
+        kind = push_kind(row)
+        if kind == "menu" or row.edit_ref:
+            return SKIPPED
+        identity, lang = await self._identity(row.chat_id)
+        now = self.clock()
+        stranger = self._strangers.get(row.chat_id)
+        if identity is None and stranger is not None:
+            seen, pushes = stranger
+            if now - seen < WINDOW and pushes < self.push_quota:
+                self._strangers[row.chat_id] = (seen, pushes + 1)
+                return await self._send_custom(None, row.chat_id, message, lang)
+        if (
+            identity is not None
+            and identity.last_inbound_at is not None
+            and now - identity.last_inbound_at < WINDOW
+            and await self._reserve_push(identity.id)
+        ):
+            try:
+                return await self._send_custom(identity, row.chat_id, message, lang)
+            except (WindowClosed, QuotaUsed) as err:
+                log.info("wechat push to outbox %s refused (%s): trying a template", row.id, err)
+                await self._window_used(identity.id)
+            except DeliveryError as err:
+                if not err.permanent:
+                    await self._refund_push(identity.id)
+                raise
+        template = self.templates.get(kind) or self.templates.get("other")
+        if template:
+            return await self._send_template(identity, row.chat_id, template, message, lang)
+        raise Unreachable(f"wechat: no open window and no template for {kind}")
+
+    async def _reserve_push(self, identity_id: int) -> bool:
+        """Count one customer-service message against the window's quota, if one is left."""
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(Identity)
+                .where(Identity.id == identity_id, Identity.window_pushes < self.push_quota)
+                .values(window_pushes=Identity.window_pushes + 1)
+                .returning(Identity.id)
+            )
+            return result.first() is not None
+
+    async def _refund_push(self, identity_id: int) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Identity)
+                .where(Identity.id == identity_id, Identity.window_pushes > 0)
+                .values(window_pushes=Identity.window_pushes - 1)
+            )
+
+    async def _window_used(self, identity_id: int) -> None:
+        """WeChat says no more customer-service messages now: stop trying until they write."""
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Identity)
+                .where(Identity.id == identity_id)
+                .values(window_pushes=self.push_quota)
+            )
+
+    async def _send_custom(
+        self, identity: Identity | None, openid: str, message: Outbound, lang: str
+    ) -> str:
+        rendered = await self._render(identity, message, lang)
+        if self.msgmenu and rendered.options and not message.ask_location:
+            try:
+                await self.api.call(
+                    "message/custom/send",
+                    {
+                        "touser": openid,
+                        "msgtype": "msgmenu",
+                        "msgmenu": {
+                            "head_content": clip_bytes(rendered.head, 1000),
+                            "list": [
+                                {"id": str(n), "content": label[:30]}
+                                for n, label in rendered.options
+                            ],
+                            "tail_content": "",
+                        },
+                    },
+                )
+                return "msgmenu"
+            except DeliveryError as err:
+                if not err.permanent or isinstance(err, WindowClosed | QuotaUsed | Unreachable):
+                    raise
+                log.info("msgmenu refused (%s): sending numbered options", err)
+        await self.api.call(
+            "message/custom/send",
+            {"touser": openid, "msgtype": "text", "text": {"content": clip_bytes(rendered.text)}},
+        )
+        return "custom"
+
+    async def _send_template(
+        self,
+        identity: Identity | None,
+        openid: str,
+        template_id: str,
+        message: Outbound,
+        lang: str,
+    ) -> str:
+        rendered = await self._render(identity, message, lang)
+        first, _, rest = rendered.text.partition("\n")
+        data = {
+            "first": {"value": clip_bytes(first, 200)},
+            "keyword1": {"value": clip_bytes(rest.strip() or first, 600)},
+            "remark": {"value": self.tr.t(lang, "wechat.template_remark")},
+        }
+        result = await self.api.call(
+            "message/template/send",
+            {"touser": openid, "template_id": template_id, "data": data},
+        )
+        return f"tpl:{result.get('msgid', '')}"
+
+    async def send(self, chat_id: str, message: Outbound) -> str:
+        """Send a customer-service message (no window bookkeeping: see :meth:`deliver_row`)."""
+        identity, lang = await self._identity(chat_id)
+        return await self._send_custom(identity, chat_id, message, lang)
+
+    async def edit(self, chat_id: str, message_id: str, message: Outbound) -> str:
+        """WeChat cannot edit a sent message; the refresh is dropped."""
+        return SKIPPED
+
+    async def fetch_file(self, ref: str) -> bytes:
+        """Download a photo a user sent: through the media API, else from its ``PicUrl``."""
+        media_id, _, pic_url = ref.removeprefix("wx:").partition("|")
+        if media_id:
+            try:
+                return await self.api.get_media(media_id)
+            except DeliveryError as err:
+                log.info("wechat media/get failed (%s); trying PicUrl", err)
+        if not pic_url.startswith(("http://", "https://")):
+            raise DeliveryError("no way to fetch this photo", permanent=True)
+        response = await self.api.http.get(pic_url)
+        response.raise_for_status()
+        return response.content[: MAX_BYTES + 1]
+
+    # ---------------------------------------------------------- admin calls
+    async def create_qr(self, scene: str, expire_seconds: int | None) -> dict[str, Any]:
+        """A parametric QR code for ``scene`` (an invite token): temporary when
+        ``expire_seconds`` is given (at most 30 days), else permanent."""
+        return await create_qr(self.api, scene, expire_seconds)
+
+
+async def create_qr(api: WeChatApi, scene: str, expire_seconds: int | None) -> dict[str, Any]:
+    """``qrcode/create`` with ``scene_str``; returns WeChat's answer (ticket, url)."""
+    if not scene or len(scene) > 64:
+        raise ValueError("scene_str must be 1-64 characters")
+    payload: dict[str, Any] = {"action_info": {"scene": {"scene_str": scene}}}
+    if expire_seconds is None:
+        payload["action_name"] = "QR_LIMIT_STR_SCENE"
+    else:
+        payload["action_name"] = "QR_STR_SCENE"
+        payload["expire_seconds"] = max(60, min(expire_seconds, 30 * 24 * 3600))
+    return await api.call("qrcode/create", payload)
+
+
+def menu_definition(tr: Translator, lang: str) -> dict[str, Any]:
+    """The account's custom menu: 报事 / 我的工单 (orders, tasks, queue) / 我的网格 (grid,
+    link, help). Each click arrives as the matching command."""
+
+    def click(key: str, label_key: str) -> dict[str, str]:
+        return {"type": "click", "name": tr.t(lang, label_key), "key": key}
+
+    return {
+        "button": [
+            click("order", "wechat.menu_order"),
+            {
+                "name": tr.t(lang, "wechat.menu_orders"),
+                "sub_button": [
+                    click("myorders", "wechat.menu_myorders"),
+                    click("tasks", "wechat.menu_tasks"),
+                    click("queue", "wechat.menu_queue"),
+                ],
+            },
+            {
+                "name": tr.t(lang, "wechat.menu_grid"),
+                "sub_button": [
+                    click("mygrid", "wechat.menu_mygrid"),
+                    click("link", "wechat.menu_link"),
+                    click("help", "wechat.menu_help"),
+                ],
+            },
+        ]
+    }
+
+
+async def install_menu(api: WeChatApi, tr: Translator, lang: str) -> dict[str, Any]:
+    """``menu/create`` with :func:`menu_definition`."""
+    return await api.call("menu/create", menu_definition(tr, lang))
+
+
+__all__ = [
+    "WeChatApi",
+    "WeChatChannel",
+    "create_qr",
+    "install_menu",
+    "menu_definition",
+    "push_kind",
+    "sanitize_cdata",
+    "to_inbound",
+]

@@ -1,0 +1,98 @@
+"""When a push cannot reach its person: try their other platform, else tell the order's handler.
+
+A channel with push rules (WeChat: the 48-hour window, no template for this kind of message,
+an unsubscribed user) fails such a row for good; the deliverer then calls
+:func:`report_unreachable`, so that a failure is never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.core.cards import number
+from bot.core.notify import Notifier
+from bot.core.routing import route_new_order
+from bot.i18n import Translator
+from bot.ports import Outbound
+from models import Grid, Identity, Offer, Order, OutboxMessage, Person
+
+log = logging.getLogger(__name__)
+
+#: Ref prefix of the notices themselves (never reported again, so nothing loops).
+NOTICE_PREFIX = "unreach:"
+#: Refs whose number is an order id (``offer:`` names an offer).
+ORDER_REFS = ("disp", "task", "rate", "receipt", "note")
+
+
+async def order_of(session: AsyncSession, ref: str | None) -> Order | None:
+    """The order an outbox ref is about, if any."""
+    prefix, _, ident = (ref or "").partition(":")
+    if not ident.isdigit():
+        return None
+    if prefix == "offer":
+        offer = await session.get(Offer, int(ident))
+        return await session.get(Order, offer.order_id) if offer is not None else None
+    if prefix in ORDER_REFS:
+        return await session.get(Order, int(ident))
+    return None
+
+
+async def report_unreachable(
+    session: AsyncSession,
+    tr: Translator,
+    default_locale: str,
+    row: OutboxMessage,
+    *,
+    channels: Collection[str],
+) -> list[OutboxMessage]:
+    """Handle a row that could not be pushed; return the rows written instead.
+
+    The same message goes to the person's identity on another running channel when they have
+    one; otherwise every handler of the order (worker or head, not the person themselves) is
+    told that this person cannot be reached by push.
+    """
+    notifier = Notifier(session, tr, default_locale)
+    if row.person_id is None or (row.ref or "").startswith(NOTICE_PREFIX):
+        log.warning("outbox %s could not be pushed and names nobody to tell", row.id)
+        return []
+    other = await session.scalar(
+        select(Identity)
+        .where(
+            Identity.person_id == row.person_id,
+            Identity.channel != row.channel,
+            Identity.channel.in_(list(channels)),
+        )
+        .order_by(Identity.last_inbound_at.desc().nulls_last(), Identity.id.desc())
+        .limit(1)
+    )
+    if other is not None:
+        notifier.to_chat(
+            other.channel,
+            other.chat_id,
+            Outbound.from_payload(row.payload),
+            person_id=row.person_id,
+            ref=row.ref,
+        )
+        return notifier.written
+    order = await order_of(session, row.ref)
+    person = await session.get(Person, row.person_id)
+    if order is None or person is None:
+        log.warning("outbox %s could not be pushed and is about no order", row.id)
+        return []
+    grid = await session.get(Grid, order.handling_grid_id)
+    target = await route_new_order(session, grid) if grid is not None else None
+    handlers = [pid for pid in (target.person_ids if target else []) if pid != person.id]
+    if not handlers:
+        log.warning("order %s: person %s unreachable and no handler to tell", order.id, person.id)
+    name, no = person.name, number(order)
+    for pid in handlers:
+        await notifier.to_person(
+            pid,
+            lambda lang: Outbound(tr.t(lang, "push.unreachable", name=name, number=no)),
+            ref=f"{NOTICE_PREFIX}{order.id}",
+        )
+    return notifier.written

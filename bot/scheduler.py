@@ -1,0 +1,867 @@
+"""The duty scheduler: APScheduler 3.11 with a persistent job store in the project's database.
+
+Design (see the APScheduler section of the platform notes for why):
+
+* **Domain tables are the truth.** Patrol and visit plans live in ``patrol_plan`` /
+  ``visit_plan``; at start-up (and when plans change, checked on every sweep) the job store is
+  reconciled from them. Job ids are plain strings that carry a fingerprint of the trigger
+  (``patrol:12:1a2b3c4d``), so reconciling needs only the ids: unchanged jobs keep their stored
+  next run time (a reminder missed while the service was down is still due), changed ones are
+  replaced, orphans removed.
+* **Jobs are module-level coroutines** (``patrol_reminder``, ``visit_reminder``, ``sweep``,
+  ``daily_digest``, ``month_end``) stored as ``module:function`` with plain arguments (ids).
+  The executor adds ``rt=`` (a :class:`DutyRuntime`: database, catalogs, settings, clock) and
+  ``due_at=`` (the run time) as keywords: no globals, nothing unpicklable stored.
+* **Misfires.** Every job has ``coalesce=True`` and ``misfire_grace_time`` =
+  ``scheduler_misfire_grace`` (default 6 h). After downtime a job whose run times passed fires
+  ONCE (coalesced to the latest missed time) if that time is within the grace; later than the
+  grace it does not fire, is logged at WARNING and recorded (a patrol run with status
+  ``skipped``, shown in the digest): never silently dropped. APScheduler's default grace of 1 s
+  would drop a burst of due jobs behind a slow store. Every job also inserts a unique row
+  (patrol run or ``duty_fire``) in the transaction that sends the reminder, so a crash between
+  sending and storing the next run time cannot send it twice.
+* **The sync job store never runs on the event loop.** ``SQLAlchemyJobStore`` is synchronous;
+  the scheduler's due-job pass (:meth:`GridScheduler._process_jobs`) runs in one dedicated
+  thread, stores all next run times of a pass in one transaction, and hands due jobs to
+  :class:`LoopExecutor`, which runs them on the loop with bounded concurrency, batching
+  reminders into shared transactions.
+* **One scheduler per database.** A lease row (``scheduler_lease``) with an expiry renewed by
+  the leader (SQLite and PostgreSQL alike). On PostgreSQL a second instance stands by and takes
+  over when the lease runs out; on SQLite (single instance by design) a second ``gridbot run``
+  on the same file is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import socket
+import threading
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+)
+from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_STOPPED
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.util import datetime_to_utc_timestamp
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from bot.config import Settings
+from bot.core.duties import DutyService, parse_hhmm
+from bot.core.notify import Notifier
+from bot.i18n import Translator
+from models import PatrolPlan, SchedulerLease, VisitPlan, utcnow
+from models.db import is_sqlite, make_sync_engine
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "scheduler"
+#: Reminders of one kind handled per transaction by the executor.
+BATCH = 100
+JOBS_TABLE = "apscheduler_jobs"
+
+
+class SchedulerRefused(RuntimeError):
+    """Another process runs the scheduler on this (SQLite) database."""
+
+
+def sync_url(url: str) -> str:
+    """The synchronous URL of the same database for the job store (sqlite / psycopg)."""
+    if url.startswith("sqlite+aiosqlite"):
+        return "sqlite" + url[len("sqlite+aiosqlite") :]
+    if url.startswith("postgresql+asyncpg"):
+        return "postgresql+psycopg" + url[len("postgresql+asyncpg") :]
+    return url
+
+
+def _fingerprint(*parts: object) -> str:
+    return format(zlib.crc32("|".join(map(str, parts)).encode()), "08x")
+
+
+# ---- runtime handed to every job ----------------------------------------------------------------
+
+
+@dataclass
+class DutyRuntime:
+    """What jobs need: database, catalogs, settings, a clock and the delivery wake-up."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    tr: Translator
+    settings: Settings
+    clock: Callable[[], datetime] = utcnow
+    wake: Callable[[], None] = lambda: None
+    scheduler: DutyScheduler | None = None
+
+    @contextlib.asynccontextmanager
+    async def service(self) -> AsyncIterator[DutyService]:
+        """A :class:`DutyService` in one transaction; delivery is woken after the commit."""
+        async with self.sessionmaker() as session, session.begin():
+            notifier = Notifier(session, self.tr, self.settings.default_locale)
+            yield DutyService(session, notifier, self.tr, self.settings, self.clock())
+            written = bool(notifier.written)
+        if written:
+            self.wake()
+
+
+# ---- the jobs (module-level, stored by reference) -------------------------------------------
+
+
+async def patrol_reminder(
+    plan_id: int, *, rt: DutyRuntime | None = None, due_at: datetime | None = None
+) -> None:
+    """A patrol starts: open its run and remind the patrol worker."""
+    assert rt is not None and due_at is not None, "run by LoopExecutor"
+    await patrol_reminders(rt, [(due_at, (plan_id,))])
+
+
+async def patrol_reminders(rt: DutyRuntime, items: list[tuple[datetime, tuple[Any, ...]]]) -> None:
+    """Several patrol reminders in one transaction."""
+    async with rt.service() as duties:
+        for due_at, (plan_id,) in items:
+            await duties.patrol_due(plan_id, due_at)
+
+
+async def visit_reminder(
+    plan_id: int, *, rt: DutyRuntime | None = None, due_at: datetime | None = None
+) -> None:
+    """A visit falls due: remind the paired member (and the head if the last one was missed)."""
+    assert rt is not None and due_at is not None, "run by LoopExecutor"
+    await visit_reminders(rt, [(due_at, (plan_id,))])
+
+
+async def visit_reminders(rt: DutyRuntime, items: list[tuple[datetime, tuple[Any, ...]]]) -> None:
+    """Several visit reminders in one transaction."""
+    async with rt.service() as duties:
+        for due_at, (plan_id,) in items:
+            await duties.visit_due(plan_id, due_at)
+
+
+async def sweep(*, rt: DutyRuntime | None = None, due_at: datetime | None = None) -> None:
+    """Every minute: order clocks, patrol deadlines, whistle reminders, notice reports, and a
+    re-sync of the job store when plans changed."""
+    assert rt is not None, "run by LoopExecutor"
+    async with rt.service() as duties:
+        await duties.patrol_deadlines()
+    async with rt.service() as duties:
+        actions = await duties.order_clocks()
+        if actions:
+            log.info("order clocks: %s", actions)
+    async with rt.service() as duties:
+        await duties.whistle_reminders()
+        await duties.notice_reports()
+    if rt.scheduler is not None:
+        await rt.scheduler.resync_if_changed()
+
+
+async def daily_digest(*, rt: DutyRuntime | None = None, due_at: datetime | None = None) -> None:
+    """The daily digest to every grid head."""
+    assert rt is not None and due_at is not None, "run by LoopExecutor"
+    tomorrow: dict[int, int] = {}
+    if rt.scheduler is not None:
+        tomorrow = await asyncio.to_thread(rt.scheduler.due_tomorrow, due_at)
+    async with rt.service() as duties:
+        await duties.daily_digest(tomorrow)
+
+
+async def month_end(*, rt: DutyRuntime | None = None, due_at: datetime | None = None) -> None:
+    """Runs daily; on the pre-reminder day of the month, remind owed visits."""
+    assert rt is not None and due_at is not None, "run by LoopExecutor"
+    local = due_at.astimezone(rt.settings.tz).date()
+    last = calendar.monthrange(local.year, local.month)[1]
+    if last - local.day != rt.settings.month_end_days:
+        return
+    async with rt.service() as duties:
+        if await duties.fire_once("month_end", local.strftime("%Y-%m"), due_at):
+            await duties.month_end(local)
+
+
+#: Jobs whose occurrences may share a transaction: job function → batch function.
+BATCHED: dict[Callable[..., Any], Callable[..., Awaitable[None]]] = {
+    patrol_reminder: patrol_reminders,
+    visit_reminder: visit_reminders,
+}
+
+
+async def missed(rt: DutyRuntime, job: Job, due_at: datetime) -> None:
+    """A run time passed by more than the grace: record it so it is seen (digest, logs)."""
+    if job.func is patrol_reminder:
+        async with rt.service() as duties:
+            await duties.patrol_skipped(job.args[0], due_at)
+
+
+# ---- job store and executor -----------------------------------------------------------------
+
+
+class DutyJobStore(SQLAlchemyJobStore):
+    """``SQLAlchemyJobStore`` plus bulk operations (one transaction for many jobs)."""
+
+    def ids(self) -> set[str]:
+        """Every stored job id (no unpickling)."""
+        with self.engine.begin() as conn:
+            return set(conn.execute(select(self.jobs_t.c.id)).scalars())
+
+    def add_jobs(self, jobs: list[Job]) -> None:
+        """Insert many new jobs in one transaction."""
+        if not jobs:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.jobs_t.insert(),
+                [
+                    {
+                        "id": job.id,
+                        "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+                        "job_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+                    }
+                    for job in jobs
+                ],
+            )
+
+    def update_jobs(self, jobs: list[Job]) -> None:
+        """Store the new state (next run time) of many jobs in one transaction."""
+        if not jobs:
+            return
+        from sqlalchemy import bindparam
+
+        stmt = (
+            self.jobs_t.update()
+            .where(self.jobs_t.c.id == bindparam("_id"))
+            .values(next_run_time=bindparam("_next"), job_state=bindparam("_state"))
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                stmt,
+                [
+                    {
+                        "_id": job.id,
+                        "_next": datetime_to_utc_timestamp(job.next_run_time),
+                        "_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+                    }
+                    for job in jobs
+                ],
+            )
+
+    def remove_ids(self, ids: set[str]) -> None:
+        """Delete many jobs in one transaction."""
+        if ids:
+            with self.engine.begin() as conn:
+                conn.execute(self.jobs_t.delete().where(self.jobs_t.c.id.in_(list(ids))))
+
+
+class LoopExecutor(BaseExecutor):
+    """Runs due jobs as coroutines on the event loop, ``concurrency`` at a time.
+
+    Jobs are handed over from the scheduler's store thread through a thread-safe deque.
+    Occurrences of a batched job (reminders) are run up to :data:`BATCH` per transaction.
+    The misfire check (``misfire_grace_time``) is made here, against the runtime's clock.
+    """
+
+    def __init__(self, runtime: DutyRuntime, concurrency: int) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.concurrency = max(1, concurrency)
+        self.queue: collections.deque[tuple[Job, list[datetime]]] = collections.deque()
+        self.outstanding = 0
+        self._count_lock = threading.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+        self._kick: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        self.loop = asyncio.get_running_loop()
+        self._kick = asyncio.Event()
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"gridbot-duty-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    def shutdown(self, wait: bool = True) -> None:
+        for task in self._workers:
+            task.cancel()
+        self._workers = []
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        with self._count_lock:
+            self.outstanding += 1
+        self.queue.append((job, run_times))
+        assert self.loop is not None and self._kick is not None
+        self.loop.call_soon_threadsafe(self._kick.set)
+
+    async def drain(self) -> None:
+        """Wait until every submitted job has run (tests, benchmarks)."""
+        while self.outstanding:  # noqa: ASYNC110 - counted across threads
+            await asyncio.sleep(0.002)
+
+    async def _worker(self) -> None:
+        assert self._kick is not None
+        while True:
+            if not self.queue:
+                self._kick.clear()
+                await self._kick.wait()
+                continue
+            job, run_times = self.queue.popleft()
+            group = [(job, run_times)]
+            batch = BATCHED.get(job.func)
+            while (
+                batch and self.queue and len(group) < BATCH and self.queue[0][0].func is job.func
+            ):
+                group.append(self.queue.popleft())
+            try:
+                await self._run_group(group, batch)
+            finally:
+                with self._count_lock:
+                    self.outstanding -= len(group)
+
+    def _late(self, job: Job, run_time: datetime) -> bool:
+        grace = job.misfire_grace_time
+        return grace is not None and self.runtime.clock() - run_time > timedelta(seconds=grace)
+
+    async def _run_group(
+        self, group: list[tuple[Job, list[datetime]]], batch: Callable[..., Awaitable[None]] | None
+    ) -> None:
+        rt = self.runtime
+        events: dict[str, list[JobExecutionEvent]] = collections.defaultdict(list)
+        items: list[tuple[Job, datetime]] = []
+        for job, run_times in group:
+            for run_time in run_times:
+                if self._late(job, run_time):
+                    log.warning(
+                        "job %s due at %s missed by more than the grace of %ss: not run "
+                        "(recorded as skipped)",
+                        job.id,
+                        run_time.isoformat(),
+                        job.misfire_grace_time,
+                    )
+                    events[job.id].append(
+                        JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time)
+                    )
+                    try:
+                        await missed(rt, job, run_time)
+                    except Exception:
+                        log.exception("recording the missed job %s failed", job.id)
+                else:
+                    items.append((job, run_time))
+        ran = False
+        if batch is not None and len(items) > 1:
+            try:
+                await batch(rt, [(t, tuple(j.args)) for j, t in items])
+                ran = True
+            except Exception:
+                log.exception("batch of %s reminders failed; running them one by one", len(items))
+        for job, run_time in items:
+            try:
+                if not ran:
+                    await job.func(*job.args, rt=rt, due_at=run_time)
+            except Exception as err:
+                log.exception("job %s (due %s) failed", job.id, run_time.isoformat())
+                events[job.id].append(
+                    JobExecutionEvent(
+                        EVENT_JOB_ERROR, job.id, job._jobstore_alias, run_time, exception=err
+                    )
+                )
+            else:
+                events[job.id].append(
+                    JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, job._jobstore_alias, run_time)
+                )
+        for job, _ in group:
+            self._run_job_success(job.id, events.pop(job.id, []))
+
+
+class GridScheduler(AsyncIOScheduler):
+    """``AsyncIOScheduler`` whose due-job passes run in a dedicated thread (the sync job store
+    never blocks the loop), with an injectable clock and one transaction per pass."""
+
+    def __init__(
+        self, *, clock: Callable[[], datetime], manual: bool = False, **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.clock = clock
+        self.manual = manual
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="gridbot-jobstore")
+        self._pass: asyncio.Future[Any] | None = None
+        self._again = False
+
+    # The pass runs in the store thread; timers and their callbacks on the loop.
+    def wakeup(self) -> None:
+        loop = self._eventloop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wakeup_on_loop)
+
+    def _wakeup_on_loop(self) -> None:
+        if self._eventloop is None or self.state == STATE_STOPPED:
+            return
+        self._stop_timer()
+        if self._pass is not None and not self._pass.done():
+            self._again = True
+            return
+        self._pass = self._eventloop.run_in_executor(self._store_thread, self._process_jobs)
+        self._pass.add_done_callback(self._pass_done)
+
+    def _pass_done(self, fut: asyncio.Future[Any]) -> None:
+        wait: float | None = self.jobstore_retry_interval
+        if not fut.cancelled() and fut.exception() is None:
+            wait = fut.result()
+        else:
+            log.error("scheduler pass failed: %r", None if fut.cancelled() else fut.exception())
+        if self._again:
+            self._again = False
+            self._wakeup_on_loop()
+        elif self.state != STATE_STOPPED:
+            self._start_timer(wait)
+
+    def _start_timer(self, wait_seconds: float | None) -> None:
+        if not self.manual:
+            super()._start_timer(wait_seconds)
+
+    async def run_pass(self) -> float | None:
+        """One due-job pass now (in the store thread); returns seconds until the next."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_thread, self._process_jobs)
+
+    def _process_jobs(self) -> float | None:
+        if self.state == STATE_PAUSED:
+            return None
+        now = self.clock().astimezone(self.timezone)
+        next_wakeup: datetime | None = None
+        with self._jobstores_lock:
+            for alias, store in self._jobstores.items():
+                try:
+                    due = store.get_due_jobs(now)
+                except Exception as err:
+                    log.warning("job store %s failed: %s", alias, err)
+                    retry = now + timedelta(seconds=self.jobstore_retry_interval)
+                    next_wakeup = min(next_wakeup or retry, retry)
+                    continue
+                changed, finished = [], set()
+                for job in due:
+                    run_times = job._get_run_times(now)
+                    run_times = run_times[-1:] if run_times and job.coalesce else run_times
+                    if not run_times:
+                        continue
+                    try:
+                        self._lookup_executor(job.executor).submit_job(job, run_times)
+                    except MaxInstancesReachedError:
+                        log.warning("job %s still running: this run skipped", job.id)
+                    except Exception:
+                        log.exception("submitting job %s failed", job.id)
+                    following = job.trigger.get_next_fire_time(run_times[-1], now)
+                    if following:
+                        job._modify(next_run_time=following)
+                        changed.append(job)
+                    else:
+                        finished.add(job.id)
+                if isinstance(store, DutyJobStore):
+                    store.update_jobs(changed)
+                    store.remove_ids(finished)
+                else:  # pragma: no cover - only our store is configured
+                    for job in changed:
+                        store.update_job(job)
+                    for job_id in finished:
+                        store.remove_job(job_id)
+                upcoming = store.get_next_run_time()
+                if upcoming and (next_wakeup is None or upcoming < next_wakeup):
+                    next_wakeup = upcoming
+        if next_wakeup is None:
+            return None
+        return min(max((next_wakeup - now).total_seconds(), 0.0), 3600.0)
+
+    def shutdown_now(self) -> None:
+        """Stop at once, from the loop thread (the base class defers it to the loop)."""
+        if self.state != STATE_STOPPED:
+            super(AsyncIOScheduler, self).shutdown(wait=False)
+            self._stop_timer()
+        self._store_thread.shutdown(wait=True)
+
+
+# ---- the lease --------------------------------------------------------------------------------
+
+
+class Lease:
+    """One row per database names the process allowed to run the scheduler, until when."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        holder: str,
+        ttl: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.holder = holder
+        self.ttl = ttl
+        self.clock = clock
+
+    async def acquire(self) -> bool:
+        """Take or renew the lease; ``False`` when another live holder has it."""
+        now = self.clock()
+        async with self.sessionmaker() as session, session.begin():
+            dialect = session.bind.dialect.name if session.bind else "sqlite"
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            created = await session.scalar(
+                insert(SchedulerLease)
+                .values(
+                    name=LEASE_NAME, holder=self.holder, expires_at=now + self.ttl, acquired_at=now
+                )
+                .on_conflict_do_nothing()
+                .returning(SchedulerLease.name)
+            )
+            if created:
+                return True
+            result = await session.execute(
+                update(SchedulerLease)
+                .where(
+                    SchedulerLease.name == LEASE_NAME,
+                    (SchedulerLease.holder == self.holder) | (SchedulerLease.expires_at < now),
+                )
+                .values(holder=self.holder, expires_at=now + self.ttl)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def current(self) -> SchedulerLease | None:
+        """The lease row as stored."""
+        async with self.sessionmaker() as session:
+            return await session.get(SchedulerLease, LEASE_NAME)
+
+    async def release(self) -> None:
+        """Give the lease up (on a clean stop) so a standby can take over at once."""
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(SchedulerLease)
+                .where(SchedulerLease.name == LEASE_NAME, SchedulerLease.holder == self.holder)
+                .values(expires_at=self.clock() - timedelta(seconds=1))
+            )
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+
+@dataclass
+class _PlanState:
+    version: tuple[Any, ...] | None = None
+    reconciled: dict[str, int] = field(default_factory=dict)
+
+
+class DutyScheduler:
+    """Lease, APScheduler, reconcile-from-plans, and the runtime for jobs, wired together."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        tr: Translator,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        wake: Callable[[], None] = lambda: None,
+        manual: bool = False,
+        holder: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.manual = manual
+        self.runtime = DutyRuntime(sessionmaker, tr, settings, clock, wake, self)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = Lease(
+            sessionmaker, self.holder, timedelta(seconds=settings.scheduler_lease_seconds), clock
+        )
+        self.engine: Engine | None = None
+        self.store: DutyJobStore | None = None
+        self.scheduler: GridScheduler | None = None
+        self.executor: LoopExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._plans = _PlanState()
+        self.is_leader = False
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Become the leader, or stand by (PostgreSQL) / refuse (SQLite). ``True`` if leading."""
+        if await self.lease.acquire():
+            await self._lead()
+        else:
+            row = await self.lease.current()
+            who = f"{row.holder} until {row.expires_at.isoformat()}" if row else "?"
+            if is_sqlite(self.settings.database_url):
+                raise SchedulerRefused(
+                    f"another gridbot ({who}) runs the scheduler on this SQLite database; "
+                    "SQLite is single-instance: refusing to start a second one"
+                )
+            log.warning("scheduler lease held by %s: standing by", who)
+        if not self.manual:
+            self._task = asyncio.create_task(self._keep_lease(), name="gridbot-lease")
+        return self.is_leader
+
+    async def _lead(self) -> None:
+        tz = self.settings.tz
+        self.engine = make_sync_engine(sync_url(self.settings.database_url))
+        self.store = DutyJobStore(engine=self.engine, tablename=JOBS_TABLE)
+        self.executor = LoopExecutor(self.runtime, self.settings.scheduler_concurrency)
+        self.scheduler = GridScheduler(
+            clock=self.clock,
+            manual=self.manual,
+            timezone=tz,
+            jobstores={"default": self.store},
+            executors={"default": self.executor},
+            job_defaults={
+                "coalesce": True,
+                "misfire_grace_time": self.settings.scheduler_misfire_grace,
+                "max_instances": 1,
+            },
+        )
+        self.scheduler.start(paused=True)
+        report = await asyncio.to_thread(self.reconcile)
+        self.is_leader = True
+        log.info("duty scheduler leading as %s; job store reconciled: %s", self.holder, report)
+        self.scheduler.resume()
+
+    async def _keep_lease(self) -> None:
+        period = max(self.settings.scheduler_lease_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                held = await self.lease.acquire()
+            except Exception:
+                log.exception("could not renew the scheduler lease")
+                held = False
+            if held and not self.is_leader:
+                log.warning("scheduler lease acquired by %s: taking over", self.holder)
+                await self._lead()
+            elif not held and self.is_leader:
+                log.error("scheduler lease lost: stopping this scheduler")
+                await self._stop_scheduler()
+
+    async def _stop_scheduler(self) -> None:
+        self.is_leader = False
+        if self.scheduler is not None:
+            if self.scheduler._pass is not None:
+                with contextlib.suppress(Exception):
+                    await self.scheduler._pass
+            self.scheduler.shutdown_now()
+            self.scheduler = None
+        if self.executor is not None:
+            await self.executor.drain()
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    async def stop(self) -> None:
+        """Stop; release the lease so that a standby takes over at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        was_leader = self.is_leader
+        await self._stop_scheduler()
+        if was_leader:
+            with contextlib.suppress(Exception):
+                await self.lease.release()
+
+    async def tick(self) -> None:
+        """Run one due-job pass now and wait for the jobs it started (tests, benchmarks)."""
+        if self.scheduler is None:
+            return
+        await self.scheduler.run_pass()
+        assert self.executor is not None
+        await self.executor.drain()
+
+    # ---- reconcile (runs in a thread: synchronous database access) ---------------------------
+
+    def _job(
+        self,
+        job_id: str,
+        func: Callable[..., Any],
+        trigger: BaseTrigger,
+        args: tuple[Any, ...],
+        now: datetime,
+    ) -> Job | None:
+        assert self.scheduler is not None
+        first = trigger.get_next_fire_time(None, now)
+        if first is None:
+            return None
+        job = Job(
+            self.scheduler,
+            id=job_id,
+            func=func,
+            trigger=trigger,
+            executor="default",
+            args=args,
+            kwargs={},
+            name=job_id,
+            misfire_grace_time=self.settings.scheduler_misfire_grace,
+            coalesce=True,
+            max_instances=1,
+            next_run_time=first,
+        )
+        job._jobstore_alias = "default"
+        return job
+
+    def desired_jobs(self, session: Session) -> dict[str, tuple[Any, ...]]:
+        """Job id → (function, trigger, args), read from the plans (the truth)."""
+        tz = self.settings.tz
+        wanted: dict[str, tuple[Any, ...]] = {}
+        for pid, schedule, zone in session.execute(
+            select(PatrolPlan.id, PatrolPlan.schedule, PatrolPlan.timezone).where(
+                PatrolPlan.active.is_(True)
+            )
+        ):
+            job_id = f"patrol:{pid}:{_fingerprint(schedule, zone)}"
+            wanted[job_id] = (
+                patrol_reminder,
+                lambda s=schedule, z=zone: patrol_trigger(s, z),
+                (pid,),
+            )
+        for vid, freq, starts, zone in session.execute(
+            select(
+                VisitPlan.id, VisitPlan.frequency, VisitPlan.starts_at, VisitPlan.timezone
+            ).where(VisitPlan.active.is_(True))
+        ):
+            job_id = f"visit:{vid}:{_fingerprint(freq, starts.isoformat(), zone)}"
+            wanted[job_id] = (
+                visit_reminder,
+                lambda f=freq, s=starts, z=zone: visit_trigger(f, s, z),
+                (vid,),
+            )
+        every = self.settings.scheduler_sweep_seconds
+        wanted[f"sweep:{every}"] = (sweep, lambda: IntervalTrigger(seconds=every, timezone=tz), ())
+        at = parse_hhmm(self.settings.digest_time)
+        wanted[f"digest:{at.hour:02d}{at.minute:02d}:{tz.key}"] = (
+            daily_digest,
+            lambda: CronTrigger(hour=at.hour, minute=at.minute, timezone=tz),
+            (),
+        )
+        wanted[f"month-end:{tz.key}"] = (
+            month_end,
+            lambda: CronTrigger(hour=10, minute=0, timezone=tz),
+            (),
+        )
+        return wanted
+
+    def _plan_version(self, session: Session) -> tuple[Any, ...]:
+        row_p = session.execute(
+            select(func.count(), func.max(PatrolPlan.updated_at)).select_from(PatrolPlan)
+        ).one()
+        row_v = session.execute(
+            select(func.count(), func.max(VisitPlan.updated_at)).select_from(VisitPlan)
+        ).one()
+        return (*row_p, *row_v)
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the job store match the plans: add missing jobs, drop orphans, keep the rest
+        (with their stored next run times). Synchronous: call it in a thread."""
+        assert self.engine is not None and self.store is not None
+        now = self.clock()
+        with Session(self.engine) as session:
+            version = self._plan_version(session)
+            wanted = self.desired_jobs(session)
+        assert self.scheduler is not None
+        with self.scheduler._jobstores_lock:
+            have = self.store.ids()
+            stale = have - wanted.keys()
+            self.store.remove_ids(stale)
+            new = []
+            for job_id in wanted.keys() - have:
+                fn, make_trigger, args = wanted[job_id]
+                job = self._job(job_id, fn, make_trigger(), args, now)
+                if job is not None:
+                    new.append(job)
+            for start in range(0, len(new), 5000):
+                self.store.add_jobs(new[start : start + 5000])
+        self._plans = _PlanState(
+            version, {"kept": len(have & wanted.keys()), "added": len(new), "removed": len(stale)}
+        )
+        if self.scheduler.running:
+            self.scheduler.wakeup()
+        return self._plans.reconciled
+
+    async def resync_if_changed(self) -> None:
+        """Reconcile again when plans were added or edited (chat command, CSV import)."""
+        if self.engine is None:
+            return
+
+        def check() -> bool:
+            assert self.engine is not None
+            with Session(self.engine) as session:
+                return self._plan_version(session) != self._plans.version
+
+        if await asyncio.to_thread(check):
+            report = await asyncio.to_thread(self.reconcile)
+            log.info("plans changed; job store reconciled: %s", report)
+
+    def due_tomorrow(self, now: datetime) -> dict[int, int]:
+        """Grid id → duties (patrols and visits) falling due tomorrow, local time."""
+        assert self.engine is not None
+        from models import Household
+
+        tz = self.settings.tz
+        local = now.astimezone(tz)
+        start = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
+        end = start + timedelta(days=1)
+        counts: dict[int, int] = collections.defaultdict(int)
+        with Session(self.engine) as session:
+            for gid, schedule, zone in session.execute(
+                select(PatrolPlan.grid_id, PatrolPlan.schedule, PatrolPlan.timezone).where(
+                    PatrolPlan.active.is_(True)
+                )
+            ):
+                nxt = patrol_trigger(schedule, zone).get_next_fire_time(None, start)
+                if nxt is not None and nxt < end:
+                    counts[gid] += 1
+            for gid, freq, starts, zone in session.execute(
+                select(
+                    Household.grid_id, VisitPlan.frequency, VisitPlan.starts_at, VisitPlan.timezone
+                )
+                .join(Household, Household.id == VisitPlan.household_id)
+                .where(VisitPlan.active.is_(True))
+            ):
+                nxt = visit_trigger(freq, starts, zone).get_next_fire_time(None, start)
+                if nxt is not None and nxt < end:
+                    counts[gid] += 1
+        return dict(counts)
+
+
+def patrol_trigger(schedule: str, zone: str) -> CronTrigger:
+    """A patrol plan's 5-field cron schedule (minute hour day month day-of-week) in its zone.
+
+    Use day names (``mon,wed,fri``) for days of the week: APScheduler numbers them from
+    Monday = 0, unlike crontab."""
+    return CronTrigger.from_crontab(schedule, timezone=ZoneInfo(zone))
+
+
+def visit_trigger(frequency: str, starts_at: datetime, zone: str) -> BaseTrigger:
+    """A visit plan's trigger: every 1 or 2 weeks, or monthly on the start's day, from its
+    first due time (local wall clock of the plan's zone)."""
+    tz = ZoneInfo(zone)
+    first = starts_at.astimezone(tz)
+    if frequency == "monthly":
+        day = str(first.day) if first.day <= 28 else "last"
+        return CronTrigger(
+            day=day, hour=first.hour, minute=first.minute, timezone=tz, start_date=first
+        )
+    weeks = 2 if frequency == "fortnightly" else 1
+    return IntervalTrigger(weeks=weeks, start_date=first, timezone=tz)

@@ -1,0 +1,199 @@
+"""Duty conversations: patrol check-in, visit log, whistle answers, and the duty commands
+(/whistle, /notice, /household, /visitplan)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.core import payloads as p
+from bot.core.duties import DutyService, whistle_ref
+from bot.core.orders import OrderError
+from bot.ports import Button, Outbound
+from handlers.context import FLOW_CHECKIN, FLOW_VISIT, Ctx
+from models.duties import VISIT_FINE, VISIT_HELP
+from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
+
+PAYLOAD_KINDS = ("dp", "dv", "dw")
+COMMANDS = ("whistle", "notice", "household", "visitplan")
+#: Separator of the fields of /household and /visitplan (ASCII or full-width bar).
+FIELD_SEPARATORS = ("|", "｜")
+
+
+def service(ctx: Ctx) -> DutyService:
+    """The duty service inside this event's transaction."""
+    return DutyService(ctx.session, ctx.notify, ctx.tr, ctx.settings, ctx.now)
+
+
+def _cancel_row(ctx: Ctx) -> list[Button]:
+    return [Button(ctx.t("btn.cancel_flow"), p.flow("x"))]
+
+
+def _skip_row(ctx: Ctx) -> list[Button]:
+    return [Button(ctx.t("btn.skip"), p.flow("skip")), *_cancel_row(ctx)]
+
+
+async def button(ctx: Ctx, payload: p.Payload) -> None:
+    """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``)."""
+    assert ctx.person is not None and payload.id is not None
+    duties = service(ctx)
+    if payload.kind == "dp":
+        await duties.start_check_in(ctx.person, payload.id)
+        await ctx.set_conversation(FLOW_CHECKIN, "note", {"run_id": payload.id})
+        ctx.say("patrol.ask_note", [_cancel_row(ctx)])
+    elif payload.kind == "dv":
+        outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
+        await duties.start_visit(ctx.person, payload.id)
+        await ctx.set_conversation(FLOW_VISIT, "note", {"plan_id": payload.id, "outcome": outcome})
+        if outcome == VISIT_HELP:
+            ctx.say("visit.ask_help", [_cancel_row(ctx)])
+        else:
+            ctx.say("visit.ask_note", [_skip_row(ctx)])
+    else:
+        answer = await duties.answer_whistle(ctx.person, payload.id, payload.action)
+        ctx.toast = ctx.t(f"whistle.answered_{answer}")
+        ctx.say(f"whistle.answered_{answer}")
+
+
+async def checkin_step(
+    ctx: Ctx, state: str, data: dict[str, Any], payload: p.Payload | None
+) -> None:
+    """Patrol check-in: a note, then an optional photo, then an optional location."""
+    assert ctx.person is not None
+    ev = ctx.event
+    text = (ev.text or "").strip()
+    skip = payload is not None and payload.action == "skip"
+    if state == "note":
+        if ev.photo:
+            data["photo"] = ev.photo
+        if not text or payload is not None:
+            await ctx.set_conversation(FLOW_CHECKIN, "note", data)
+            ctx.say("patrol.ask_note", [_cancel_row(ctx)])
+            return
+        data["note"] = text
+        if data.get("photo"):
+            await _ask_location(ctx, data)
+            return
+        await ctx.set_conversation(FLOW_CHECKIN, "photo", data)
+        ctx.say("patrol.ask_photo", [_skip_row(ctx)])
+        return
+    if state == "photo":
+        if ev.photo:
+            data["photo"] = ev.photo
+        elif not skip:
+            ctx.say("patrol.ask_photo", [_skip_row(ctx)])
+            return
+        await _ask_location(ctx, data)
+        return
+    if ev.location:
+        data["lat"], data["lon"] = ev.location
+    elif not skip:
+        await _ask_location(ctx, data)
+        return
+    location = (data["lat"], data["lon"]) if data.get("lat") is not None else None
+    run = await service(ctx).check_in(
+        ctx.person, int(data["run_id"]), data.get("note"), data.get("photo"), location
+    )
+    await ctx.end_conversation()
+    key = "patrol.checked_in_late" if run.head_told_at else "patrol.checked_in"
+    ctx.reply(Outbound(ctx.t(key), remove_menu=True))
+
+
+async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
+    await ctx.set_conversation(FLOW_CHECKIN, "location", data)
+    ctx.reply(
+        Outbound(
+            ctx.t("patrol.ask_location"),
+            menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
+            ask_location=ctx.t("btn.send_location"),
+        )
+    )
+
+
+async def visit_step(
+    ctx: Ctx, state: str, data: dict[str, Any], payload: p.Payload | None
+) -> None:
+    """Visit log: a note ("all fine" may skip it; "needs help" must say what is needed)."""
+    assert ctx.person is not None
+    text = (ctx.event.text or "").strip()
+    skip = payload is not None and payload.action == "skip"
+    outcome = str(data["outcome"])
+    if outcome == VISIT_HELP and len(text) < 2:
+        ctx.say("visit.ask_help", [_cancel_row(ctx)])
+        return
+    if outcome == VISIT_FINE and not text and not skip:
+        ctx.say("visit.ask_note", [_skip_row(ctx)])
+        return
+    entry = await service(ctx).log_visit(
+        ctx.person, int(data["plan_id"]), outcome, None if skip else text
+    )
+    await ctx.end_conversation()
+    if entry.order_id:
+        ctx.say("visit.logged_help", number=f"#{entry.order_id}")
+    else:
+        ctx.say("visit.logged")
+
+
+FLOWS = {FLOW_CHECKIN: checkin_step, FLOW_VISIT: visit_step}
+
+
+def _fields(arg: str) -> list[str]:
+    for sep in FIELD_SEPARATORS[1:]:
+        arg = arg.replace(sep, FIELD_SEPARATORS[0])
+    return [f.strip() for f in arg.split(FIELD_SEPARATORS[0])]
+
+
+async def command(ctx: Ctx, name: str, arg: str) -> None:
+    """/whistle, /notice (heads, admins), /household, /visitplan (workers, heads, admins)."""
+    assert ctx.person is not None
+    duties = service(ctx)
+    if name in ("whistle", "notice"):
+        if not await ctx.has_role(ROLE_HEAD, ROLE_ADMIN):
+            raise OrderError("whistle.not_allowed")
+        if len(arg) < 2:
+            ctx.say(f"{name}.usage")
+            return
+        if name == "whistle":
+            whistle = await duties.blow_whistle(
+                ctx.person, arg, (ctx.event.channel, ctx.event.chat_id)
+            )
+            ctx.toast = ctx.t("whistle.sent_short")
+            assert whistle_ref(whistle.id)
+        else:
+            notice = await duties.send_notice(ctx.person, arg)
+            ctx.say(
+                "notice.sending",
+                total=str(notice.recipients),
+                unreachable=str(notice.unreachable or 0),
+            )
+        return
+    if not await ctx.has_role(ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
+        raise OrderError("error.not_a_manager")
+    fields = _fields(arg)
+    if name == "household":
+        if len(fields) < 4 or not all(fields[:3]):
+            ctx.say("household.usage")
+            return
+        building, kind, who, address, *rest = fields
+        household = await duties.add_household(
+            ctx.person, building, kind, who, address, rest[0] if rest else ""
+        )
+        ctx.say("household.added", code=household.code, name=household.name)
+        return
+    if len(fields) < 3 or not all(fields[:3]):
+        ctx.say("visitplan.usage")
+        return
+    code, member, frequency = fields[:3]
+    starts = _next_morning(ctx.now, ctx)
+    plan = await duties.add_visit_plan(ctx.person, code, member, frequency, starts)
+    ctx.say(
+        "visitplan.added",
+        frequency=ctx.t(f"frequency.{plan.frequency}"),
+        date=starts.astimezone(ctx.settings.tz).strftime("%m-%d %H:%M"),
+    )
+
+
+def _next_morning(now: datetime, ctx: Ctx) -> datetime:
+    """Tomorrow 09:00 local: a new plan's first due time."""
+    local = now.astimezone(ctx.settings.tz) + timedelta(days=1)
+    return local.replace(hour=9, minute=0, second=0, microsecond=0)
