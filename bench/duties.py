@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,12 +218,79 @@ async def populate(app: Gridbot, grids: int, visits: int, now: datetime) -> None
             )
 
 
+async def legacy_burst(args: argparse.Namespace, tmp: Path, start: datetime) -> dict[str, object]:
+    """The 09:00 burst as first built (100 reminders per transaction, one query per lookup,
+    no yield between batches), on its own SQLite database, measured like the real one."""
+    from bot.core.duties import DutyService
+
+    async def no_prefetch(self: DutyService, plan_ids: list[int]) -> None:
+        return None
+
+    from bot.scheduler import LoopExecutor
+
+    def submit_and_kick(self: LoopExecutor, job: Any, run_times: list[datetime]) -> None:
+        with self._count_lock:
+            self.outstanding += 1
+        self.queue.append((job, run_times))
+        self.kick()  # woken per job, as first built
+
+    saved = (DutyService.prefetch_patrols, DutyService.prefetch_visits)
+    saved_submit = LoopExecutor._do_submit_job
+    DutyService.prefetch_patrols = no_prefetch  # type: ignore[method-assign]
+    DutyService.prefetch_visits = no_prefetch  # type: ignore[method-assign]
+    LoopExecutor._do_submit_job = submit_and_kick  # type: ignore[method-assign]
+    now = [start]
+    try:
+        settings = load_settings(
+            database_url=f"sqlite+aiosqlite:///{tmp / 'before.db'}",
+            demo=False,
+            secret_key="bench",
+            media_dir=tmp / "media",
+            scheduler_batch=100,
+            scheduler_concurrency=8,
+        )
+        app = Gridbot(settings, clock=lambda: now[0])
+        await app.prepare()
+        await populate(app, args.grids, args.visits, now[0])
+        duties = DutyScheduler(
+            app.sessionmaker, settings, app.tr, clock=lambda: now[0], manual=True
+        )
+        await duties.start()
+        with StallMonitor() as idle:
+            await asyncio.sleep(1.0)
+        now[0] = datetime(2027, 3, 1, 9, 0, tzinfo=SH)
+        with StallMonitor() as burst:
+            t0 = time.perf_counter()
+            await duties.tick()
+            took = time.perf_counter() - t0
+        await duties.stop()
+        await app.stop()
+    finally:
+        DutyService.prefetch_patrols, DutyService.prefetch_visits = saved  # type: ignore[method-assign]
+        LoopExecutor._do_submit_job = saved_submit  # type: ignore[method-assign]
+    return {
+        "scheduler_batch": 100,
+        "prefetch": False,
+        "workers_woken": "per job",
+        "baseline_loop_stall_ms": round(idle.worst * 1000, 1),
+        "burst_to_outbox_s": round(took, 2),
+        "burst_loop_stall_ms": round(burst.worst * 1000, 1),
+        "burst_stall_vs_baseline": round(burst.worst / max(idle.worst, 1e-4), 1),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--grids", type=int, default=15000)
     parser.add_argument("--visits", type=int, default=50000)
     parser.add_argument("--deliver-seconds", type=float, default=20.0)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="first run the same burst on a second database the way it was before the "
+        "batch/prefetch work (batches of 100, no prefetch), for before/after in one run",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gridbot-bench-"))
     url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
@@ -265,6 +333,8 @@ async def main() -> None:
         results["startup_rss_growth_mb"] = round(rss_mb() - rss0, 1)
         results["jobs_stored"] = len(await asyncio.to_thread(duties.store.ids))  # type: ignore[union-attr]
 
+        if args.compare:
+            results["before"] = await legacy_burst(args, tmp, clock_now[0])
         clock_now[0] = datetime(2027, 3, 1, 9, 0, tzinfo=SH)
         with StallMonitor() as burst:
             t0 = time.perf_counter()
@@ -272,6 +342,7 @@ async def main() -> None:
             results["burst_to_outbox_s"] = round(time.perf_counter() - t0, 2)
         results["burst_loop_stall_ms"] = round(burst.worst * 1000, 1)
         results["burst_stall_vs_baseline"] = round(burst.worst / max(idle.worst, 1e-4), 1)
+        results["scheduler_batch"] = settings.scheduler_batch
         async with app.sessionmaker() as session:
             queued = await session.scalar(select(func.count()).select_from(OutboxMessage))
         results["reminders_in_outbox"] = queued

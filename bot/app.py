@@ -34,6 +34,11 @@ from models.db import make_engine, make_sessionmaker, upgrade
 log = logging.getLogger(__name__)
 
 DEMO_FILE = Path(__file__).parent / "demo" / "community.yaml"
+#: Demo duty lists (``gridbot duties import`` format), loaded with the demo community.
+DEMO_DUTIES = tuple(
+    Path(__file__).parent / "demo" / f"duty_{name}.csv"
+    for name in ("households", "visits", "patrols")
+)
 TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
 WECHAT_PATH = "/wechat"
 MAX_WEBHOOK_BODY = 1 << 20
@@ -109,6 +114,11 @@ class Gridbot:
             if not grids and self.settings.demo:
                 report = await import_community(session, DEMO_FILE)
                 log.info("demo community loaded: %s", report)
+                if self.settings.demo_duties:
+                    from bot.admin.duty_import import import_duties
+
+                    for path in DEMO_DUTIES:
+                        log.info("demo duties loaded: %s", await import_duties(session, path))
             categories = await session.scalar(select(func.count()).select_from(Category))
             if not categories:
                 for sort, spec in enumerate(default_categories()):
@@ -216,6 +226,7 @@ class Gridbot:
             push_quota=s.wechat_push_quota,
             msgmenu=s.wechat_msgmenu,
             templates=s.wechat_templates,
+            timezone=s.tz,
         )
         self.add_channel(self.wechat)
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         "never enable it on a public address)",
     )
     demo: bool = Field(True, description="Load the demo community into an empty database")
+    demo_duties: bool = Field(
+        True, description="With the demo community, also load its demo patrol and visit plans"
+    )
     timezone: str = Field("Asia/Shanghai", description="Default time zone of the community")
     default_locale: str = Field("zh_CN", description="Language when the user's is unknown")
     secret_key: str | None = Field(
@@ -94,10 +97,12 @@ class Settings(BaseSettings):
     wechat_msgmenu: bool = Field(
         False, description="Send choices as tappable msgmenu messages (else numbered text)"
     )
-    wechat_templates: dict[str, str] = Field(
+    wechat_templates: dict[str, str | dict[str, Any]] = Field(
         {},
-        description="Template ids per push kind outside the 48-hour window, JSON: "
-        '{"offer": "…", "accepted": "…", "rate": "…", "reminder": "…", "other": "…"}',
+        description="Template per push kind outside the 48-hour window, JSON: "
+        '{"offer": "…", "accepted": "…", "rate": "…", "reminder": "…", "other": "…"}; '
+        'a kind may also be {"id": "…", "fields": {"first": "{title}", "keyword1": '
+        '"{number}", "keyword2": "{time}", "remark": "{text}"}}',
     )
 
     # ---- duties and timers (issue 4) ----
@@ -116,6 +121,9 @@ class Settings(BaseSettings):
         60, description="Seconds between sweeps of order clocks, patrol deadlines, whistles"
     )
     scheduler_concurrency: int = Field(8, description="Duty jobs run at the same time at most")
+    scheduler_batch: int = Field(
+        25, description="Reminders written per transaction in a burst (the loop yields between)"
+    )
     quiet_hours: str = Field(
         "22:00-07:00", description="Default quiet hours (non-urgent pushes wait), HH:MM-HH:MM"
     )
@@ -136,6 +144,17 @@ class Settings(BaseSettings):
     month_end_days: int = Field(
         3, description="Days before month end when owed visits are pre-reminded (月末预提醒)"
     )
+
+    @field_validator("wechat_templates")
+    @classmethod
+    def _template_shapes(
+        cls, value: dict[str, str | dict[str, Any]]
+    ) -> dict[str, str | dict[str, Any]]:
+        if value:
+            from bot.channels.wechat_templates import template_specs
+
+            template_specs(value)  # raises ValueError on an unknown field value or shape
+        return value
 
     @field_validator("timezone")
     @classmethod

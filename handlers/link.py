@@ -9,7 +9,9 @@ from datetime import timedelta
 
 from sqlalchemy import delete, or_, select, update
 
+from bot.core import payloads
 from bot.core.orders import OrderError
+from bot.ports import Button
 from handlers import common
 from handlers.context import Ctx
 from models import Identity, LinkCode, Person
@@ -114,7 +116,8 @@ async def _new_code(ctx: Ctx, person_id: int) -> str:
 
 
 async def push(ctx: Ctx, arg: str) -> None:
-    """``/push <platform>`` or ``/push auto``: where pushes go; without an argument, show it."""
+    """``/push <platform>`` or ``/push auto``: where pushes go; without an argument, show it
+    with one button per platform (the same choice, as ``f:push:<platform>``)."""
     assert ctx.person is not None
     mine = sorted(
         set(
@@ -128,8 +131,14 @@ async def push(ctx: Ctx, arg: str) -> None:
     choice = arg.strip().lower()
     if not choice:
         current = ctx.person.preferred_channel
+        # One button per platform (numbered options on WeChat), besides "/push <platform>".
+        buttons = [
+            [Button(channel_name(ctx, name), payloads.flow("push", name))] for name in mine
+        ]
+        buttons.append([Button(ctx.t("push.auto"), payloads.flow("push", AUTO))])
         ctx.say(
             "push.current",
+            buttons,
             channel=channel_name(ctx, current) if current else ctx.t("push.auto"),
             choices=" / ".join([*mine, AUTO]),
         )

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.core import payloads
+from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
 from bot.i18n import Translator, normalize_locale
@@ -73,6 +74,14 @@ class Router:
                 return HandleResult(duplicate=True)
             ctx = await self._context(session, event, now)
             await self._route(ctx)
+            # Quiet hours: order pushes to others wait for the morning (urgent ones never).
+            await hold_order_pushes(
+                session,
+                self.settings,
+                ctx.notify.written,
+                now,
+                reply_chat=(event.channel, event.chat_id),
+            )
             await session.flush()
             return HandleResult(toast=ctx.toast, outbox_ids=[r.id for r in ctx.notify.written])
 
@@ -174,6 +183,11 @@ class Router:
             conv = await ctx.conversation()
             if payload.action == "lang":
                 await common.set_language(ctx, payload.arg or "")
+                return
+            if payload.action == "push":
+                from handlers import link
+
+                await link.push(ctx, payload.arg or "")
                 return
             if conv is None:
                 raise OrderError("error.button_stale")

@@ -27,6 +27,7 @@ from models.messaging import (
 )
 from models.orders import Offer, Order, OrderEvent, PointsEntry, Revisit
 from models.people import Identity, Invite, LinkCode, Person, Role
+from models.wechat import WeChatCallback, WeChatMedia
 
 __all__ = [
     "Base",
@@ -60,6 +61,8 @@ __all__ = [
     "SchedulerLease",
     "VisitLog",
     "VisitPlan",
+    "WeChatCallback",
+    "WeChatMedia",
     "WebChatMessage",
     "Whistle",
     "WhistleAnswer",

@@ -44,6 +44,14 @@ def _pg_available() -> str | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _no_wall_clock_quiet_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quiet hours hold non-urgent order pushes at night by the wall clock: tests that do not
+    drive a clock must not depend on the hour they run at. Quiet-hour tests pass
+    ``quiet_hours`` explicitly (an override beats the environment)."""
+    monkeypatch.setenv("GRIDBOT_QUIET_HOURS", "00:00-00:00")
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped at the end)."""

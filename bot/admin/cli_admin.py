@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.admin.cli_wechat import wechat_configured, wechat_qr
+from bot.admin.cli_wechat import wechat_configured, wechat_qr, wechat_sheet_urls
 from bot.admin.importer import (
     CommunityFileError,
     ImportReport,
@@ -244,6 +244,9 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         return _fail("--days must be positive")
     out_dir = Path(args.out) if args.out else settings.qr_dir
 
+    #: Per grid: the sheet's path and title, and (label, token) per building.
+    sheets: list[tuple[Path, str, list[tuple[str, str]]]] = []
+
     async def work(session: AsyncSession) -> list[Path]:
         top = await _grid_by_code(session, args.grid)
         stmt = (
@@ -263,6 +266,7 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         written: list[Path] = []
         for grid, buildings in groups.values():
             entries: list[tuple[str, str]] = []
+            tokens: list[tuple[str, str]] = []
             for building in buildings:
                 _invite, token = await create_invite(
                     session,
@@ -275,17 +279,35 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
                 )
                 link = telegram_link(args.bot_username, token)
                 entries.append((f"{building.name}\n{building.code}", link))
+                tokens.append((f"{building.name}\n{building.code}", token))
             title = (
                 f"{grid.name} · 居民扫码登记\n"
                 f"{grid.code}: scan to join your building (valid until {until})"
             )
             written += building_sheet(entries, out_dir / f"sheet-{grid.code}.png", title)
+            sheets.append((out_dir / f"sheet-{grid.code}-wechat.png", title, tokens))
         return written
 
     try:
         paths = _run(settings, work)
     except CliError as exc:
         return _fail(str(exc))
+    if wechat_configured(settings):
+        # Stairwell codes never expire on WeChat (QR_LIMIT_STR_SCENE); the invite behind
+        # them still does, after --days.
+        try:
+            for path, title, tokens in sheets:
+                urls = wechat_sheet_urls(settings, [token for _, token in tokens])
+                wechat_title = title.replace("居民扫码登记", "居民微信扫码登记", 1)
+                paths += building_sheet(
+                    [(label, url) for (label, _), url in zip(tokens, urls, strict=True)],
+                    path,
+                    wechat_title,
+                )
+        except Exception as exc:  # the invites and Telegram sheets exist
+            for done in paths:
+                print(done)
+            return _fail(f"invites created, but the WeChat QR codes failed: {exc}")
     for path in paths:
         print(path)
     return 0

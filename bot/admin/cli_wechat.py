@@ -1,8 +1,9 @@
 """WeChat subcommands of the ``gridbot`` command line, and the WeChat QR code of an invite.
 
 ``gridbot wechat menu`` installs the account's custom menu (报事 / 我的工单 / 我的网格);
-``gridbot invite`` calls :func:`wechat_qr` when WeChat is configured, so the printed code opens
-the Official Account with the invite as its ``scene_str``.
+``gridbot invite`` calls :func:`wechat_qr` and ``gridbot qr-sheet`` :func:`wechat_sheet_urls`
+when WeChat is configured, so the printed codes open the Official Account with the invite as
+their ``scene_str``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,17 @@ def wechat_qr(
         "wechat_qr_png": str(png_path),
         "wechat_expire_seconds": answer.get("expire_seconds"),
     }
+
+
+def wechat_sheet_urls(settings: Settings, tokens: list[str]) -> list[str]:
+    """Permanent parametric QR codes (``QR_LIMIT_STR_SCENE``, ``scene_str`` = the invite
+    token) for stairwell sheets, one API session for all; their URLs, in order."""
+    from bot.channels.wechat import create_qr
+
+    async def work(api: Any) -> list[str]:
+        return [str((await create_qr(api, token, None))["url"]) for token in tokens]
+
+    return _with_api(settings, work)
 
 
 def cmd_wechat_menu(settings: Settings, args: argparse.Namespace) -> int:

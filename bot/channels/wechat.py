@@ -32,23 +32,35 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from xml.parsers.expat import ExpatError
 
 import httpx
 import xmltodict
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.replies import TextReply
 
 from bot.channels.base import DeliveryError, Limits, Unreachable
+from bot.channels.wechat_templates import TemplateSpec, template_specs
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore
+from bot.media import PREFIX as MEDIA_PREFIX
 from bot.ports import HandleResult, Inbound, Intake, Outbound
-from models import Identity, KeyValue, OfferedChoices, OutboxMessage, Person, utcnow
+from models import (
+    Identity,
+    KeyValue,
+    OfferedChoices,
+    OutboxMessage,
+    Person,
+    WeChatCallback,
+    WeChatMedia,
+    utcnow,
+)
 from models.messaging import OUT_PENDING
 
 log = logging.getLogger(__name__)
@@ -78,6 +90,13 @@ MENU_KEYS = ("order", "myorders", "tasks", "queue", "mygrid", "link", "help")
 #: Push kind of an outbox row by the prefix of its ``ref`` (when the payload names none).
 KIND_BY_REF = {"offer": "offer", "disp": "offer", "task": "accepted", "rate": "rate"}
 SKIPPED = "dropped"
+#: Temporary media stays valid three days; a cached media_id is reused until an hour before.
+MEDIA_VALIDITY = timedelta(days=3)
+MEDIA_MARGIN = timedelta(hours=1)
+#: Image types WeChat accepts as ``image`` media (WebP is not one of them).
+UPLOADABLE = frozenset({"jpg", "png", "gif"})
+#: Longest value put into one template field (bytes).
+TEMPLATE_FIELD_BYTES = 600
 
 Clock = Callable[[], datetime]
 
@@ -333,6 +352,32 @@ class WeChatApi:
             raise _error("media/get", code)
         raise DeliveryError("wechat media: token refused twice")
 
+    async def upload_image(self, data: bytes, filename: str) -> str:
+        """``media/upload`` (type image): temporary media, valid three days; its media_id."""
+        token = await self.access_token()
+        ext = filename.rsplit(".", 1)[-1].lower()
+        mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(ext, "image/jpeg")
+        for attempt in range(2):
+            try:
+                response = await self.http.post(
+                    f"{self.base_url}/cgi-bin/media/upload",
+                    params={"access_token": token, "type": "image"},
+                    files={"media": (filename, data, mime)},
+                )
+                answer = response.json()
+            except (httpx.HTTPError, ValueError) as err:
+                raise DeliveryError(f"wechat media/upload: {type(err).__name__}") from err
+            if not isinstance(answer, dict):
+                raise DeliveryError("wechat media/upload: unexpected answer")
+            code = int(answer.get("errcode") or 0)
+            if code == 0 and answer.get("media_id"):
+                return str(answer["media_id"])
+            if code in TOKEN_ERRORS and attempt == 0:
+                token = await self.access_token(stale=token)
+                continue
+            raise _error("media/upload", code or 40007)
+        raise DeliveryError("wechat media/upload: token refused twice")
+
 
 def _error(path: str, code: int) -> DeliveryError:
     if code == WINDOW_CLOSED:
@@ -379,7 +424,8 @@ class WeChatChannel:
         timestamp_skew: int = 300,
         push_quota: int = 5,
         msgmenu: bool = False,
-        templates: Mapping[str, str] | None = None,
+        templates: Mapping[str, Any] | None = None,
+        timezone: tzinfo = UTC,
     ) -> None:
         self.appid = appid
         self.token = token
@@ -396,7 +442,10 @@ class WeChatChannel:
         self.timestamp_skew = timestamp_skew
         self.push_quota = push_quota
         self.msgmenu = msgmenu
-        self.templates = dict(templates or {})
+        self.templates = template_specs(templates)
+        self.timezone = timezone
+        #: When expired replay-guard rows were last deleted (monotonic seconds).
+        self._purged_at = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         #: Last message time and pushes of users we have no identity for yet (strangers who
         #: have not scanned a code): they are owed the answer to what they wrote.
@@ -465,6 +514,10 @@ class WeChatChannel:
             # xmltodict refuses entity declarations with ValueError (XXE); all are the
             # sender's fault, none is ours.
             return 400, ""
+        given_signature = params.get("msg_signature" if encrypted else "signature", "")
+        if not await self._first_delivery(nonce, timestamp, given_signature):
+            log.warning("wechat callback replayed (same nonce, timestamp and signature)")
+            return 403, ""
         if inbound is None:
             return 200, "success"
         self._strangers[inbound.user_id] = (self.clock(), 0)
@@ -486,6 +539,27 @@ class WeChatChannel:
         if encrypted and self.crypto is not None:
             xml = self.crypto.encrypt_message(xml, nonce, str(int(time.time())))
         return 200, xml
+
+    async def _first_delivery(self, nonce: str, timestamp: str, given: str) -> bool:
+        """Remember this request (nonce, timestamp, signature) while its timestamp is fresh;
+        ``False`` when it was seen before: a replay inside the skew window.
+
+        Kept in the database so that every instance behind a load balancer refuses it; the
+        primary key makes two concurrent copies race to one winner."""
+        digest = hashlib.sha256(f"{nonce}\n{timestamp}\n{given}".encode()).hexdigest()
+        expires_at = datetime.fromtimestamp(int(timestamp) + self.timestamp_skew + 1, UTC)
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                session.add(WeChatCallback(key=digest, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        if time.monotonic() - self._purged_at > 60:
+            self._purged_at = time.monotonic()
+            async with self.sessionmaker() as session, session.begin():
+                await session.execute(
+                    delete(WeChatCallback).where(WeChatCallback.expires_at < self.clock())
+                )
+        return True
 
     async def _answer(self, inbound: Inbound) -> str | None:
         """Run the core within the deadline; the text of the passive reply, if any."""
@@ -583,20 +657,28 @@ class WeChatChannel:
         return identity, lang
 
     async def _render(
-        self, identity: Identity | None, message: Outbound, lang: str
+        self,
+        identity: Identity | None,
+        message: Outbound,
+        lang: str,
+        *,
+        photo_sent: bool = False,
     ) -> _Rendered:
         """The text with numbered options; the options are remembered for the user's reply.
 
         Numbers continue across messages until the user writes again, so that "3" still
-        means the third option shown since their last message."""
+        means the third option shown since their last message. A photo that does not go out
+        as an image (``photo_sent``) is at least mentioned."""
         options: list[tuple[str, str | None]] = [
             (b.label, b.payload) for b in message.all_buttons()
         ]
         if message.ask_location:
             options += [(label, None) for row in message.menu or [] for label in row]
         head = message.text
-        if message.photo:
-            head = head or self.tr.t(lang, "card.has_photo")
+        if message.photo and not photo_sent:
+            note = self.tr.t(lang, "card.has_photo")
+            if note not in head:
+                head = f"{head}\n{note}" if head.strip() else note
         if not options:
             text_out = head
             if message.ask_location:
@@ -655,19 +737,73 @@ class WeChatChannel:
             and now - identity.last_inbound_at < WINDOW
             and await self._reserve_push(identity.id)
         ):
+            reserved = 1
             try:
-                return await self._send_custom(identity, row.chat_id, message, lang)
+                media_id = None
+                # A photo is a second customer-service message: only when the quota has room
+                # for both; else the text alone goes out (and says a photo exists).
+                if self._uploadable(message.photo) and await self._reserve_push(identity.id):
+                    reserved = 2
+                    media_id = await self._photo_media_id(message.photo)
+                    if media_id is None:
+                        reserved = 1
+                        await self._refund_push(identity.id)
+                return await self._send_custom(
+                    identity, row.chat_id, message, lang, media_id=media_id
+                )
             except (WindowClosed, QuotaUsed) as err:
                 log.info("wechat push to outbox %s refused (%s): trying a template", row.id, err)
                 await self._window_used(identity.id)
             except DeliveryError as err:
                 if not err.permanent:
-                    await self._refund_push(identity.id)
+                    for _ in range(reserved):
+                        await self._refund_push(identity.id)
                 raise
         template = self.templates.get(kind) or self.templates.get("other")
         if template:
-            return await self._send_template(identity, row.chat_id, template, message, lang)
+            return await self._send_template(identity, row, template, message, lang)
         raise Unreachable(f"wechat: no open window and no template for {kind}")
+
+    def _uploadable(self, ref: str | None) -> bool:
+        """Whether ``ref`` is a photo of the media store that WeChat takes as an image."""
+        if not ref or self.media is None or not ref.startswith(MEDIA_PREFIX):
+            return False
+        path = self.media.path(ref)
+        return path is not None and path.suffix.lstrip(".").lower() in UPLOADABLE
+
+    async def _photo_media_id(self, ref: str | None) -> str | None:
+        """The WeChat media_id of a media-store photo: cached (three days, shared by every
+        instance through the database), else uploaded now. ``None`` if it cannot be."""
+        if not ref or self.media is None:
+            return None
+        now = self.clock()
+        async with self.sessionmaker() as session:
+            cached = await session.get(WeChatMedia, ref)
+            if cached is not None and cached.expires_at - MEDIA_MARGIN > now:
+                return cached.media_id
+        path = self.media.path(ref)
+        if path is None:
+            return None
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+            media_id = await self.api.upload_image(data, path.name)
+        except OSError as err:
+            log.warning("photo %s could not be read (%s): sending text only", ref, err)
+            return None
+        except DeliveryError as err:
+            if not err.permanent:
+                raise
+            log.warning("photo %s refused by media/upload (%s): sending text only", ref, err)
+            return None
+        async with self.sessionmaker() as session, session.begin():
+            row = await session.get(WeChatMedia, ref, with_for_update=True)
+            if row is None:
+                session.add(
+                    WeChatMedia(ref=ref, media_id=media_id, expires_at=now + MEDIA_VALIDITY)
+                )
+            else:
+                row.media_id, row.expires_at = media_id, now + MEDIA_VALIDITY
+        return media_id
 
     async def _reserve_push(self, identity_id: int) -> bool:
         """Count one customer-service message against the window's quota, if one is left."""
@@ -698,9 +834,21 @@ class WeChatChannel:
             )
 
     async def _send_custom(
-        self, identity: Identity | None, openid: str, message: Outbound, lang: str
+        self,
+        identity: Identity | None,
+        openid: str,
+        message: Outbound,
+        lang: str,
+        *,
+        media_id: str | None = None,
     ) -> str:
-        rendered = await self._render(identity, message, lang)
+        if media_id is not None:
+            # The photo first (an image message), then the text with its options.
+            await self.api.call(
+                "message/custom/send",
+                {"touser": openid, "msgtype": "image", "image": {"media_id": media_id}},
+            )
+        rendered = await self._render(identity, message, lang, photo_sent=media_id is not None)
         if self.msgmenu and rendered.options and not message.ask_location:
             try:
                 await self.api.call(
@@ -732,23 +880,45 @@ class WeChatChannel:
     async def _send_template(
         self,
         identity: Identity | None,
-        openid: str,
-        template_id: str,
+        row: OutboxMessage,
+        template: TemplateSpec,
         message: Outbound,
         lang: str,
     ) -> str:
         rendered = await self._render(identity, message, lang)
         first, _, rest = rendered.text.partition("\n")
-        data = {
-            "first": {"value": clip_bytes(first, 200)},
-            "keyword1": {"value": clip_bytes(rest.strip() or first, 600)},
-            "remark": {"value": self.tr.t(lang, "wechat.template_remark")},
-        }
+        data: dict[str, dict[str, str]]
+        if template.fields is None:
+            data = {
+                "first": {"value": clip_bytes(first, 200)},
+                "keyword1": {"value": clip_bytes(rest.strip() or first, 600)},
+                "remark": {"value": self.tr.t(lang, "wechat.template_remark")},
+            }
+        else:
+            values = {
+                "title": first.strip(),
+                "text": rest.strip() or first.strip(),
+                "number": await self._order_number(row),
+                "time": self.clock().astimezone(self.timezone).strftime("%Y-%m-%d %H:%M"),
+            }
+            data = {
+                name: {"value": clip_bytes(fmt.format(**values), TEMPLATE_FIELD_BYTES)}
+                for name, fmt in template.fields.items()
+            }
         result = await self.api.call(
             "message/template/send",
-            {"touser": openid, "template_id": template_id, "data": data},
+            {"touser": row.chat_id, "template_id": template.id, "data": data},
         )
         return f"tpl:{result.get('msgid', '')}"
+
+    async def _order_number(self, row: OutboxMessage) -> str:
+        """The number of the order a push is about (for a template's ``{number}``), or ""."""
+        from bot.core.cards import number
+        from bot.core.reach import order_of
+
+        async with self.sessionmaker() as session:
+            order = await order_of(session, row.ref)
+            return number(order) if order is not None else ""
 
     async def send(self, chat_id: str, message: Outbound) -> str:
         """Send a customer-service message (no window bookkeeping: see :meth:`deliver_row`)."""

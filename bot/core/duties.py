@@ -153,6 +153,87 @@ def previous_due(frequency: str, due_at: datetime, tz: ZoneInfo) -> datetime:
     return datetime.combine(local.date() - PERIODS[frequency], local.timetz())
 
 
+async def community_quiet_end(
+    session: AsyncSession, settings: Settings, grid_id: int, now: datetime
+) -> datetime | None:
+    """End of the quiet hours of the grid's community (its ``quiet_hours`` row, else the
+    ``quiet_hours`` setting in the community's time zone), if ``now`` is quiet there."""
+    grid = await session.get(Grid, grid_id)
+    row = await session.get(QuietHours, grid.community_id) if grid else None
+    if row is not None:
+        return quiet_end(now, parse_hhmm(row.start), parse_hhmm(row.end), ZoneInfo(row.timezone))
+    start, end = parse_span(settings.quiet_hours)
+    community = await session.get(Community, grid.community_id) if grid else None
+    tz = ZoneInfo(community.timezone) if community else settings.tz
+    return quiet_end(now, start, end, tz)
+
+
+#: Outbox refs of the order flow that name their order (``disp:12``) or offer (``offer:7``).
+_ORDER_REFS = ("disp", "note", "task", "rate")
+
+
+async def hold_order_pushes(
+    session: AsyncSession,
+    settings: Settings,
+    rows: list[OutboxMessage],
+    now: datetime,
+    *,
+    reply_chat: tuple[str, str] | None = None,
+) -> int:
+    """Quiet hours for the order flow, in one place: every new message about an order that is
+    pushed to someone else (not the chat being answered, not an edit of a message already
+    there) waits until the quiet hours of the order's community end, unless the order's
+    category is urgent. Called once per handled event, before its transaction commits.
+    Returns how many rows now wait."""
+    order_of: dict[int, int] = {}
+    offers: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        if row.edit_ref or not row.ref or (row.channel, row.chat_id) == reply_chat:
+            continue
+        kind, _, arg = row.ref.partition(":")
+        if not arg.isdigit():
+            continue
+        if kind in _ORDER_REFS:
+            order_of[i] = int(arg)
+        elif kind == "offer":
+            offers[i] = int(arg)
+    if offers:
+        from models import Offer
+
+        found = dict(
+            (
+                await session.execute(
+                    select(Offer.id, Offer.order_id).where(Offer.id.in_(set(offers.values())))
+                )
+            ).all()
+        )
+        order_of.update({i: found[o] for i, o in offers.items() if o in found})
+    if not order_of:
+        return 0
+    facts = {
+        oid: (grid_id, bool(urgent))
+        for oid, grid_id, urgent in (
+            await session.execute(
+                select(Order.id, Order.grid_id, Category.urgent)
+                .outerjoin(Category, Category.code == Order.category)
+                .where(Order.id.in_(set(order_of.values())))
+            )
+        ).all()
+    }
+    until: dict[int, datetime | None] = {}
+    held = 0
+    for i, oid in order_of.items():
+        if oid not in facts or facts[oid][1]:
+            continue
+        grid_id = facts[oid][0]
+        if grid_id not in until:
+            until[grid_id] = await community_quiet_end(session, settings, grid_id, now)
+        if until[grid_id] is not None:
+            rows[i].not_before = until[grid_id]  # type: ignore[assignment]
+            held += 1
+    return held
+
+
 @dataclass
 class Clocks:
     """The order clocks that apply to one category at one level (minutes/hours/days)."""
@@ -223,22 +304,43 @@ class DutyService:
         return []
 
     async def quiet_until(self, grid_id: int) -> datetime | None:
-        """End of the quiet hours of the grid's community, if it is quiet now."""
-        if grid_id not in self._quiet:
-            self._quiet[grid_id] = await self._quiet_until(grid_id)
-        return self._quiet[grid_id]
+        """End of the quiet hours of the grid's community, if it is quiet now (looked up once
+        per community and transaction)."""
+        grid = await self.session.get(Grid, grid_id)
+        key = grid.community_id if grid is not None else -grid_id
+        if key not in self._quiet:
+            self._quiet[key] = await self._quiet_until(grid_id)
+        return self._quiet[key]
+
+    async def prefetch_patrols(self, plan_ids: list[int]) -> None:
+        """Load a burst's patrol plans, their grids and workers' identities in a few queries
+        (the reminders then find them in the session instead of querying one by one)."""
+        plans = (
+            await self.session.scalars(select(PatrolPlan).where(PatrolPlan.id.in_(plan_ids)))
+        ).all()
+        grid_ids = {p.grid_id for p in plans}
+        if grid_ids:
+            await self.session.scalars(select(Grid).where(Grid.id.in_(grid_ids)))
+        await self.notify.prefetch(p.person_id for p in plans)
+
+    async def prefetch_visits(self, plan_ids: list[int]) -> None:
+        """Load a burst's visit plans, households and members' identities in a few queries."""
+        plans = (
+            await self.session.scalars(select(VisitPlan).where(VisitPlan.id.in_(plan_ids)))
+        ).all()
+        household_ids = {p.household_id for p in plans}
+        if household_ids:
+            households = (
+                await self.session.scalars(
+                    select(Household).where(Household.id.in_(household_ids))
+                )
+            ).all()
+            grid_ids = {h.grid_id for h in households}
+            await self.session.scalars(select(Grid).where(Grid.id.in_(grid_ids)))
+        await self.notify.prefetch(p.member_id for p in plans)
 
     async def _quiet_until(self, grid_id: int) -> datetime | None:
-        grid = await self.session.get(Grid, grid_id)
-        row = await self.session.get(QuietHours, grid.community_id) if grid else None
-        if row is not None:
-            return quiet_end(
-                self.now, parse_hhmm(row.start), parse_hhmm(row.end), ZoneInfo(row.timezone)
-            )
-        start, end = parse_span(self.settings.quiet_hours)
-        community = await self.session.get(Community, grid.community_id) if grid else None
-        tz = ZoneInfo(community.timezone) if community else self.settings.tz
-        return quiet_end(self.now, start, end, tz)
+        return await community_quiet_end(self.session, self.settings, grid_id, self.now)
 
     async def hold(self, rows: list[OutboxMessage], grid_id: int, urgent: bool = False) -> None:
         """Quiet hours: non-urgent pushes wait until the morning (urgent ones never wait)."""
@@ -266,8 +368,9 @@ class DutyService:
 
     # ---- patrols ------------------------------------------------------------------------------
 
-    async def patrol_due(self, plan_id: int, due_at: datetime) -> PatrolRun | None:
-        """A patrol starts: open its run (once) and remind the patrol worker."""
+    async def patrol_due(self, plan_id: int, due_at: datetime) -> int | None:
+        """A patrol starts: open its run (once) and remind the patrol worker; the run's id, or
+        ``None`` when it already fired."""
         plan = await self.session.get(PatrolPlan, plan_id)
         if plan is None or not plan.active:
             return None
@@ -300,7 +403,7 @@ class DutyService:
             )
 
         await self._push(plan.person_id, render, plan.grid_id, ref=f"patrol:{run_id}")
-        return await self.session.get(PatrolRun, run_id)
+        return run_id
 
     async def patrol_skipped(self, plan_id: int, due_at: datetime) -> None:
         """The reminder was missed beyond the grace: record it (the digest shows it)."""
@@ -985,6 +1088,9 @@ class DutyService:
         ``due_tomorrow`` maps grid ids to the number of duties falling due tomorrow (computed by
         the scheduler from the plans' triggers)."""
         since = self.now - timedelta(days=1)
+        # Once per head per LOCAL day (the community's time zone, not UTC).
+        local = self.now.astimezone(self.settings.tz)
+        today = datetime.combine(local.date(), time(0), self.settings.tz)
         heads = (
             await self.session.execute(
                 select(Role.person_id, Grid)
@@ -1046,9 +1152,7 @@ class DutyService:
                 if any(g.id == gid and g.path.startswith(grid.path) for g in grids)
             )
             figures = (new, open_, overdue, patrols_done + visits_done, missed, tomorrow)
-            if not await self.fire_once(
-                "digest", str(head_id), self.now.replace(hour=0, minute=0, second=0, microsecond=0)
-            ):
+            if not await self.fire_once("digest", str(head_id), today):
                 continue
             await self.notify.to_person(
                 head_id,
@@ -1156,6 +1260,8 @@ __all__ = [
     "Clocks",
     "DutyService",
     "checkin_payload",
+    "community_quiet_end",
+    "hold_order_pushes",
     "notice_ref",
     "parse_span",
     "previous_due",

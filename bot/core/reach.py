@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.cards import number
 from bot.core.notify import Notifier
-from bot.core.routing import route_new_order
+from bot.core.routing import escalation_target, route_new_order
 from bot.i18n import Translator
 from bot.ports import Outbound
 from models import Grid, Identity, Offer, Order, OutboxMessage, Person
@@ -53,7 +53,8 @@ async def report_unreachable(
 
     The same message goes to the person's identity on another running channel when they have
     one; otherwise every handler of the order (worker or head, not the person themselves) is
-    told that this person cannot be reached by push.
+    told that this person cannot be reached by push; when that person is the order's only
+    handler, the head of the parent grid (walking further up if need be) is told.
     """
     notifier = Notifier(session, tr, default_locale)
     if row.person_id is None or (row.ref or "").startswith(NOTICE_PREFIX):
@@ -86,13 +87,27 @@ async def report_unreachable(
     grid = await session.get(Grid, order.handling_grid_id)
     target = await route_new_order(session, grid) if grid is not None else None
     handlers = [pid for pid in (target.person_ids if target else []) if pid != person.id]
-    if not handlers:
-        log.warning("order %s: person %s unreachable and no handler to tell", order.id, person.id)
     name, no = person.name, number(order)
-    for pid in handlers:
-        await notifier.to_person(
-            pid,
-            lambda lang: Outbound(tr.t(lang, "push.unreachable", name=name, number=no)),
-            ref=f"{NOTICE_PREFIX}{order.id}",
-        )
+    # When the unreachable person is the order's only handler (or no handler has a chat with
+    # us), whoever is responsible up the tree is told: the head of the parent grid, else
+    # further up.
+    above = target.grid if target is not None else grid
+    while True:
+        told = False
+        for pid in handlers:
+            written = await notifier.to_person(
+                pid,
+                lambda lang: Outbound(tr.t(lang, "push.unreachable", name=name, number=no)),
+                ref=f"{NOTICE_PREFIX}{order.id}",
+            )
+            told = told or written is not None
+        if told or above is None:
+            break
+        up = await escalation_target(session, above)
+        if up is None:
+            break
+        handlers = [pid for pid in up.person_ids if pid != person.id]
+        above = up.grid
+    if not notifier.written:
+        log.warning("order %s: person %s unreachable and no handler to tell", order.id, person.id)
     return notifier.written

@@ -110,7 +110,8 @@ class DutyHarness(Harness):
 async def duty(database_url: str, tmp_path: Path) -> AsyncIterator[DutyHarness]:
     """Demo community, memory channel, clock at Monday 2027-03-01 08:00 Shanghai."""
     clock = Clock(datetime(2027, 3, 1, 8, 0, tzinfo=SH))
-    settings = load_settings(database_url=database_url, demo=True, secret_key="test-key",
+    settings = load_settings(database_url=database_url, demo=True, demo_duties=False,
+                             secret_key="test-key", quiet_hours="22:00-07:00",
                              media_dir=tmp_path / "media", qr_dir=tmp_path / "qr")
     app = Gridbot(settings, clock=clock)
     await app.prepare()

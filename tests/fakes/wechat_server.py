@@ -1,10 +1,11 @@
 """A fake WeChat API server (real HTTP on 127.0.0.1) and a fake WeChat *callback sender*.
 
 :class:`FakeWeChatServer` answers the endpoints Gridbot uses: ``cgi-bin/stable_token``,
-``message/custom/send`` (text and ``msgmenu``), ``message/template/send``, ``qrcode/create``,
-``menu/create`` and ``media/get``. Tokens expire on demand (``expire_token``: the next call
-answers 40001), and a test can script error codes per user (``script``: 45015, 45047, -1, ...)
-or slow every answer down (``delay``).
+``message/custom/send`` (text, ``msgmenu`` and ``image``), ``message/template/send``,
+``qrcode/create``, ``menu/create``, ``media/get`` and ``media/upload`` (images the bot
+pushes). Tokens expire on demand (``expire_token``: the next call answers 40001), and a
+test can script error codes per user (``script``: 45015, 45047, -1, ...), refuse uploads
+(``upload_errors``) or slow every answer down (``delay``).
 
 :class:`WeChatSender` plays WeChat's servers posting callbacks to the bot's ``/wechat`` URL:
 it builds the XML, signs it with the token and, in safe mode, encrypts it with the
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.parser
+import email.policy
 import hashlib
 import itertools
 import json
@@ -50,7 +53,7 @@ PNG = bytes.fromhex(
 class Sent:
     """Something the bot sent to a user through the API."""
 
-    kind: str  # "text", "msgmenu", "template"
+    kind: str  # "text", "msgmenu", "image", "template"
     touser: str
     text: str
     body: dict[str, Any]
@@ -67,6 +70,10 @@ class FakeWeChatServer:
     qrcodes: list[dict[str, Any]] = field(default_factory=list)
     menus: list[dict[str, Any]] = field(default_factory=list)
     media: dict[str, bytes] = field(default_factory=dict)
+    #: images the bot uploaded (``media/upload``), by the media_id they were given.
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    #: errcode to answer to the next ``media/upload`` calls, in order.
+    upload_errors: list[int] = field(default_factory=list)
     token_calls: list[dict[str, Any]] = field(default_factory=list)
     #: errcodes to answer to the next customer-service sends to a user, in order.
     scripted: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -100,6 +107,7 @@ class FakeWeChatServer:
                 Route("/cgi-bin/qrcode/create", self._qrcode, methods=["POST"]),
                 Route("/cgi-bin/menu/create", self._menu, methods=["POST"]),
                 Route("/cgi-bin/media/get", self._media, methods=["GET"]),
+                Route("/cgi-bin/media/upload", self._upload, methods=["POST"]),
             ]
         )
 
@@ -149,6 +157,11 @@ class FakeWeChatServer:
             text = "\n".join(
                 [menu["head_content"], *[f"[{i['id']}] {i['content']}" for i in menu["list"]]]
             )
+        elif body["msgtype"] == "image":
+            media_id = body["image"]["media_id"]
+            if media_id not in self.uploads:
+                return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
+            text = f"[image {media_id}]"
         else:
             return JSONResponse({"errcode": 40008, "errmsg": "invalid message type"})
         self.sent.append(Sent(body["msgtype"], user, text, body))
@@ -193,6 +206,26 @@ class FakeWeChatServer:
             return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
         return Response(data, media_type="image/png")
 
+    async def _upload(self, request: Request) -> Response:
+        await self._slow()
+        self.calls.append("upload")
+        refused = self._check_token(request)
+        if refused is not None:
+            return refused
+        if request.query_params.get("type") != "image":
+            return JSONResponse({"errcode": 40004, "errmsg": "invalid media type"})
+        if self.upload_errors:
+            return JSONResponse({"errcode": self.upload_errors.pop(0), "errmsg": "scripted"})
+        data = _multipart_file(request.headers.get("content-type", ""), await request.body(),
+                               "media")
+        if data is None:
+            return JSONResponse({"errcode": 41005, "errmsg": "media data missing"})
+        media_id = f"MEDIA-UP-{len(self.uploads) + 1}"
+        self.uploads[media_id] = data
+        return JSONResponse(
+            {"type": "image", "media_id": media_id, "created_at": int(time.time())}
+        )
+
     async def wait_for(
         self, openid: str, predicate: Callable[[str], bool], timeout: float = 10.0  # noqa: ASYNC109
     ) -> str:
@@ -204,6 +237,20 @@ class FakeWeChatServer:
                     return text
             await asyncio.sleep(0.02)
         raise AssertionError(f"nothing matching pushed to {openid}: {self.texts(openid)}")
+
+
+def _multipart_file(content_type: str, body: bytes, name: str) -> bytes | None:
+    """The bytes of the form field ``name`` of a multipart/form-data body."""
+    if not content_type.startswith("multipart/form-data"):
+        return None
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == name:
+            payload = part.get_payload(decode=True)
+            return payload if isinstance(payload, bytes) else None
+    return None
 
 
 def sign(*parts: str) -> str:
@@ -259,9 +306,9 @@ class WeChatSender:
         return xmltodict.unparse({"xml": data}, full_document=False)
 
     async def post_raw(self, xml: str | bytes, *, timestamp: int | None = None,
-                       bad_signature: bool = False) -> Reply:
+                       bad_signature: bool = False, nonce: str | None = None) -> Reply:
         ts = str(timestamp if timestamp is not None else self.now())
-        nonce = str(next(self._nonces))
+        nonce = nonce or str(next(self._nonces))
         params: dict[str, str] = {"timestamp": ts, "nonce": nonce, "openid": "x"}
         params["signature"] = sign(self.token, ts, nonce)
         body = xml.encode() if isinstance(xml, str) else xml

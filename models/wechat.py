@@ -1,0 +1,34 @@
+"""WeChat-only bookkeeping: uploaded media ids and callbacks already seen (replay guard)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+class WeChatMedia(Base):
+    """A photo of the media store uploaded to WeChat as temporary media: its ``media_id`` is
+    valid for three days, so a photo pushed to many people is uploaded once."""
+
+    __tablename__ = "wechat_media"
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_id: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class WeChatCallback(Base):
+    """A verified callback (hash of nonce, timestamp and signature), kept while its timestamp
+    is still inside the accepted skew: the same request posted again is a replay."""
+
+    __tablename__ = "wechat_callback"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+__all__ = ["WeChatCallback", "WeChatMedia"]
