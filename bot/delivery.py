@@ -238,16 +238,24 @@ class Deliverer:
         by_chat: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[(row.channel, row.chat_id)].append(row)
+        deadline = time.monotonic() + LEASE.total_seconds() / 2
         await asyncio.gather(
-            *(self._send_chat(key, chat_rows) for key, chat_rows in by_chat.items())
+            *(self._send_chat(key, chat_rows, deadline) for key, chat_rows in by_chat.items())
         )
         return len(rows)
 
-    async def _send_chat(self, key: tuple[str, str], rows: list[OutboxMessage]) -> None:
+    async def _send_chat(
+        self, key: tuple[str, str], rows: list[OutboxMessage], deadline: float
+    ) -> None:
         channel_name, chat_id = key
         pacer = self.pacers[channel_name]
         for index, row in enumerate(rows):
             wait = pacer.wait_for(chat_id, time.monotonic())
+            if time.monotonic() + wait > deadline:
+                # Pacing would keep these rows past half their lease, and another instance
+                # could then claim and send them too: hand them back for a later pass.
+                await self._release(rows[index:], timedelta(0), None)
+                return
             if wait > 0:
                 await asyncio.sleep(wait)
             await pacer.take_global()
@@ -313,7 +321,9 @@ class Deliverer:
             )
         self.sent_count += 1
 
-    async def _release(self, rows: list[OutboxMessage], delay: timedelta, error: str) -> None:
+    async def _release(
+        self, rows: list[OutboxMessage], delay: timedelta, error: str | None
+    ) -> None:
         async with self.sessionmaker() as session, session.begin():
             await session.execute(
                 update(OutboxMessage)

@@ -6,6 +6,7 @@ import itertools
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from bot.channels.base import DeliveryError, Limits, RetryAfter
@@ -151,3 +152,22 @@ async def test_per_chat_pace_is_applied(harness: Harness) -> None:
     await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(gaps) == 2 and min(gaps) >= 0.19
+
+
+async def test_rows_that_pacing_would_keep_past_half_the_lease_are_handed_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.delivery
+
+    monkeypatch.setattr(bot.delivery, "LEASE", timedelta(seconds=0.5))
+    await queue(harness, "1", "2", "3", "4")
+    channel = MemoryChannel()
+    channel.limits = Limits(per_chat_interval=0.2, global_per_second=1000)
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": channel})
+    assert await deliverer.drain_once() == 4
+    first_pass = [m.text for m in channel.messages["c1"]]
+    assert 1 <= len(first_pass) < 4  # the rest went back to the outbox, unsent
+    while await deliverer.drain_once():
+        pass
+    assert [m.text for m in channel.messages["c1"]] == ["1", "2", "3", "4"]
+    assert await statuses(harness) == [("sent", 1)] * 4
