@@ -119,6 +119,8 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent_count = 0
+        self._marks: list[dict[str, object]] = []
+        self._sent_refs: dict[tuple[str, str, str], str] = {}
         self.failed_count = 0
 
     def add_channel(self, channel: Channel) -> None:
@@ -239,9 +241,12 @@ class Deliverer:
         for row in rows:
             by_chat[(row.channel, row.chat_id)].append(row)
         deadline = time.monotonic() + LEASE.total_seconds() / 2
-        await asyncio.gather(
-            *(self._send_chat(key, chat_rows, deadline) for key, chat_rows in by_chat.items())
-        )
+        try:
+            await asyncio.gather(
+                *(self._send_chat(key, chat_rows, deadline) for key, chat_rows in by_chat.items())
+            )
+        finally:
+            await self._flush_marks()
         return len(rows)
 
     async def _send_chat(
@@ -278,7 +283,7 @@ class Deliverer:
                 continue
             pacer.release_global()
             pacer.sent(chat_id)
-            await self._mark_sent(row, message_id)
+            self._mark_sent(row, message_id)
 
     async def _deliver(self, row: OutboxMessage) -> str:
         channel = self.channels[row.channel]
@@ -290,6 +295,9 @@ class Deliverer:
             return sent
         if not row.edit_ref:
             return await channel.send(row.chat_id, message)
+        just_sent = self._sent_refs.get((row.channel, row.chat_id, row.edit_ref))
+        if just_sent is not None:
+            return await channel.edit(row.chat_id, just_sent, message)
         async with self.sessionmaker() as session, session.begin():
             original = await session.scalar(
                 select(OutboxMessage)
@@ -306,20 +314,31 @@ class Deliverer:
         # The original never went out: the edit is the message to show.
         return await channel.send(row.chat_id, message)
 
-    async def _mark_sent(self, row: OutboxMessage, message_id: str) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == row.id)
-                .values(
-                    status=OUT_SENT,
-                    sent_at=self.clock(),
-                    platform_message_id=message_id,
-                    attempts=OutboxMessage.attempts + 1,
-                    claimed_until=None,
-                )
-            )
+    def _mark_sent(self, row: OutboxMessage, message_id: str) -> None:
+        """Remember a sent row; :meth:`_flush_marks` records the whole pass in one transaction.
+
+        Until then the row is still claimed under its lease: a crash in between re-sends it
+        after the lease (at least once, as with any send whose record did not survive).
+        """
+        self._marks.append(
+            {
+                "id": row.id,
+                "status": OUT_SENT,
+                "sent_at": self.clock(),
+                "platform_message_id": message_id,
+                "attempts": row.attempts + 1,
+                "claimed_until": None,
+            }
+        )
+        if row.ref:
+            self._sent_refs[(row.channel, row.chat_id, row.ref)] = message_id
         self.sent_count += 1
+
+    async def _flush_marks(self) -> None:
+        marks, self._marks, self._sent_refs = self._marks, [], {}
+        if marks:
+            async with self.sessionmaker() as session, session.begin():
+                await session.execute(update(OutboxMessage), marks)
 
     async def _release(
         self, rows: list[OutboxMessage], delay: timedelta, error: str | None

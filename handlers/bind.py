@@ -9,7 +9,7 @@ from sqlalchemy import select
 from bot.core import payloads as p
 from bot.core.invites import InviteError, check_invite, redeem_invite, signing_key
 from bot.core.orders import OrderError
-from bot.ports import Button
+from bot.ports import Button, Outbound
 from handlers import common
 from handlers.context import FLOW_BIND, Ctx
 from models import Building, Grid, Identity, Person, Role
@@ -89,9 +89,13 @@ async def start(ctx: Ctx, token: str) -> None:
     if invite.role == ROLE_RESIDENT:
         building = await ctx.session.get(Building, invite.building_id)
         assert building is not None
-        ctx.say("bind.resident_ok", building=building.name, grid=grid.name)
+        welcome = ctx.t("bind.resident_ok", building=building.name, grid=grid.name)
         await ctx.set_conversation(FLOW_BIND, "room", {"role_id": role.id})
-        ctx.say("bind.ask_room", [[Button(ctx.t("btn.skip"), p.flow("skip"))]])
+        # One message, not two: the welcome and the first question belong together.
+        ctx.reply(
+            welcome + "\n\n" + ctx.t("bind.ask_room"),
+            [[Button(ctx.t("btn.skip"), p.flow("skip"))]],
+        )
         return
     ctx.say("bind.role_ok", role=ctx.t(f"role.{invite.role}"), grid=grid.name)
     await common.show_menu(ctx)
@@ -121,5 +125,5 @@ async def step(ctx: Ctx, state: str, data: dict[str, object], payload: p.Payload
             return
         ctx.person.phone = re.sub(r"[ \-]", "", text)
     await ctx.end_conversation()
-    ctx.say("bind.done")
-    await common.show_menu(ctx)
+    # "All set" carries the menu itself rather than being followed by a bare menu message.
+    ctx.reply(Outbound(ctx.t("bind.done"), menu=await common.menu_rows(ctx)))

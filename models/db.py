@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,53 @@ def make_sync_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+class _QueuedTransaction:
+    """An explicit transaction that first waits its turn on an :class:`asyncio.Lock`."""
+
+    def __init__(self, lock: asyncio.Lock, inner: Any) -> None:
+        self.lock = lock
+        self.inner = inner
+
+    async def __aenter__(self) -> Any:
+        await self.lock.acquire()
+        try:
+            return await self.inner.__aenter__()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        try:
+            return await self.inner.__aexit__(*exc)
+        finally:
+            self.lock.release()
+
+
+class QueuedWriterSession(AsyncSession):
+    """A session whose explicit transactions (``session.begin()``) queue on one in-process lock.
+
+    SQLite has a single writer. Without the queue, concurrent transactions of one process meet
+    at SQLite's lock, whose busy handler sleeps and retries in growing steps: under load most
+    of the time goes to sleeping. Handing the turn over through an asyncio lock is immediate
+    and fair. (Several processes still meet at SQLite's lock; SQLite mode is single-instance.)
+    """
+
+    write_lock: asyncio.Lock
+
+    def begin(self) -> Any:
+        return _QueuedTransaction(self.write_lock, super().begin())
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Session factory; objects stay usable after commit (``expire_on_commit=False``)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Session factory; objects stay usable after commit (``expire_on_commit=False``).
+
+    On SQLite, explicit transactions of this factory's sessions take turns (see
+    :class:`QueuedWriterSession`); code must not open one while holding another.
+    """
+    if engine.dialect.name != "sqlite":
+        return async_sessionmaker(engine, expire_on_commit=False)
+    session_class = type("SQLiteSession", (QueuedWriterSession,), {"write_lock": asyncio.Lock()})
+    return async_sessionmaker(engine, class_=session_class, expire_on_commit=False)
 
 
 def alembic_config() -> Config:

@@ -145,11 +145,23 @@ async def test_late_handler_answers_success_then_pushes(wx: WX) -> None:
 async def test_msgmenu_tap_comes_back_as_the_button(database_url: str, tmp_path: Path) -> None:
     async with wechat_stack(database_url, tmp_path, wechat_msgmenu=True) as wx:
         token = await wx.h.invite("resident", "xh-g1-m1", "xh-b01", max_uses=None)
-        await wx.sender.event(RESIDENT, "subscribe", f"qrscene_{token}")
-        ask = await wx.api.wait_for(RESIDENT, lambda t: "房号" in t)
-        assert "[1] 跳过" in ask
+        first = await wx.sender.event(RESIDENT, "subscribe", f"qrscene_{token}")
+        # A passive reply cannot be a msgmenu: the room question comes as numbered text.
+        assert first.text and "房号" in first.text and "回复 1 跳过" in first.text
+        # A push with choices goes out as a msgmenu; a tap comes back as the button.
+        async with wx.app.sessionmaker() as session, session.begin():
+            ident = await session.scalar(select(Identity).where(Identity.external_id == RESIDENT))
+            assert ident is not None
+            session.add(OutboxMessage(
+                channel="wechat", chat_id=RESIDENT, person_id=ident.person_id,
+                payload=Outbound("房号可以跳过", [[Button("跳过", "f:skip")]]).to_payload()))
+        wx.app.deliverer.wake()
+        ask = await wx.api.wait_for(RESIDENT, lambda t: t.startswith("房号可以跳过"))
+        assert "跳过" in ask
         assert [s.kind for s in wx.api.sent] == ["msgmenu"]
-        phone_q = await wx.sender.text(RESIDENT, "跳过", bizmsgmenuid=1)
+        items = wx.api.sent[-1].body["msgmenu"]["list"]
+        menu_id = int(next(item["id"] for item in items if item["content"] == "跳过"))
+        phone_q = await wx.sender.text(RESIDENT, "跳过", bizmsgmenuid=menu_id)
         assert phone_q.text and "电话" in phone_q.text
         # A msgmenu the account may not send (an unexpected errcode) falls back to text.
         wx.api.script(RESIDENT, 45999)
