@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict, deque
@@ -120,7 +121,8 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         self.sent_count = 0
         self._marks: list[dict[str, object]] = []
-        self._sent_refs: dict[tuple[str, str, str], str] = {}
+        self._sent_refs: dict[tuple[str, str, str], tuple[str, int]] = {}
+        self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.failed_count = 0
 
     def add_channel(self, channel: Channel) -> None:
@@ -176,17 +178,23 @@ class Deliverer:
         self._task = asyncio.create_task(self._run(), name="gridbot-delivery")
 
     async def stop(self) -> None:
-        """Stop the loop; claimed-but-unsent rows are picked up again after their lease."""
+        """Stop the loop and the senders; claimed-but-unsent rows are picked up again after
+        their lease."""
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        senders = list(self._busy.values())
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await self._flush_marks()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                handled = await self.drain_once()
+                handled = await self._start_senders()
             except Exception:
                 log.exception("delivery pass failed")
                 handled = 0
@@ -194,6 +202,43 @@ class Deliverer:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _start_senders(self) -> int:
+        """Claim due rows of chats not being served and start one sender per chat.
+
+        Chats are independent: a chat that pacing keeps busy (a worker receiving one card per
+        second) must not hold back the others, so the loop does not wait for senders to finish.
+        """
+        rows = await self._claim()
+        if not rows:
+            return 0
+        deadline = time.monotonic() + LEASE.total_seconds() / 2
+        for key, chat_rows in self._by_chat(rows).items():
+            task = asyncio.create_task(self._serve_chat(key, chat_rows, deadline))
+            self._busy[key] = task
+            task.add_done_callback(functools.partial(self._sender_done, key))
+        return len(rows)
+
+    async def _serve_chat(
+        self, key: tuple[str, str], rows: list[OutboxMessage], deadline: float
+    ) -> None:
+        try:
+            await self._send_chat(key, rows, deadline)
+        except Exception:
+            log.exception("sender for a %s chat failed", key[0])
+        finally:
+            await self._flush_marks()
+
+    def _sender_done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
+        self._busy.pop(key, None)
+        self._wake.set()  # that chat may have more waiting
+
+    @staticmethod
+    def _by_chat(rows: list[OutboxMessage]) -> dict[tuple[str, str], list[OutboxMessage]]:
+        by_chat: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
+        for row in rows:
+            by_chat[(row.channel, row.chat_id)].append(row)
+        return by_chat
 
     async def _claim(self) -> list[OutboxMessage]:
         now = self.clock()
@@ -211,7 +256,13 @@ class Deliverer:
                 .order_by(OutboxMessage.id)
                 .limit(BATCH)
             )
-            for channel_name, chats in self._held.items():
+            # Chats held for a passive reply, or being served by a sender, are left alone.
+            excluded: dict[str, set[str]] = defaultdict(set)
+            for channel_name, held in self._held.items():
+                excluded[channel_name].update(held)
+            for channel_name, chat_id in self._busy:
+                excluded[channel_name].add(chat_id)
+            for channel_name, chats in excluded.items():
                 if chats:
                     stmt = stmt.where(
                         not_(
@@ -237,13 +288,13 @@ class Deliverer:
         rows = await self._claim()
         if not rows:
             return 0
-        by_chat: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
-        for row in rows:
-            by_chat[(row.channel, row.chat_id)].append(row)
         deadline = time.monotonic() + LEASE.total_seconds() / 2
         try:
             await asyncio.gather(
-                *(self._send_chat(key, chat_rows, deadline) for key, chat_rows in by_chat.items())
+                *(
+                    self._send_chat(key, chat_rows, deadline)
+                    for key, chat_rows in self._by_chat(rows).items()
+                )
             )
         finally:
             await self._flush_marks()
@@ -297,7 +348,7 @@ class Deliverer:
             return await channel.send(row.chat_id, message)
         just_sent = self._sent_refs.get((row.channel, row.chat_id, row.edit_ref))
         if just_sent is not None:
-            return await channel.edit(row.chat_id, just_sent, message)
+            return await channel.edit(row.chat_id, just_sent[0], message)
         async with self.sessionmaker() as session, session.begin():
             original = await session.scalar(
                 select(OutboxMessage)
@@ -331,14 +382,18 @@ class Deliverer:
             }
         )
         if row.ref:
-            self._sent_refs[(row.channel, row.chat_id, row.ref)] = message_id
+            self._sent_refs[(row.channel, row.chat_id, row.ref)] = (message_id, row.id)
         self.sent_count += 1
 
     async def _flush_marks(self) -> None:
-        marks, self._marks, self._sent_refs = self._marks, [], {}
-        if marks:
-            async with self.sessionmaker() as session, session.begin():
-                await session.execute(update(OutboxMessage), marks)
+        marks, self._marks = self._marks, []
+        if not marks:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(update(OutboxMessage), marks)
+        # Now the database knows these message ids; edits look them up there.
+        flushed = {m["id"] for m in marks}
+        self._sent_refs = {k: v for k, v in self._sent_refs.items() if v[1] not in flushed}
 
     async def _release(
         self, rows: list[OutboxMessage], delay: timedelta, error: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
@@ -171,3 +172,23 @@ async def test_rows_that_pacing_would_keep_past_half_the_lease_are_handed_back(
         pass
     assert [m.text for m in channel.messages["c1"]] == ["1", "2", "3", "4"]
     assert await statuses(harness) == [("sent", 1)] * 4
+
+
+async def test_a_paced_chat_does_not_hold_back_the_others(harness: Harness) -> None:
+    await queue(harness, "1", "2", "3", chat="busy")
+    channel = MemoryChannel()
+    channel.limits = Limits(per_chat_interval=0.5, global_per_second=1000)
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": channel})
+    await deliverer.start()
+    try:
+        await asyncio.sleep(0.1)  # the busy chat's sender is now pacing
+        await queue(harness, "hello", chat="other")
+        deliverer.wake()
+        started = time.monotonic()
+        while "other" not in channel.messages:
+            assert time.monotonic() - started < 5, "the other chat waited for the busy one"
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 0.4
+        assert len(channel.messages["busy"]) < 3  # still pacing
+    finally:
+        await deliverer.stop()
