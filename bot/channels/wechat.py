@@ -516,8 +516,11 @@ class WeChatChannel:
             return 400, ""
         given_signature = params.get("msg_signature" if encrypted else "signature", "")
         if not await self._first_delivery(nonce, timestamp, given_signature):
-            log.warning("wechat callback replayed (same nonce, timestamp and signature)")
-            return 403, ""
+            # The very same request again. It may be a replay, or WeChat's retry of a request
+            # whose first attempt failed before it was stored: refusing would lose that
+            # message. The intake's dedupe (MsgId, or sender + time for events) makes a true
+            # replay change nothing, so it is answered like any duplicate.
+            log.warning("wechat callback seen before (same nonce, timestamp and signature)")
         if inbound is None:
             return 200, "success"
         self._strangers[inbound.user_id] = (self.clock(), 0)
