@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 BATCH = 200
+#: Recorded as the platform id of an edit skipped because a newer one was already shown.
+SUPERSEDED = "superseded"
 #: Seconds added to each one-second window, for jitter between our clock and the platform's.
 WINDOW_MARGIN = 0.04
 #: A global rate at or above this is no limit at all (in-memory and local channels).
@@ -350,6 +352,21 @@ class Deliverer:
         if just_sent is not None:
             return await channel.edit(row.chat_id, just_sent[0], message)
         async with self.sessionmaker() as session, session.begin():
+            newer = await session.scalar(
+                select(OutboxMessage.id)
+                .where(
+                    OutboxMessage.edit_ref == row.edit_ref,
+                    OutboxMessage.chat_id == row.chat_id,
+                    OutboxMessage.channel == row.channel,
+                    OutboxMessage.status == OUT_SENT,
+                    OutboxMessage.id > row.id,
+                )
+                .limit(1)
+            )
+            if newer is not None:
+                # Ids follow the order in which edits were made, commits need not: a later
+                # version of this message is already showing, so this one would undo it.
+                return SUPERSEDED
             original = await session.scalar(
                 select(OutboxMessage)
                 .where(

@@ -192,3 +192,25 @@ async def test_a_paced_chat_does_not_hold_back_the_others(harness: Harness) -> N
         assert len(channel.messages["busy"]) < 3  # still pacing
     finally:
         await deliverer.stop()
+
+
+async def test_an_older_edit_committed_late_does_not_undo_a_newer_one(harness: Harness) -> None:
+    async with harness.app.sessionmaker() as session, session.begin():
+        session.add(OutboxMessage(channel="memory", chat_id="c1", payload={"text": "v0"},
+                                  ref="roll:1", status="sent", platform_message_id="1"))
+        older = OutboxMessage(channel="memory", chat_id="c1", payload={"text": "v1"},
+                              edit_ref="roll:1", status="failed")  # committed "late"
+        session.add(older)
+        session.add(OutboxMessage(channel="memory", chat_id="c1", payload={"text": "v2"},
+                                  edit_ref="roll:1", status="sent", platform_message_id="1"))
+    channel = MemoryChannel()
+    channel.messages["c1"] = []
+    sent_v0 = await channel.send("c1", Outbound("v0"))
+    assert sent_v0 == "1"
+    await channel.edit("c1", "1", Outbound("v2"))
+    async with harness.app.sessionmaker() as session, session.begin():
+        row = await session.get(OutboxMessage, older.id)
+        assert row is not None
+        row.status, row.not_before = "pending", datetime(2026, 1, 1, tzinfo=UTC)
+    await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
+    assert channel.messages["c1"][0].text == "v2"
