@@ -38,6 +38,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Route
 
 from bot.channels.base import DeliveryError, Limits
+from bot.media import sniff_image
 from bot.ports import MAX_PAYLOAD_BYTES, Inbound, Intake, Outbound
 from models.base import utcnow
 from models.messaging import WebChatMessage
@@ -116,19 +117,6 @@ class _Cursor:
         except ValueError as exc:
             raise BadRequest("bad cursor") from exc
         return cls(at, seen)
-
-
-def _sniff_image(data: bytes) -> str | None:
-    """File extension for the image formats we accept, judged by content, not by the header."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
 
 
 def _locale_from_header(header: str | None) -> str | None:
@@ -221,7 +209,7 @@ class WebChatChannel:
 
     async def save_media(self, data: bytes) -> str:
         """Store an image (JPEG, PNG, GIF or WebP); return its ``media:<name>`` reference."""
-        ext = _sniff_image(data)
+        ext = sniff_image(data)
         if ext is None:
             raise BadRequest("not a JPEG, PNG, GIF or WebP image", status=415)
         if len(data) > MAX_PHOTO_BYTES:
