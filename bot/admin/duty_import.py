@@ -23,7 +23,6 @@ notices on its next sweep (the job store is reconciled from the plans).
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.admin.importer import CODE_RE, CommunityFileError, _read_text
+from bot.admin.importer import CODE_RE, CommunityFileError, _read_text, open_csv
 from models import Building, Grid, Household, PatrolPlan, Person, VisitPlan, utcnow
 from models.duties import DEFAULT_TZ, FREQUENCIES, HOUSEHOLD_KINDS
 
@@ -110,14 +109,7 @@ def _kind_of(columns: list[str]) -> str:
 
 
 def _parse(text: str) -> tuple[str, list[_Row]]:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise CommunityFileError("the file is empty", 1) from None
-    except csv.Error as exc:
-        raise CommunityFileError(f"malformed CSV: {exc}", reader.line_num) from exc
-    columns = [h.strip().lower() for h in header]
+    reader, columns = open_csv(text)
     kind = _kind_of(columns)
     required, optional = LAYOUTS[kind]
     for col in required:

@@ -527,7 +527,9 @@ _BUILDING_COLUMNS = ("code", "grid", "name", "address")
 _PEOPLE_COLUMNS = ("key", "name", "phone", "locale", "role", "grid", "building", "room")
 
 
-def _parse_csv(text: str) -> _Plan:
+def open_csv(text: str) -> tuple[Any, list[str]]:
+    """A CSV reader positioned after the header, and the header's column names (lower case);
+    :class:`CommunityFileError` for an empty or malformed header."""
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -535,7 +537,11 @@ def _parse_csv(text: str) -> _Plan:
         raise CommunityFileError("the file is empty", 1) from None
     except csv.Error as exc:
         raise CommunityFileError(f"malformed CSV: {exc}", reader.line_num) from exc
-    columns = [h.strip().lower() for h in header]
+    return reader, [h.strip().lower() for h in header]
+
+
+def _parse_csv(text: str) -> _Plan:
+    reader, columns = open_csv(text)
     required: tuple[str, ...]
     if "key" in columns:
         kind, required = "people", ("key", "name")

@@ -62,6 +62,8 @@ from models import (
 from models.duties import (
     ANSWER_CANNOT,
     ANSWER_COMING,
+    FREQUENCIES,
+    HOUSEHOLD_KINDS,
     RUN_CHECKED_IN,
     RUN_DUE,
     RUN_MISSED,
@@ -1172,6 +1174,14 @@ class DutyService:
 
     # ---- chat administration ------------------------------------------------------------------
 
+    async def _managed_grid(self, person: Person, grid_id: int) -> Grid:
+        """The grid, if ``person`` is a worker, head or admin of it or above; else refuse."""
+        grid = await self.session.get(Grid, grid_id)
+        assert grid is not None
+        if not await can_manage(self.session, person.id, grid):
+            raise OrderError("error.not_a_manager")
+        return grid
+
     async def add_household(
         self,
         person: Person,
@@ -1187,12 +1197,7 @@ class DutyService:
         )
         if building is None:
             raise OrderError("duty.unknown_building", code=building_code[:32])
-        grid = await self.session.get(Grid, building.grid_id)
-        assert grid is not None
-        if not await can_manage(self.session, person.id, grid):
-            raise OrderError("error.not_a_manager")
-        from models.duties import HOUSEHOLD_KINDS
-
+        grid = await self._managed_grid(person, building.grid_id)
         if kind not in HOUSEHOLD_KINDS:
             raise OrderError("duty.unknown_kind", kinds=", ".join(HOUSEHOLD_KINDS))
         count = await self.session.scalar(select(func.count()).select_from(Household)) or 0
@@ -1219,17 +1224,12 @@ class DutyService:
         starts_at: datetime,
     ) -> VisitPlan:
         """A worker pairs a member with a household at a frequency."""
-        from models.duties import FREQUENCIES
-
         household = await self.session.scalar(
             select(Household).where(Household.code == household_code)
         )
         if household is None:
             raise OrderError("duty.unknown_household", code=household_code[:32])
-        grid = await self.session.get(Grid, household.grid_id)
-        assert grid is not None
-        if not await can_manage(self.session, person.id, grid):
-            raise OrderError("error.not_a_manager")
+        await self._managed_grid(person, household.grid_id)
         if frequency not in FREQUENCIES:
             raise OrderError("duty.unknown_frequency", frequencies=", ".join(FREQUENCIES))
         member = await self.session.scalar(
