@@ -16,6 +16,8 @@ from bot.i18n import Translator
 from bot.ports import Button, Inbound, Outbound
 from models import Conversation, Identity, Person, Role
 
+_UNKNOWN = object()
+
 
 @dataclass
 class Ctx:
@@ -33,6 +35,9 @@ class Ctx:
     orders: OrderService
     toast: str | None = None
     _roles: list[Role] | None = field(default=None, repr=False)
+    #: The sender's conversation row as far as this event knows it: ``_UNKNOWN`` until read,
+    #: then the row or ``None`` (kept in step by the methods below, the only writers).
+    _conv: Conversation | object | None = field(default=_UNKNOWN, repr=False)
 
     def t(self, key: str, **args: Any) -> str:
         """A sentence in the user's language."""
@@ -82,12 +87,15 @@ class Ctx:
     # ---- conversation state (kept in the database) -----------------------------------------
 
     async def conversation(self) -> Conversation | None:
-        """The flow the sender is in, if any."""
+        """The flow the sender is in, if any (read once per event)."""
         if self.identity is None:
             return None
-        return await self.session.scalar(
-            select(Conversation).where(Conversation.identity_id == self.identity.id)
-        )
+        if self._conv is _UNKNOWN:
+            self._conv = await self.session.scalar(
+                select(Conversation).where(Conversation.identity_id == self.identity.id)
+            )
+        assert self._conv is None or isinstance(self._conv, Conversation)
+        return self._conv
 
     async def set_conversation(self, flow: str, state: str, data: dict[str, Any]) -> None:
         """Enter (or move within) a flow."""
@@ -96,14 +104,21 @@ class Ctx:
         if conv is None:
             conv = Conversation(identity_id=self.identity.id, flow=flow, state=state)
             self.session.add(conv)
+            self._conv = conv
         conv.flow, conv.state, conv.data, conv.updated_at = flow, state, dict(data), self.now
 
     async def end_conversation(self) -> None:
         """Leave whatever flow the sender was in."""
-        if self.identity is not None:
+        if self.identity is None or self._conv is None:
+            return  # known to be in no flow
+        pending = isinstance(self._conv, Conversation) and self._conv in self.session.new
+        if isinstance(self._conv, Conversation):
+            self.session.expunge(self._conv)  # whatever it had pending goes with it
+        if not pending:
             await self.session.execute(
                 delete(Conversation).where(Conversation.identity_id == self.identity.id)
             )
+        self._conv = None
 
 
 # Names of the conversation flows kept in the ``conversation`` table.

@@ -68,12 +68,29 @@ class Router:
 
     async def _handle(self, event: Inbound) -> HandleResult:
         now = self.clock()
+        try:
+            return await self._attempt(event, now, None)
+        except OrderError as refusal:
+            # The handler refused (bad or stale input, a race lost): its transaction is rolled
+            # back whole, so nothing it did stays. Answer in a fresh one. (Cheaper on the
+            # common path than a SAVEPOINT around every handler.)
+            return await self._attempt(event, now, refusal)
+
+    async def _attempt(
+        self, event: Inbound, now: datetime, refusal: OrderError | None
+    ) -> HandleResult:
         async with self.sessionmaker() as session, session.begin():
             if event.dedupe_key and not await self._first_delivery(session, event, now):
                 log.info("duplicate %s delivery ignored", event.channel)
                 return HandleResult(duplicate=True)
             ctx = await self._context(session, event, now)
-            await self._route(ctx)
+            if refusal is None:
+                await self._route(ctx)
+            else:
+                if refusal.end_flow:
+                    await ctx.end_conversation()
+                ctx.say(refusal.key, **refusal.args_)
+                ctx.toast = ctx.t(refusal.key, **refusal.args_)
             # Quiet hours: order pushes to others wait for the morning (urgent ones never).
             await hold_order_pushes(
                 session,
@@ -99,12 +116,19 @@ class Router:
         return result.first() is not None
 
     async def _context(self, session: AsyncSession, event: Inbound, now: datetime) -> Ctx:
-        identity = await session.scalar(
-            select(Identity).where(
-                Identity.channel == event.channel, Identity.external_id == event.user_id
+        # Who is speaking, in one statement. On PostgreSQL the identity row is locked for the
+        # transaction: one person's events are handled one after the other (their flow state
+        # is read and written by each), while different people's run side by side. (SQLite
+        # runs writers one at a time anyway.)
+        found = (
+            await session.execute(
+                select(Identity, Person)
+                .join(Person, Person.id == Identity.person_id)
+                .where(Identity.channel == event.channel, Identity.external_id == event.user_id)
+                .with_for_update(of=Identity)
             )
-        )
-        person = None
+        ).first()
+        identity, person = (found[0], found[1]) if found is not None else (None, None)
         if identity is not None:
             identity.last_inbound_at = now
             # A new 48-hour window (WeChat) with its quota of pushes starts with every message.
@@ -112,7 +136,6 @@ class Router:
             identity.chat_id = event.chat_id
             if event.locale:
                 identity.locale = normalize_locale(event.locale, self.settings.default_locale)
-            person = await session.get(Person, identity.person_id)
         lang = (
             (person.locale if person and person.locale else None)
             or (identity.locale if identity and identity.locale else None)
@@ -138,15 +161,7 @@ class Router:
             ctx.say("error.too_long", limit=str(self.settings.max_text_length))
             ctx.toast = ctx.t("error.too_long_short")
             return
-        try:
-            async with ctx.session.begin_nested():
-                await self._dispatch(ctx)
-        except OrderError as refusal:
-            ctx.notify.written.clear()
-            if refusal.end_flow:
-                await ctx.end_conversation()
-            ctx.say(refusal.key, **refusal.args_)
-            ctx.toast = ctx.t(refusal.key, **refusal.args_)
+        await self._dispatch(ctx)
 
     async def _dispatch(self, ctx: Ctx) -> None:
         event = ctx.event
