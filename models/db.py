@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from models.sqlite_async import one_trip_dbapi
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -34,6 +36,10 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """
     if is_sqlite(url):
         kwargs.setdefault("connect_args", {"timeout": 30})
+        one_trip = one_trip_dbapi() if "aiosqlite" in url.split(":", 1)[0] else None
+        if one_trip is not None:  # see models.sqlite_async
+            kwargs.setdefault("module", one_trip)
+            kwargs["connect_args"] = {**kwargs["connect_args"], "check_same_thread": False}
     else:
         kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(url, **kwargs)
