@@ -198,6 +198,7 @@ class Gridbot:
             mode=s.telegram_mode,
             webhook_url=s.telegram_webhook_url,
             webhook_secret=s.telegram_webhook_secret,
+            connections=s.telegram_connections,
             media=self.media,
         )
         self.add_channel(self.telegram)

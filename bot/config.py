@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     telegram_webhook_secret: str | None = Field(
         None, description="Secret checked against X-Telegram-Bot-Api-Secret-Token"
     )
+    telegram_connections: int = Field(
+        12,
+        ge=5,
+        le=20,
+        description="Bot API requests at once (sends, button answers, photo downloads); "
+        "the delivery worker sends on all but 4 of them. Raise for a slow link.",
+    )
     web_host: str = Field("127.0.0.1", description="Address of the web server")
     web_port: int = Field(8080, description="Port of the web server")
     webchat_enabled: bool = Field(

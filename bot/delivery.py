@@ -36,6 +36,8 @@ BATCH = 200
 SUPERSEDED = "superseded"
 #: Seconds added to each one-second window, for jitter between our clock and the platform's.
 WINDOW_MARGIN = 0.04
+#: Seconds between two delivery passes at the most (each pass is one transaction).
+PASS_INTERVAL = 0.02
 #: A global rate at or above this is no limit at all (in-memory and local channels).
 UNLIMITED = 10_000
 
@@ -50,6 +52,7 @@ class _Pacer:
         self.next_chat: dict[str, float] = defaultdict(float)
         self.group_sent: dict[str, deque[float]] = defaultdict(deque)
         self.paused_until = 0.0
+        self._slots: asyncio.Semaphore | None = None
 
     def wait_for(self, chat_id: str, now: float) -> float:
         """Seconds to wait before this chat may get its next message."""
@@ -70,7 +73,18 @@ class _Pacer:
         request reaches the platform no later than it completes, so whatever the platform counts
         in its window ending at our request's arrival, we counted too, even when the HTTP pool
         or an event-loop hiccup delayed requests. ``WINDOW_MARGIN`` absorbs clock jitter.
+        At most ``max_in_flight`` sends run at once.
         """
+        if self._slots is None:  # made on first use: the limits are set before sending starts
+            self._slots = asyncio.Semaphore(self.channel.limits.max_in_flight)
+        await self._slots.acquire()
+        try:
+            await self._take_window()
+        except BaseException:  # cancelled while waiting: the slot was never used
+            self._slots.release()
+            raise
+
+    async def _take_window(self) -> None:
         limit = self.channel.limits.global_per_second
         if limit >= UNLIMITED:
             return
@@ -87,6 +101,8 @@ class _Pacer:
 
     def release_global(self) -> None:
         """A send taken with :meth:`take_global` finished (whatever its outcome)."""
+        assert self._slots is not None
+        self._slots.release()
         if self.channel.limits.global_per_second >= UNLIMITED:
             return
         self.in_flight -= 1
@@ -193,8 +209,15 @@ class Deliverer:
         await self._flush_marks()
 
     async def _run(self) -> None:
+        last_pass = -PASS_INTERVAL
         while True:
+            # Under load every commit wakes us: passes at most every PASS_INTERVAL gather the
+            # rows (and the sent-records) of several commits into one transaction.
+            gap = last_pass + PASS_INTERVAL - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             self._wake.clear()
+            last_pass = time.monotonic()
             try:
                 handled = await self._start_senders()
             except Exception:
@@ -228,8 +251,7 @@ class Deliverer:
             await self._send_chat(key, rows, deadline)
         except Exception:
             log.exception("sender for a %s chat failed", key[0])
-        finally:
-            await self._flush_marks()
+        # Its sent-records go with the next pass's claim (woken by _sender_done).
 
     def _sender_done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
         self._busy.pop(key, None)
@@ -244,7 +266,22 @@ class Deliverer:
 
     async def _claim(self) -> list[OutboxMessage]:
         now = self.clock()
+        marks, self._marks = self._marks, []
+        try:
+            rows = await self._claim_recording(now, marks)
+        except BaseException:
+            self._marks = marks + self._marks  # not recorded: keep them for the next try
+            raise
+        self._forget_refs(marks)
+        return rows
+
+    async def _claim_recording(
+        self, now: datetime, marks: list[dict[str, object]]
+    ) -> list[OutboxMessage]:
+        """One transaction: record the rows sent since the last pass, claim the next ones."""
         async with self.sessionmaker() as session, session.begin():
+            if marks:
+                await session.execute(update(OutboxMessage), marks)
             stmt = (
                 select(OutboxMessage)
                 .where(
@@ -383,7 +420,8 @@ class Deliverer:
         return await channel.send(row.chat_id, message)
 
     def _mark_sent(self, row: OutboxMessage, message_id: str) -> None:
-        """Remember a sent row; :meth:`_flush_marks` records the whole pass in one transaction.
+        """Remember a sent row; the next pass records it in the transaction of its claim (or
+        :meth:`_flush_marks`, when draining or stopping), together with the others.
 
         Until then the row is still claimed under its lease: a crash in between re-sends it
         after the lease (at least once, as with any send whose record did not survive).
@@ -406,9 +444,18 @@ class Deliverer:
         marks, self._marks = self._marks, []
         if not marks:
             return
-        async with self.sessionmaker() as session, session.begin():
-            await session.execute(update(OutboxMessage), marks)
-        # Now the database knows these message ids; edits look them up there.
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await session.execute(update(OutboxMessage), marks)
+        except BaseException:
+            self._marks = marks + self._marks
+            raise
+        self._forget_refs(marks)
+
+    def _forget_refs(self, marks: list[dict[str, object]]) -> None:
+        """The database knows these message ids now; edits look them up there."""
+        if not marks or not self._sent_refs:
+            return
         flushed = {m["id"] for m in marks}
         self._sent_refs = {k: v for k, v in self._sent_refs.items() if v[1] not in flushed}
 

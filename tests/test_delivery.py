@@ -214,3 +214,25 @@ async def test_an_older_edit_committed_late_does_not_undo_a_newer_one(harness: H
         row.status, row.not_before = "pending", datetime(2026, 1, 1, tzinfo=UTC)
     await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once()
     assert channel.messages["c1"][0].text == "v2"
+
+
+async def test_no_more_sends_in_flight_than_the_channel_allows(harness: Harness) -> None:
+    for n in range(10):
+        await queue(harness, f"m{n}", chat=f"chat{n}")
+    channel = MemoryChannel()
+    channel.limits = Limits(per_chat_interval=0.0, global_per_second=1000, max_in_flight=3)
+    in_flight = peak = 0
+    original = channel.send
+
+    async def slow(chat_id: str, message: Outbound) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return await original(chat_id, message)
+
+    channel.send = slow  # type: ignore[method-assign]
+    assert await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once() == 10
+    assert peak == 3  # ten chats at once, three requests at a time
+    assert sorted(channel.messages) == [f"chat{n}" for n in range(10)]

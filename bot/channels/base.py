@@ -13,12 +13,15 @@ class Limits:
     """A platform's sending limits, applied by the delivery worker.
 
     ``per_chat_interval``: seconds between two messages to one chat; ``global_per_second``: all
-    chats together; ``group_per_minute``: messages per minute to one group chat.
+    chats together; ``group_per_minute``: messages per minute to one group chat;
+    ``max_in_flight``: requests to the platform at once (more only queue in the HTTP client's
+    pool, whose bookkeeping grows with every connection it keeps).
     """
 
     per_chat_interval: float = 1.0
     global_per_second: float = 30.0
     group_per_minute: int = 20
+    max_in_flight: int = 16
 
 
 class DeliveryError(Exception):

@@ -16,6 +16,7 @@ PTB does not retry sends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import json
@@ -46,6 +47,7 @@ from telegram.error import (
 )
 from telegram.error import RetryAfter as TelegramRetryAfter
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Limits, RetryAfter
 from bot.media import PREFIX as MEDIA_PREFIX
@@ -255,6 +257,30 @@ def map_error(exc: TelegramError) -> DeliveryError:
     return DeliveryError(f"telegram: {exc.message}", permanent=False)
 
 
+#: Of the Bot API connections, how many the delivery worker leaves for answering button presses
+#: and fetching photos.
+RESERVED_CONNECTIONS = 4
+
+
+class _BoundedRequest(HTTPXRequest):
+    """PTB's HTTP client with at most ``connections`` requests at once; the others wait here.
+
+    PTB's default pool allows 256 connections while httpx keeps only 20 alive, and httpcore's
+    pool does work proportional to (waiting requests × connections) on every request it starts
+    or finishes: under a burst that bookkeeping cost more CPU than handling the updates. Here
+    every request finds a free connection (no queue inside httpcore), and the pool stays small
+    enough to be kept alive whole (no reconnecting).
+    """
+
+    def __init__(self, connections: int) -> None:
+        super().__init__(connection_pool_size=connections)
+        self._slots = asyncio.Semaphore(connections)
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        async with self._slots:
+            return await super().do_request(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- channel
 class TelegramChannel:
     """Telegram as a :class:`~bot.channels.base.Channel`, plus its inbound side."""
@@ -273,13 +299,19 @@ class TelegramChannel:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         poll_timeout: float = 10.0,
+        connections: int = 12,
         media: MediaStore | None = None,
     ) -> None:
         if mode not in ("polling", "webhook"):
             raise ValueError(f"unknown Telegram mode {mode!r}")
         if webhook_secret is not None and not _SECRET_RE.match(webhook_secret):
             raise ValueError("webhook secret must be 1-256 characters of A-Za-z0-9_-")
+        if connections <= RESERVED_CONNECTIONS:
+            raise ValueError(f"need more than {RESERVED_CONNECTIONS} Bot API connections")
         self.mode = mode
+        self.limits = dataclasses.replace(
+            self.limits, max_in_flight=connections - RESERVED_CONNECTIONS
+        )
         self.bot_id = token.split(":", 1)[0]
         self._intake = intake
         self._webhook_url = webhook_url
@@ -299,6 +331,7 @@ class TelegramChannel:
             .base_url(base_url)
             .base_file_url(base_file_url)
             .concurrent_updates(True)
+            .request(_BoundedRequest(connections))
         )
         if mode == "webhook":
             builder = builder.updater(None)

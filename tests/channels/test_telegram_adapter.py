@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -477,3 +478,36 @@ async def test_fake_get_updates_offset_limit_and_webhook_conflict(tg: FakeTelegr
         assert conflict.status_code == 409
         info = (await client.get(f"{api}/getWebhookInfo")).json()["result"]
         assert info["url"] == "http://127.0.0.1:9/hook"
+
+
+async def test_bot_api_requests_at_once_are_bounded(
+    tg: FakeTelegramServer, intake: RecordingIntake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``connections`` requests reach the HTTP client at once (httpcore's own queue
+    costs CPU per waiting request); the deliverer keeps 4 of them for button answers."""
+    from telegram.request import HTTPXRequest
+
+    with pytest.raises(ValueError, match="more than 4"):
+        TelegramChannel(tg.token, intake, base_url=tg.base_url, connections=4)
+    ch = TelegramChannel(tg.token, intake, base_url=tg.base_url, connections=5)
+    assert ch.limits.max_in_flight == 1
+    assert ch.limits.global_per_second == 30  # the platform's limits are unchanged
+    tg.user(3101, "Lin")
+    in_flight = peak = 0
+    original = HTTPXRequest.do_request
+
+    async def counted(self: HTTPXRequest, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            return await original(self, *args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(HTTPXRequest, "do_request", counted)
+    await asyncio.gather(*(ch.send("3101", Outbound(f"m{i}")) for i in range(12)))
+    assert peak == 5
+    assert sorted(m.text for m in tg.sent(3101)) == sorted(f"m{i}" for i in range(12))
+    await ch.application.shutdown()
