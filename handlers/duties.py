@@ -7,10 +7,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.core import payloads as p
+from bot.core.cards import number
 from bot.core.duties import DutyService, whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_CHECKIN, FLOW_VISIT, Ctx
+from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
 
@@ -129,7 +131,10 @@ async def visit_step(
     )
     await ctx.end_conversation()
     if entry.order_id:
-        ctx.say("visit.logged_help", number=f"#{entry.order_id}")
+        # The number as every other message shows it (000012), not the bare row id.
+        order = await ctx.session.get(Order, entry.order_id)
+        assert order is not None
+        ctx.say("visit.logged_help", number=number(order))
     else:
         ctx.say("visit.logged")
 
