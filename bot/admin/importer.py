@@ -1,7 +1,8 @@
 """Import a community file (YAML, or flat CSV lists) into the database.
 
 The YAML file describes one community: its level names, order categories, the grid tree (any
-depth, nested with ``children``), the buildings and the people with their roles. CSV files carry
+depth, nested with ``children``), the buildings, the people with their roles and, optionally,
+order clocks per category and level (``clocks:``, rows of ``clock_setting``). CSV files carry
 flat lists of buildings (``code,grid,name,address``) or people (``key,name,phone,role,grid,
 building,room``, one row per role) that refer to grids and buildings already in the database.
 
@@ -18,6 +19,9 @@ Rules the importer keeps:
   ``phone: ""`` or ``phone: null`` clears it. In CSV an empty cell leaves the value alone.
 * ``Grid.path`` (``/1/4/17/``) and ``Grid.depth`` are recomputed for every grid whose ancestry
   changed, including grids the file does not list.
+* A ``clocks:`` item is matched by its (category, level) and sets the durations it names; a
+  duration it leaves out is left as it is, ``null`` clears it, and a row left with no duration
+  is removed. Clock rows the file does not list are left alone.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from models.duties import ClockSetting
 from models.grid import Building, Category, Community, Grid
 from models.people import (
     ROLE_ADMIN,
@@ -49,7 +54,25 @@ from models.people import (
 )
 
 #: The kinds of rows an import touches, in report order.
-KINDS: tuple[str, ...] = ("communities", "grids", "buildings", "people", "roles", "categories")
+KINDS: tuple[str, ...] = (
+    "communities",
+    "grids",
+    "buildings",
+    "people",
+    "roles",
+    "categories",
+    "clocks",
+)
+
+#: The durations of an order clock row (``clock_setting``): unit, and the largest value taken
+#: (a year: larger ones would only overflow the scheduler's date arithmetic).
+CLOCK_FIELDS: dict[str, tuple[str, int]] = {
+    "dispatch_minutes": ("minutes", 525_600),
+    "accept_minutes": ("minutes", 525_600),
+    "deadline_hours": ("hours", 8_760),
+    "overdue_escalate_minutes": ("minutes", 525_600),
+    "rate_days": ("days", 365),
+}
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
@@ -216,12 +239,23 @@ class _CategoryLine:
 
 
 @dataclass
+class _ClockSpec:
+    category: str | None
+    level: str | int | None  # a level name, a depth, or None (any level)
+    values: dict[str, int | None]  # None: clear that duration
+    line: int
+    category_line: int
+    level_line: int
+
+
+@dataclass
 class _Plan:
     community: _CommunitySpec | None = None
     grids: list[_GridSpec] = field(default_factory=list)
     buildings: list[_BuildingSpec] = field(default_factory=list)
     people: list[_PersonSpec] = field(default_factory=list)
     categories: list[_CategoryLine] = field(default_factory=list)
+    clocks: list[_ClockSpec] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 
 
@@ -385,7 +419,7 @@ class _Seen:
         self.lines[code] = line
 
 
-_TOP_KEYS = ("community", "levels", "categories", "grids", "buildings", "people")
+_TOP_KEYS = ("community", "levels", "categories", "grids", "buildings", "people", "clocks")
 
 
 def _parse_yaml(text: str) -> _Plan:
@@ -517,7 +551,46 @@ def _parse_yaml(text: str) -> _Plan:
                 line=pm.line,
             )
         )
+
+    for item in _as_list(data, "clocks", "the file"):
+        plan.clocks.append(_parse_clock(_as_map(item, "clock", data.line_of("clocks"))))
     return plan
+
+
+def _parse_clock(km: _Map) -> _ClockSpec:
+    _check_keys(km, ("category", "level", *CLOCK_FIELDS), "a clock")
+    category = _opt_ref(km, "category", "a clock", 32)
+    level: str | int | None = None
+    raw = km.get("level")
+    if isinstance(raw, bool) or (isinstance(raw, int) and raw < 0):
+        raise CommunityFileError(
+            "a clock: 'level' must be a level name or a depth (0 = the top)", km.line_of("level")
+        )
+    if isinstance(raw, int):
+        level = raw
+    elif raw is not None:
+        level = _opt_ref(km, "level", "a clock", 100)
+    values: dict[str, int | None] = {}
+    for name, (unit, most) in CLOCK_FIELDS.items():
+        if name not in km:
+            continue
+        value = km[name]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most
+        ):
+            raise CommunityFileError(
+                f"a clock: '{name}' must be a whole number of {unit} from 1 to {most} "
+                "(or null to clear it)",
+                km.line_of(name),
+            )
+        values[name] = value
+    if not values:
+        raise CommunityFileError(
+            f"a clock names no duration (one or more of {', '.join(CLOCK_FIELDS)})", km.line
+        )
+    return _ClockSpec(
+        category, level, values, km.line, km.line_of("category"), km.line_of("level")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,6 +747,7 @@ class _Importer:
         self.file_grids = {g.code: g for g in plan.grids}
         self.file_buildings = {b.code: b for b in plan.buildings}
         self.resolved_roles: dict[str, list[_ResolvedRole]] = {}
+        self.clock_depths: list[int | None] = []  # per clock of the plan, once validated
         # Residents not listed in the file whose building moves to another grid.
         self.moving_roles: list[tuple[Role, str]] = []
 
@@ -754,6 +828,59 @@ class _Importer:
                 resolved.append(resolved_role)
             self.resolved_roles[p.key] = resolved
         await self._check_moving_buildings()
+        await self._validate_clocks()
+
+    async def _validate_clocks(self) -> None:
+        """Categories and levels of the clocks exist (after this import); one item per scope."""
+        plan = self.plan
+        if not plan.clocks:
+            return
+        categories = set(self.categories) | {c.spec.code for c in plan.categories}
+        if self._adds_default_categories():
+            categories |= {c.code for c in default_categories()}
+        # Level names are this file's community's; without a community section, those of
+        # every stored community (a name they disagree on must be given as a depth).
+        if plan.community is not None and plan.community.levels is not None:
+            level_lists = [plan.community.levels]
+        elif plan.community is not None:
+            level_lists = [self.community.level_names.split("/")] if self.community else []
+        else:
+            level_lists = [
+                c.level_names.split("/")
+                for c in await self.s.scalars(select(Community))
+                if c.level_names
+            ]
+        depths = {g.depth for g in self.grids.values()} | {g.depth for g in plan.grids}
+        seen: dict[tuple[str | None, int | None], int] = {}
+        for clock in plan.clocks:
+            if clock.category is not None and clock.category not in categories:
+                raise CommunityFileError(
+                    f"a clock refers to unknown category {clock.category}", clock.category_line
+                )
+            depth = None
+            if clock.level is not None:
+                try:
+                    depth = resolve_level(clock.level, level_lists, depths)
+                except ValueError as exc:
+                    raise CommunityFileError(f"a clock: {exc}", clock.level_line) from None
+            scope = (clock.category, depth)
+            if scope in seen:
+                raise CommunityFileError(
+                    f"a second clock for {clock_scope(clock.category, depth)} "
+                    f"(first at line {seen[scope]})",
+                    clock.line,
+                )
+            seen[scope] = clock.line
+            self.clock_depths.append(depth)
+
+    def _adds_default_categories(self) -> bool:
+        """Whether this import creates the default categories (a new YAML community)."""
+        return (
+            not self.plan.categories
+            and self.report.fmt == "yaml"
+            and self.plan.community is not None
+            and not self.categories
+        )
 
     def _resolve_role(self, key: str, r: _RoleSpec) -> _ResolvedRole:
         what = f"person {key}"
@@ -818,6 +945,7 @@ class _Importer:
         await self._write_buildings()
         await self._write_people()
         await self._write_categories()
+        await self._write_clocks()
         await self.s.flush()
 
     async def _write_community(self) -> None:
@@ -1002,7 +1130,7 @@ class _Importer:
         counts = self.report.counts["categories"]
         lines = self.plan.categories
         if not lines:
-            if self.report.fmt != "yaml" or self.plan.community is None or self.categories:
+            if not self._adds_default_categories():
                 return
             lines = [_CategoryLine(spec, i, 0) for i, spec in enumerate(default_categories())]
         for item in lines:
@@ -1021,6 +1149,141 @@ class _Importer:
                 counts.updated += 1
             else:
                 counts.unchanged += 1
+
+    async def _write_clocks(self) -> None:
+        counts = self.report.counts["clocks"]
+        for clock, depth in zip(self.plan.clocks, self.clock_depths, strict=True):
+            outcome = await write_clock_setting(self.s, clock.category, depth, clock.values)
+            if outcome == "created":
+                counts.created += 1
+            elif outcome == "updated":
+                counts.updated += 1
+            elif outcome == "removed":
+                counts.removed += 1
+            else:
+                counts.unchanged += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Order clocks (``clock_setting``), shared with ``gridbot clocks``.
+
+
+def resolve_level(
+    level: str | int, level_lists: Sequence[Sequence[str]], depths: Iterable[int]
+) -> int:
+    """The tree depth ``level`` stands for: a depth (a number, 0 = the top), or a level name
+    of the communities whose level names are ``level_lists``.
+
+    A depth must be named by some community or held by some grid (``depths``); a name must
+    mean one depth in every community that has it. Raises :class:`ValueError` with the reason.
+    """
+    labels = level_labels(level_lists, depths)
+    known = ", ".join(f"{d} {n}".rstrip() for d, n in sorted(labels.items())) or "none yet"
+    if isinstance(level, int) or level.isdigit():
+        depth = int(level)
+        if depth not in labels:
+            raise ValueError(f"unknown level {depth} (levels: {known})")
+        return depth
+    found = {i for names in level_lists for i, name in enumerate(names) if name == level}
+    if not found:
+        raise ValueError(f"unknown level '{level}' (levels: {known})")
+    if len(found) > 1:
+        raise ValueError(
+            f"level '{level}' is at depths {', '.join(map(str, sorted(found)))} in different "
+            "communities: give the depth instead"
+        )
+    return found.pop()
+
+
+def level_labels(level_lists: Sequence[Sequence[str]], depths: Iterable[int]) -> dict[int, str]:
+    """Every known depth with its level name(s) (``a|b`` where communities differ, ``""``
+    for a depth that grids have but no community names)."""
+    names: dict[int, list[str]] = {d: [] for d in depths}
+    for level_names in level_lists:
+        for depth, name in enumerate(level_names):
+            if name and name not in names.setdefault(depth, []):
+                names[depth].append(name)
+    return {d: "|".join(n) for d, n in sorted(names.items())}
+
+
+def clock_scope(category: str | None, depth: int | None, level: str = "") -> str:
+    """A clock row's scope in words: ``category safety at depth 3 (微网格)``."""
+    what = f"category {category}" if category is not None else "any category"
+    if depth is None:
+        return f"{what} at any level"
+    return f"{what} at depth {depth}" + (f" ({level})" if level else "")
+
+
+async def clock_rows(
+    session: AsyncSession, category: str | None, depth: int | None
+) -> list[ClockSetting]:
+    """The rows of one scope, oldest first; ``None`` matches NULL (``IS NULL``), because the
+    unique constraint on (category, depth) does not stop two rows with a NULL in them."""
+    stmt = (
+        select(ClockSetting)
+        .where(
+            ClockSetting.category.is_(None)
+            if category is None
+            else ClockSetting.category == category,
+            ClockSetting.depth.is_(None) if depth is None else ClockSetting.depth == depth,
+        )
+        .order_by(ClockSetting.id)
+    )
+    return list(await session.scalars(stmt))
+
+
+async def lock_clock_settings(session: AsyncSession) -> None:
+    """Serialise writers of ``clock_setting`` until the transaction ends, so that two of them
+    cannot both find no row for a scope with a NULL and both insert one. (SQLite has one writer
+    at a time anyway; readers are not blocked.)"""
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        await session.execute(text("LOCK TABLE clock_setting IN SHARE ROW EXCLUSIVE MODE"))
+
+
+async def write_clock_setting(
+    session: AsyncSession,
+    category: str | None,
+    depth: int | None,
+    values: dict[str, int | None],
+) -> str:
+    """Set (a number) or clear (``None``) durations of the row for (category, depth), in the
+    caller's transaction; tell what happened: created, updated, removed or unchanged.
+
+    A row left with no duration is deleted. Duplicate rows of the scope (possible only from
+    before this check) are folded into the oldest: the newest value of each duration wins, as
+    it did when the clocks read them.
+    """
+    await lock_clock_settings(session)
+    rows = await clock_rows(session, category, depth)
+    if not rows:
+        wanted = {k: v for k, v in values.items() if v is not None}
+        if not wanted:
+            return "unchanged"
+        session.add(ClockSetting(category=category, depth=depth, **wanted))
+        return "created"
+    row, *extra = rows
+    for dup in extra:
+        for name in CLOCK_FIELDS:
+            if getattr(dup, name) is not None:
+                setattr(row, name, getattr(dup, name))
+        await session.delete(dup)
+    changed = _assign(row, **values) or bool(extra)
+    if all(getattr(row, name) is None for name in CLOCK_FIELDS):
+        await session.delete(row)
+        return "removed"
+    return "updated" if changed else "unchanged"
+
+
+async def delete_clock_setting(
+    session: AsyncSession, category: str | None, depth: int | None
+) -> int:
+    """Delete the row(s) of one scope; how many there were."""
+    await lock_clock_settings(session)
+    rows = await clock_rows(session, category, depth)
+    for row in rows:
+        await session.delete(row)
+    return len(rows)
 
 
 def _two_homes(spec: _BuildingSpec) -> CommunityFileError:
