@@ -773,9 +773,9 @@ async def drive_gridbot(tg: Any, child: Child, users: int, invites: JSON, opts: 
 def _platform_bounds(r: JSON) -> JSON:
     """Lower bounds Telegram's limits put on the paced phase (the bot taking no time at all).
 
-    Residents: their messages at 1/s per chat, all messages at 30/s. Last card: the cards at
-    1/s to the one worker chat, and no card before its resident's confirmation question (the
-    resident's last message but two: "received" and the menu follow the card).
+    Residents: their messages at 1/s per chat, all messages at 30/s. Last card: no card before
+    the first resident's confirmation question (a resident's last message but two: "received"
+    and the menu follow the card), then the cards at 1/s to the one worker chat.
     """
     per_chat = r["limits"]["per_chat_interval"]
     overall = r["limits"]["global_per_second"]
@@ -785,8 +785,7 @@ def _platform_bounds(r: JSON) -> JSON:
         "residents_done_s": max(resident_msgs / overall, (per_resident - 1) * per_chat),
         "last_card_s": max(
             r["messages_in_window"] / overall,
-            (r["cards_received"] - 1) * per_chat,
-            (per_resident - 3) * per_chat,
+            (per_resident - 3) * per_chat + (r["cards_received"] - 1) * per_chat,
         ),
     }
 
