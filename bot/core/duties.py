@@ -9,6 +9,7 @@ inserted in the same transaction as what they do.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import functools
 import logging
@@ -19,7 +20,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, inspect, or_, select, update
+from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,6 +60,7 @@ from models import (
     VisitPlan,
     Whistle,
     WhistleAnswer,
+    utcnow,
 )
 from models.duties import (
     ANSWER_CANNOT,
@@ -87,6 +90,10 @@ from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROL
 log = logging.getLogger(__name__)
 
 PERIODS = {"weekly": timedelta(weeks=1), "fortnightly": timedelta(weeks=2)}
+
+#: In a burst's batch of reminders, yield to the event loop after this many (and between the
+#: batch's statements: see :meth:`DutyService._load`).
+YIELD_EVERY = 10
 
 
 # ---- payloads of duty buttons (parsed in bot.core.payloads) --------------------------------
@@ -265,6 +272,7 @@ class DutyService:
         self.now = now
         self.orders = OrderService(session, notifier, tr, now)
         self._quiet: dict[int, datetime | None] = {}
+        self._held: list[Any] = []
 
     # ---- small helpers ------------------------------------------------------------------------
 
@@ -314,32 +322,49 @@ class DutyService:
             self._quiet[key] = await self._quiet_until(grid_id)
         return self._quiet[key]
 
-    async def prefetch_patrols(self, plan_ids: list[int]) -> None:
-        """Load a burst's patrol plans, their grids and workers' identities in a few queries
-        (the reminders then find them in the session instead of querying one by one)."""
-        plans = (
-            await self.session.scalars(select(PatrolPlan).where(PatrolPlan.id.in_(plan_ids)))
-        ).all()
-        grid_ids = {p.grid_id for p in plans}
-        if grid_ids:
-            await self.session.scalars(select(Grid).where(Grid.id.in_(grid_ids)))
-        await self.notify.prefetch(p.person_id for p in plans)
+    async def prefetch_patrols(self, plan_ids: list[int]) -> dict[int, PatrolPlan]:
+        """Load a burst's patrol plans, their grids and workers (and where their pushes go) in
+        a few queries; the reminders then find them in the session instead of querying one by
+        one. Kept referenced until the transaction ends (see :meth:`_load`)."""
+        plans = await self._load(select(PatrolPlan).where(PatrolPlan.id.in_(plan_ids)))
+        await self._prefetch_grids({p.grid_id for p in plans})
+        await self._prefetch_people({p.person_id for p in plans})
+        return {p.id: p for p in plans}
 
-    async def prefetch_visits(self, plan_ids: list[int]) -> None:
-        """Load a burst's visit plans, households and members' identities in a few queries."""
-        plans = (
-            await self.session.scalars(select(VisitPlan).where(VisitPlan.id.in_(plan_ids)))
-        ).all()
+    async def prefetch_visits(self, plan_ids: list[int]) -> dict[int, VisitPlan]:
+        """Load a burst's visit plans, households, grids and members in a few queries."""
+        plans = await self._load(select(VisitPlan).where(VisitPlan.id.in_(plan_ids)))
         household_ids = {p.household_id for p in plans}
         if household_ids:
-            households = (
-                await self.session.scalars(
-                    select(Household).where(Household.id.in_(household_ids))
-                )
-            ).all()
-            grid_ids = {h.grid_id for h in households}
-            await self.session.scalars(select(Grid).where(Grid.id.in_(grid_ids)))
-        await self.notify.prefetch(p.member_id for p in plans)
+            households = await self._load(select(Household).where(Household.id.in_(household_ids)))
+            await self._prefetch_grids({h.grid_id for h in households})
+        await self._prefetch_people({p.member_id for p in plans})
+        return {p.id: p for p in plans}
+
+    async def _load(self, stmt: Any) -> list[Any]:
+        """Run a query for a batch, keep its objects referenced for the rest of the
+        transaction, and let the loop run.
+
+        The session's identity map holds objects only weakly: a prefetched row nobody
+        references is dropped at once, and the ``session.get`` meant to find it queries again
+        (that made the prefetch of a batch useless: three queries per reminder were still
+        made). And on SQLite a statement inside a transaction may run on the loop's own thread
+        without suspending (:mod:`models.sqlite_async`): a batch yields between its steps
+        itself, or runs start to end without letting anything else run."""
+        rows = list((await self.session.scalars(stmt)).all())
+        self._held.extend(rows)
+        await asyncio.sleep(0)
+        return rows
+
+    async def _prefetch_grids(self, grid_ids: set[int]) -> None:
+        if grid_ids:
+            await self._load(select(Grid).where(Grid.id.in_(grid_ids)))
+
+    async def _prefetch_people(self, person_ids: set[int]) -> None:
+        if person_ids:
+            await self._load(select(Person).where(Person.id.in_(person_ids)))
+        await self.notify.prefetch(person_ids)
+        await asyncio.sleep(0)
 
     async def _quiet_until(self, grid_id: int) -> datetime | None:
         return await community_quiet_end(self.session, self.settings, grid_id, self.now)
@@ -373,39 +398,67 @@ class DutyService:
     async def patrol_due(self, plan_id: int, due_at: datetime) -> int | None:
         """A patrol starts: open its run (once) and remind the patrol worker; the run's id, or
         ``None`` when it already fired."""
-        plan = await self.session.get(PatrolPlan, plan_id)
-        if plan is None or not plan.active:
-            return None
+        return (await self.patrols_due([(plan_id, due_at)])).get((plan_id, due_at))
+
+    async def patrols_due(
+        self, due: list[tuple[int, datetime]]
+    ) -> dict[tuple[int, datetime], int]:
+        """Patrols start (one, or a 09:00 burst's batch): open their runs (once each) and remind
+        the patrol workers. The runs are inserted by one multi-row statement; a run already
+        there (fired before) is skipped. Returns (plan id, due time) → run id of the runs
+        opened now."""
+        plans = await self.prefetch_patrols([plan_id for plan_id, _ in due])
+        todo = [
+            (plan, due_at, due_at + timedelta(minutes=plan.deadline_minutes))
+            for plan_id, due_at in due
+            if (plan := plans.get(plan_id)) is not None and plan.active
+        ]
+        if not todo:
+            return {}
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        deadline = due_at + timedelta(minutes=plan.deadline_minutes)
-        run_id = await self.session.scalar(
+        result = await self.session.execute(
             insert(PatrolRun)
-            .values(
-                plan_id=plan.id,
-                grid_id=plan.grid_id,
-                person_id=plan.person_id,
-                due_at=due_at,
-                deadline_at=deadline,
-                status=RUN_DUE,
-                created_at=self.now,
-            )
             .on_conflict_do_nothing()
-            .returning(PatrolRun.id)
+            .returning(PatrolRun.id, PatrolRun.plan_id, PatrolRun.due_at),
+            [
+                {
+                    "plan_id": plan.id,
+                    "grid_id": plan.grid_id,
+                    "person_id": plan.person_id,
+                    "due_at": due_at,
+                    "deadline_at": deadline,
+                    "status": RUN_DUE,
+                    "created_at": self.now,
+                }
+                for plan, due_at, deadline in todo
+            ],
         )
-        if run_id is None:
-            return None  # already fired for this due time
-        grid = await self.session.get(Grid, plan.grid_id)
-        assert grid is not None
-        until = self.local(deadline, plan.timezone).strftime("%H:%M")
+        opened = {(plan_id, due_at): run_id for run_id, plan_id, due_at in result.all()}
+        await asyncio.sleep(0)
+        for grid_id in {plan.grid_id for plan, _, _ in todo}:
+            await self.quiet_until(grid_id)  # looked up once per community, before any row
+        written = len(self.notify.written)
+        for n, (plan, due_at, deadline) in enumerate(todo):
+            run_id = opened.get((plan.id, due_at))
+            if run_id is None:
+                continue  # already fired for this due time
+            grid = await self.session.get(Grid, plan.grid_id)
+            assert grid is not None
+            until = self.local(deadline, plan.timezone).strftime("%H:%M")
 
-        def render(lang: str) -> Outbound:
-            return Outbound(
-                self.tr.t(lang, "patrol.reminder", grid=grid.name, deadline=until),
-                [[Button(self.tr.t(lang, "btn.check_in"), checkin_payload(run_id))]],
-            )
+            def render(
+                lang: str, grid: Grid = grid, until: str = until, run: int = run_id
+            ) -> Outbound:
+                return Outbound(
+                    self.tr.t(lang, "patrol.reminder", grid=grid.name, deadline=until),
+                    [[Button(self.tr.t(lang, "btn.check_in"), checkin_payload(run))]],
+                )
 
-        await self._push(plan.person_id, render, plan.grid_id, ref=f"patrol:{run_id}")
-        return run_id
+            await self._push(plan.person_id, render, plan.grid_id, ref=f"patrol:{run_id}")
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a burst's batch: let chat replies run in between
+        await self._insert_pending(self.notify.written[written:])
+        return opened
 
     async def patrol_skipped(self, plan_id: int, due_at: datetime) -> None:
         """The reminder was missed beyond the grace: record it (the digest shows it)."""
@@ -522,11 +575,79 @@ class DutyService:
     async def visit_due(self, plan_id: int, due_at: datetime) -> bool:
         """A visit falls due: tell the head if the last period went unvisited, then remind the
         paired member. ``False`` when it already fired."""
-        plan = await self.session.get(VisitPlan, plan_id)
-        if plan is None or not plan.active:
-            return False
-        if not await self.fire_once("visit", str(plan.id), due_at):
-            return False
+        return bool(await self.visits_due([(plan_id, due_at)]))
+
+    async def visits_due(self, due: list[tuple[int, datetime]]) -> set[tuple[int, datetime]]:
+        """Visits fall due (one, or a burst's batch): for each, record it (once: one multi-row
+        ``duty_fire`` insert for the batch), tell the head if the last period went unvisited,
+        and remind the paired member. Returns the (plan id, due time) that fired now."""
+        plans = await self.prefetch_visits([plan_id for plan_id, _ in due])
+        todo = [
+            (plan, due_at)
+            for plan_id, due_at in due
+            if (plan := plans.get(plan_id)) is not None and plan.active
+        ]
+        if not todo:
+            return set()
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        result = await self.session.execute(
+            insert(DutyFire).on_conflict_do_nothing().returning(DutyFire.key, DutyFire.due_at),
+            [
+                {"kind": "visit", "key": str(plan.id), "due_at": due_at, "fired_at": self.now}
+                for plan, due_at in todo
+            ],
+        )
+        fired = {(int(key), due_at) for key, due_at in result.all()}
+        await asyncio.sleep(0)
+        for plan, _ in todo:
+            household = await self.session.get(Household, plan.household_id)
+            if household is not None:
+                await self.quiet_until(household.grid_id)  # once per community, before any row
+        written = len(self.notify.written)
+        for n, (plan, due_at) in enumerate(todo):
+            if (plan.id, due_at) not in fired:
+                continue  # already fired for this due time
+            await self._visit_reminder(plan, due_at)
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a burst's batch: let chat replies run in between
+        await self._insert_pending(self.notify.written[written:])
+        return fired
+
+    async def _insert_pending(self, rows: list[OutboxMessage]) -> None:
+        """Write a batch's new outbox rows with one multi-row INSERT. The ORM's flush would
+        insert them one statement each on SQLite (it needs every new id back, and SQLite's
+        multi-row RETURNING does not promise their order): 2,500 round trips to the database
+        thread per 1,000 reminders. Rows already flushed (a query in between autoflushed them)
+        are left as they are."""
+        pending = [row for row in rows if inspect(row).pending]
+        if not pending:
+            return
+        now = utcnow()
+        for row in pending:
+            self.session.expunge(row)
+        # One multi-row statement (VALUES …, …): one step of SQLite, where an executemany
+        # steps once per row (and each step hands the GIL over and waits to get it back).
+        await self.session.execute(
+            sa_insert(OutboxMessage).values(
+                [
+                    {
+                        "channel": row.channel,
+                        "chat_id": row.chat_id,
+                        "person_id": row.person_id,
+                        "payload": row.payload,
+                        "ref": row.ref,
+                        "edit_ref": row.edit_ref,
+                        "status": OUT_PENDING,
+                        "attempts": 0,
+                        "not_before": row.not_before or now,
+                        "created_at": now,
+                    }
+                    for row in pending
+                ]
+            )
+        )
+
+    async def _visit_reminder(self, plan: VisitPlan, due_at: datetime) -> None:
         household = await self.session.get(Household, plan.household_id)
         assert household is not None
         tz = ZoneInfo(plan.timezone)
@@ -535,6 +656,7 @@ class DutyService:
             plan.last_visit_at is None or plan.last_visit_at < before
         ):
             await self._visit_overdue(plan, household, before)
+        plan_id = plan.id
 
         def render(lang: str) -> Outbound:
             return Outbound(
@@ -548,7 +670,6 @@ class DutyService:
             )
 
         await self._push(plan.member_id, render, household.grid_id, ref=f"visit:{plan.id}")
-        return True
 
     async def _visit_overdue(self, plan: VisitPlan, household: Household, since: datetime) -> None:
         grid = await self.session.get(Grid, household.grid_id)
@@ -1102,6 +1223,8 @@ class DutyService:
             )
         ).all()
         grids = (await self.session.scalars(select(Grid))).all()
+        depths = {g.id: g.depth for g in grids}
+        clock_cache: dict[Any, Any] = {}
         sent = 0
         for head_id, grid in heads:
             subtree = select(Grid.id).where(Grid.path.startswith(grid.path))
@@ -1120,14 +1243,14 @@ class DutyService:
                 .where(Order.grid_id.in_(subtree), Order.status.in_(OPEN_STATES))
             )
             overdue = 0
-            for order, hours in (
-                await self.session.execute(
-                    select(Order, Category.deadline_hours)
-                    .join(Category, Category.code == Order.category)
-                    .where(Order.grid_id.in_(subtree), Order.status == ACCEPTED)
-                )
-            ).all():
-                overdue += self.now >= order.updated_at + timedelta(hours=hours)
+            accepted = await self.session.scalars(
+                select(Order).where(Order.grid_id.in_(subtree), Order.status == ACCEPTED)
+            )
+            for order in accepted.all():
+                # The deadline the order clock applies: clock settings, then the category's.
+                handling = depths.get(order.handling_grid_id, 0)
+                clocks = await self.clocks_for(order.category, handling, clock_cache)
+                overdue += self.now >= order.updated_at + timedelta(hours=clocks.deadline_hours)
             patrols_done = await count(
                 select(func.count())
                 .select_from(PatrolRun)
