@@ -1211,7 +1211,7 @@ class DutyService:
         ``due_tomorrow`` maps grid ids to the number of duties falling due tomorrow (computed by
         the scheduler from the plans' triggers)."""
         since = self.now - timedelta(days=1)
-        # Once per head per LOCAL day (the community's time zone, not UTC).
+        # Once per grid a head leads per LOCAL day (the community's time zone, not UTC).
         local = self.now.astimezone(self.settings.tz)
         today = datetime.combine(local.date(), time(0), self.settings.tz)
         heads = (
@@ -1277,7 +1277,8 @@ class DutyService:
                 if any(g.id == gid and g.path.startswith(grid.path) for g in grids)
             )
             figures = (new, open_, overdue, patrols_done + visits_done, missed, tomorrow)
-            if not await self.fire_once("digest", str(head_id), today):
+            # Keyed by head AND grid: a person heading two grids gets the digest of each.
+            if not await self.fire_once("digest", f"{head_id}:{grid.id}", today):
                 continue
             await self.notify.to_person(
                 head_id,

@@ -128,3 +128,24 @@ async def test_month_end_pre_reminder_once_per_month(duty: DutyHarness) -> None:
     assert sum("月末预提醒" in t for t in li.texts()) == 2
     assert sum("月末预提醒" in t for t in liu.texts()) == 2
     assert await h.count(PatrolRun) == 0
+
+
+async def test_a_head_of_two_grids_gets_the_digest_of_each(duty: DutyHarness) -> None:
+    from models import Grid, Role
+
+    h = duty
+    liu = await h.login("p-liu-wanggezhang")  # head of 第一网格 (xh-g1)
+    liu_id = await h.person_id("p-liu-wanggezhang")
+    async with h.app.sessionmaker() as session, session.begin():
+        second = await session.scalar(select(Grid).where(Grid.code == "xh-g2"))
+        assert second is not None
+        session.add(Role(person_id=liu_id, grid_id=second.id, role="head"))
+    s = await h.scheduler()
+    h.clock.now = datetime(2027, 3, 1, 10, 0, 5, tzinfo=UTC)  # 18:00:05 Shanghai
+    await h.tick(s)
+    h.clock.now += timedelta(minutes=30)
+    await h.tick(s)
+    mine = digests(liu.texts())
+    assert len(mine) == 2
+    assert any("第一网格今日汇总" in d for d in mine)
+    assert any("第二网格今日汇总" in d for d in mine)
