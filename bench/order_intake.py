@@ -38,6 +38,7 @@ import pstats
 import re
 import resource
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -622,6 +623,7 @@ class Options:
     nodelay: bool
     stamp: str
     phases: Sequence[str]
+    pairs: int = 1
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -829,7 +831,9 @@ def summarise(results: list[JSON]) -> JSON:
     echo, lifted, paced = ok.get("echo"), ok.get("gridbot-lifted"), ok.get("gridbot-paced")
     if echo and lifted:
         summary["ratio_lifted_vs_echo"] = lifted["updates_per_s"] / echo["updates_per_s"]
-    for r in ok.values():
+    for r in results:
+        if "updates_per_s" not in r or r["tracemalloc"]:
+            continue
         r["cpu_ms_per_update"] = 1000 * r["bot"]["cpu_s"] / max(1, r["updates"])
         r["loop_thread_busy"] = r["bot"]["loop_thread_cpu_s"] / max(1e-9, r["bot"]["wall_s"])
     if paced:
@@ -917,6 +921,13 @@ def report(results: list[JSON], summary: JSON, opts: Options, load: JSON) -> Non
             f"\nratio gridbot-lifted ÷ echo, updates/s: {summary['ratio_lifted_vs_echo']:.2f}"
             "  (goal ≥ 0.5)"
         )
+    if summary.get("pair_ratios"):
+        ratios = summary["pair_ratios"]
+        print(
+            f"ratio over {len(ratios)} alternating pairs: median {statistics.median(ratios):.2f}"
+            f" (min {min(ratios):.2f}, max {max(ratios):.2f}): "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+        )
     paced = next((r for r in timed if "platform_bound" in r and r["cards_received"]), None)
     if paced is not None:
         bound = paced["platform_bound"]
@@ -940,6 +951,8 @@ async def parent_main(opts: Options) -> int:
     runs = [(name, False) for name in opts.phases]
     if opts.heap:
         runs += [(name, True) for name in opts.phases]
+    # More echo / gridbot-lifted pairs, alternating: the ratio's spread on a shared machine.
+    runs += [(name, False) for _ in range(opts.pairs - 1) for name in ("echo", "gridbot-lifted")]
     results: list[JSON] = []
     load_before = os.getloadavg()[0]
     for name, traced in runs:
@@ -955,6 +968,9 @@ async def parent_main(opts: Options) -> int:
         print(f"  {time.perf_counter() - started:.1f}s", flush=True)
     load = {"before": load_before, "after": os.getloadavg()[0]}
     summary = summarise(results)
+    pair_ratios = _pair_ratios(results)
+    if len(pair_ratios) > 1:
+        summary["pair_ratios"] = pair_ratios
     report(results, summary, opts, load)
     import sqlite3
 
@@ -977,6 +993,21 @@ async def parent_main(opts: Options) -> int:
     out.write_text(json.dumps({**meta, "summary": summary, "results": results}, indent=2))
     print(f"\nJSON: {out.relative_to(ROOT)}")
     return 0 if all("updates_per_s" in r and not r["failed_users"] for r in results) else 1
+
+
+def _pair_ratios(results: Sequence[JSON]) -> list[float]:
+    """gridbot-lifted ÷ echo updates/s for each lifted run and the echo run just before it."""
+    ratios = []
+    echo: JSON | None = None
+    for r in results:
+        if r.get("tracemalloc") or "updates_per_s" not in r:
+            continue
+        if r["phase"] == "echo":
+            echo = r
+        elif r["phase"] == "gridbot-lifted" and echo is not None:
+            ratios.append(r["updates_per_s"] / echo["updates_per_s"])
+            echo = None
+    return ratios
 
 
 def _git(*args: str) -> str:
@@ -1016,6 +1047,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run every phase once more under tracemalloc for the Python heap peak (slow)",
     )
     parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="after the phases, run echo and gridbot-lifted N-1 more times, alternating, and "
+        "report each pair's ratio with the median (the machine is shared: one pair is noisy)",
+    )
+    parser.add_argument(
         "--profile", default="", help="comma-separated phases whose bot runs under cProfile"
     )
     parser.add_argument("--step-timeout", type=float, default=60.0, help="seconds per answer")
@@ -1046,6 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodelay=not args.fake_as_is,
         stamp=datetime.now().strftime("%Y%m%d-%H%M%S"),
         phases=phases,
+        pairs=args.pairs,
     )
     return asyncio.run(parent_main(opts))
 
