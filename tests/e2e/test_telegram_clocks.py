@@ -11,19 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
 from bot.scheduler import daily_digest
 from models import (
     ClockSetting,
     Grid,
-    Identity,
     Notice,
     Order,
     OrderEvent,
@@ -31,8 +26,9 @@ from models import (
     Person,
     Role,
 )
-from tests.duties.conftest import SH, Clock
-from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
+from tests.duties.conftest import SH
+from tests.e2e.duty_support import DutyService, has, running
+from tests.fakes.telegram_server import SentMessage
 
 RES, RES2, RES3, OTHER = 6001, 6002, 6003, 6004
 WORKER, LI, ZHAO, SUN, HEAD, TOP = 6010, 6011, 6012, 6013, 6014, 6015
@@ -51,36 +47,8 @@ PEOPLE = {
 ACCEPT = "✋ 接单"
 
 
-def has(part: str, after: int = 0) -> Any:
-    return lambda m: m.text is not None and part in m.text and m.message_id > after
-
-
-class Clocks:
+class Clocks(DutyService):
     """The running service, the fake server, the clock and the chat users."""
-
-    def __init__(self, app: Gridbot, tg: FakeTelegramServer, clock: Clock) -> None:
-        self.app, self.tg, self.clock = app, tg, clock
-        self.duties: Any = None
-        self.users: dict[int, FakeUser] = {}
-
-    async def at(self, *local: int) -> None:
-        """Move the clock to a Shanghai wall time and run one scheduler pass."""
-        self.clock.set(*local)
-        await self.duties.tick()
-
-    def last_id(self, uid: int) -> int:
-        sent = self.tg.sent(uid)
-        return sent[-1].message_id if sent else 0
-
-    def texts(self, uid: int, part: str) -> list[SentMessage]:
-        return [m for m in self.tg.sent(uid) if part in (m.text or "")]
-
-    async def queued(self, uid: int, *parts: str) -> int:
-        """Outbox rows for this chat whose text holds every part (exactly-once checks)."""
-        async with self.app.sessionmaker() as session:
-            rows = (await session.scalars(select(OutboxMessage).where(
-                OutboxMessage.channel == "telegram", OutboxMessage.chat_id == str(uid)))).all()
-        return sum(all(p in str(r.payload.get("text")) for p in parts) for r in rows)
 
     async def submit(self, category: str, description: str) -> tuple[Order, SentMessage]:
         """The resident reports over Telegram (no photo, no location); the new order and the
@@ -127,33 +95,9 @@ class Clocks:
 @pytest.fixture
 async def tc(database_url: str, tmp_path: Path) -> AsyncIterator[Clocks]:
     """Monday 2027-03-01 08:00 Shanghai; the demo community without duty plans."""
-    clock = Clock(datetime(2027, 3, 1, 8, 0, tzinfo=SH))
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, demo_duties=False, secret_key="e2e",
-            telegram_token=tg.token, telegram_api_url=tg.base_url,
-            telegram_file_url=tg.file_url, media_dir=tmp_path / "media",
-            quiet_hours="22:00-07:00", digest_time="18:00",
-        )
-        app = Gridbot(settings, clock=clock)
-        await app.prepare()
-        async with app.sessionmaker() as session, session.begin():
-            for uid, key in PEOPLE.items():
-                person = await session.scalar(select(Person).where(Person.key == key))
-                assert person is not None, key
-                session.add(Identity(person_id=person.id, channel="telegram",
-                                     external_id=str(uid), chat_id=str(uid),
-                                     last_inbound_at=clock()))
-        app.enable_telegram()
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        t = Clocks(app, tg, clock)
-        try:
-            t.duties = await app.start_duties(manual=True)
-            t.users = {uid: tg.user(uid, key) for uid, key in PEOPLE.items()}
-            yield t
-        finally:
-            await app.stop()
+    async with running(Clocks, database_url, tmp_path, PEOPLE, demo_duties=False,
+                       digest_time="18:00") as t:
+        yield t
 
 
 async def test_order_clocks_broadcast_then_escalate_then_accept(tc: Clocks) -> None:

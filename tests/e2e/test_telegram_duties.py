@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
-from models import Identity, OutboxMessage, PatrolRun, Person
-from tests.duties.conftest import SH, Clock
-from tests.fakes.telegram_server import FakeTelegramServer
+from models import PatrolRun, Person
+from tests.e2e.duty_support import DutyService, has, running
 
 HEAD, WANG, LI, ZHAO, SUN, YANG, TANG = 3004, 3002, 3003, 3005, 3006, 3007, 3008
 PEOPLE = {
@@ -28,25 +23,7 @@ PEOPLE = {
 }
 
 
-def has(text: str, after: int = 0) -> Any:
-    return lambda m: m.text is not None and text in m.text and m.message_id > after
-
-
-class TgDuties:
-    def __init__(self, app: Gridbot, tg: FakeTelegramServer, clock: Clock) -> None:
-        self.app, self.tg, self.clock = app, tg, clock
-        self.duties: Any = None
-
-    async def tick(self) -> None:
-        await self.duties.tick()
-
-    async def queued(self, uid: int, *parts: str) -> int:
-        """Outbox rows for this chat whose text holds every part (exactly-once checks)."""
-        async with self.app.sessionmaker() as session:
-            rows = (await session.scalars(select(OutboxMessage).where(
-                OutboxMessage.channel == "telegram", OutboxMessage.chat_id == str(uid)))).all()
-        return sum(all(p in str(r.payload.get("text")) for p in parts) for r in rows)
-
+class TgDuties(DutyService):
     async def runs(self) -> list[PatrolRun]:
         async with self.app.sessionmaker() as session:
             return list((await session.scalars(
@@ -56,32 +33,9 @@ class TgDuties:
 
 @pytest.fixture
 async def tgd(database_url: str, tmp_path: Path) -> AsyncIterator[TgDuties]:
-    clock = Clock(datetime(2027, 3, 1, 8, 0, tzinfo=SH))
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
-            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
-            media_dir=tmp_path / "media", quiet_hours="22:00-07:00",
-        )
-        app = Gridbot(settings, clock=clock)
-        await app.prepare()  # the demo community with its demo patrol and visit plans
-        async with app.sessionmaker() as session, session.begin():
-            for uid, key in PEOPLE.items():
-                person = await session.scalar(select(Person).where(Person.key == key))
-                assert person is not None
-                session.add(Identity(person_id=person.id, channel="telegram",
-                                     external_id=str(uid), chat_id=str(uid),
-                                     last_inbound_at=clock()))
-                tg.user(uid, person.name)
-        app.enable_telegram()
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        t = TgDuties(app, tg, clock)
-        try:
-            t.duties = await app.start_duties(manual=True)
-            yield t
-        finally:
-            await app.stop()
+    # The demo community with its demo patrol and visit plans.
+    async with running(TgDuties, database_url, tmp_path, PEOPLE) as t:
+        yield t
 
 
 async def test_patrol_on_telegram(tgd: TgDuties) -> None:

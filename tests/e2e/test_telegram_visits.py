@@ -23,8 +23,6 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
 from bot.core.invites import create_invite, signing_key
 from bot.scheduler import visit_reminder
 from models import (
@@ -41,7 +39,8 @@ from models import (
     VisitPlan,
 )
 from tests.duties.conftest import SH, Clock
-from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
+from tests.e2e.duty_support import DutyService, has, running
+from tests.fakes.telegram_server import FakeTelegramServer, SentMessage
 
 # Telegram user ids. MEMBER binds with an invite; the others are demo people given a Telegram
 # identity (as in test_telegram_duties).
@@ -58,31 +57,13 @@ ADDRESS, NOTES = "翠屏小区1栋2-301", "高血压每天服药，钥匙在邻�
 FINE, HELP = "✅ 一切正常", "🆘 需要帮助"
 
 
-def has(part: str, after: int = 0) -> Any:
-    return lambda m: m.text is not None and part in m.text and m.message_id > after
-
-
-class Visits:
+class Visits(DutyService):
     """The running service, the fake server, the clock and what the fixture set up."""
 
     def __init__(self, app: Gridbot, tg: FakeTelegramServer, clock: Clock) -> None:
-        self.app, self.tg, self.clock = app, tg, clock
-        self.duties: Any = None
-        self.users: dict[int, FakeUser] = {}
+        super().__init__(app, tg, clock)
         self.plan_id = 0
         self.member_id = 0
-
-    async def at(self, *local: int) -> None:
-        """Move the clock to a Shanghai wall time and run one scheduler pass."""
-        self.clock.set(*local)
-        await self.duties.tick()
-
-    async def queued(self, uid: int, *parts: str) -> int:
-        """Outbox rows for this chat whose text holds every part (exactly-once checks)."""
-        async with self.app.sessionmaker() as session:
-            rows = (await session.scalars(select(OutboxMessage).where(
-                OutboxMessage.channel == "telegram", OutboxMessage.chat_id == str(uid)))).all()
-        return sum(all(p in str(r.payload.get("text")) for p in parts) for r in rows)
 
     async def rows(self, model: type) -> list[Any]:
         async with self.app.sessionmaker() as session:
@@ -103,9 +84,6 @@ class Visits:
         assert len(stamps) == 1, stamps
         return datetime.fromtimestamp(float(stamps[0]), SH)
 
-    def texts(self, uid: int, part: str) -> list[SentMessage]:
-        return [m for m in self.tg.sent(uid) if part in (m.text or "")]
-
 
 async def _invite(app: Gridbot, now: datetime, role: str, grid: str) -> str:
     """A one-use invite valid for a week from the test's clock (not the wall clock)."""
@@ -121,64 +99,40 @@ async def _invite(app: Gridbot, now: datetime, role: str, grid: str) -> str:
 @pytest.fixture
 async def tv(database_url: str, tmp_path: Path) -> AsyncIterator[Visits]:
     """Monday 2027-03-01 08:00; a weekly visit plan whose first visit is due 03-02 09:00."""
-    clock = Clock(datetime(2027, 3, 1, 8, 0, tzinfo=SH))
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, demo_duties=False, secret_key="e2e",
-            telegram_token=tg.token, telegram_api_url=tg.base_url,
-            telegram_file_url=tg.file_url, media_dir=tmp_path / "media",
-            quiet_hours="22:00-07:00",
-        )
-        app = Gridbot(settings, clock=clock)
-        await app.prepare()  # the demo community, no duty plans
+    async with running(Visits, database_url, tmp_path, PEOPLE, demo_duties=False) as t:
+        app, tg, clock = t.app, t.tg, t.clock
+        member = t.users[MEMBER] = tg.user(MEMBER, MEMBER_NAME)
+
+        # The member binds over Telegram with the micro-grid's member invite.
+        await member.send_command("start", await _invite(app, clock(), "member", "xh-g1-m1"))
+        await tg.wait_for(MEMBER, has("已登记为"))
         async with app.sessionmaker() as session, session.begin():
-            for uid, key in PEOPLE.items():
-                person = await session.scalar(select(Person).where(Person.key == key))
-                assert person is not None
-                session.add(Identity(person_id=person.id, channel="telegram",
-                                     external_id=str(uid), chat_id=str(uid),
-                                     last_inbound_at=clock()))
-        app.enable_telegram()
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        t = Visits(app, tg, clock)
-        try:
-            t.duties = await app.start_duties(manual=True)
-            t.users = {uid: tg.user(uid, key) for uid, key in PEOPLE.items()}
-            member = t.users[MEMBER] = tg.user(MEMBER, MEMBER_NAME)
+            bound = await session.scalar(select(Identity).where(
+                Identity.channel == "telegram", Identity.external_id == str(MEMBER)))
+            assert bound is not None
+            t.member_id = bound.person_id
+            # The phone the worker has on record for the member (members are not asked).
+            await session.execute(update(Person).where(Person.id == t.member_id)
+                                  .values(phone=MEMBER_PHONE))
 
-            # The member binds over Telegram with the micro-grid's member invite.
-            await member.send_command("start", await _invite(app, clock(), "member", "xh-g1-m1"))
-            await tg.wait_for(MEMBER, has("已登记为"))
-            async with app.sessionmaker() as session, session.begin():
-                bound = await session.scalar(select(Identity).where(
-                    Identity.channel == "telegram", Identity.external_id == str(MEMBER)))
-                assert bound is not None
-                t.member_id = bound.person_id
-                # The phone the worker has on record for the member (members are not asked).
-                await session.execute(update(Person).where(Person.id == t.member_id)
-                                      .values(phone=MEMBER_PHONE))
+        # The worker adds the key household and pairs the member with it, by chat.
+        worker = t.users[WORKER]
+        await worker.send_command(
+            "household", f"xh-b01 | elderly_alone | 张阿姨 | {ADDRESS} | {NOTES}")
+        added = await tg.wait_for(WORKER, has("已添加重点户"))
+        [household] = await t.rows(Household)
+        assert household.code in (added.text or "") and household.address == ADDRESS
+        await worker.send_command("visitplan", f"{household.code} | {MEMBER_NAME} | weekly")
+        planned = await tg.wait_for(WORKER, has("走访计划已建立"))
+        assert "03-02 09:00" in (planned.text or ""), planned.text
+        [plan] = await t.rows(VisitPlan)
+        assert plan.member_id == t.member_id and plan.frequency == "weekly"
+        t.plan_id = plan.id
 
-            # The worker adds the key household and pairs the member with it, by chat.
-            worker = t.users[WORKER]
-            await worker.send_command(
-                "household", f"xh-b01 | elderly_alone | 张阿姨 | {ADDRESS} | {NOTES}")
-            added = await tg.wait_for(WORKER, has("已添加重点户"))
-            [household] = await t.rows(Household)
-            assert household.code in (added.text or "") and household.address == ADDRESS
-            await worker.send_command("visitplan", f"{household.code} | {MEMBER_NAME} | weekly")
-            planned = await tg.wait_for(WORKER, has("走访计划已建立"))
-            assert "03-02 09:00" in (planned.text or ""), planned.text
-            [plan] = await t.rows(VisitPlan)
-            assert plan.member_id == t.member_id and plan.frequency == "weekly"
-            t.plan_id = plan.id
-
-            # The next sweep sees the new plan and schedules its first visit.
-            await t.at(2027, 3, 1, 8, 5)
-            assert await t.next_due() == datetime(2027, 3, 2, 9, 0, tzinfo=SH)
-            yield t
-        finally:
-            await app.stop()
+        # The next sweep sees the new plan and schedules its first visit.
+        await t.at(2027, 3, 1, 8, 5)
+        assert await t.next_due() == datetime(2027, 3, 2, 9, 0, tzinfo=SH)
+        yield t
 
 
 async def remind(t: Visits, *local: int, after: int = 0) -> SentMessage:
