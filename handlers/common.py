@@ -77,6 +77,27 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
     await handler(ctx)
 
 
+def cancel_row(ctx: Ctx) -> list[Button]:
+    """The "cancel" button of a flow's question."""
+    return [Button(ctx.t("btn.cancel_flow"), p.flow("x"))]
+
+
+def skip_row(ctx: Ctx) -> list[Button]:
+    """"Skip" and "cancel", for an optional step of a flow."""
+    return [Button(ctx.t("btn.skip"), p.flow("skip")), *cancel_row(ctx)]
+
+
+def location_question(ctx: Ctx, key: str) -> Outbound:
+    """Ask for a location (the sentence ``key``) with skip/cancel."""
+    # A location request is a reply keyboard; skip/cancel ride on it as keys, since a
+    # Telegram message carries one keyboard only.
+    return Outbound(
+        ctx.t(key),
+        menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
+        ask_location=ctx.t("btn.send_location"),
+    )
+
+
 def menu_command(ctx: Ctx, text: str) -> str | None:
     """The command a menu label stands for, in whatever language the label was shown."""
     if not text or len(text) > 40:

@@ -10,7 +10,8 @@ from bot.core import payloads as p
 from bot.core.cards import number
 from bot.core.duties import DutyService, whistle_ref
 from bot.core.orders import OrderError
-from bot.ports import Button, Outbound
+from bot.ports import Outbound
+from handlers.common import cancel_row, location_question, skip_row
 from handlers.context import FLOW_CHECKIN, FLOW_VISIT, Ctx
 from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
@@ -27,14 +28,6 @@ def service(ctx: Ctx) -> DutyService:
     return DutyService(ctx.session, ctx.notify, ctx.tr, ctx.settings, ctx.now)
 
 
-def _cancel_row(ctx: Ctx) -> list[Button]:
-    return [Button(ctx.t("btn.cancel_flow"), p.flow("x"))]
-
-
-def _skip_row(ctx: Ctx) -> list[Button]:
-    return [Button(ctx.t("btn.skip"), p.flow("skip")), *_cancel_row(ctx)]
-
-
 async def button(ctx: Ctx, payload: p.Payload) -> None:
     """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``)."""
     assert ctx.person is not None and payload.id is not None
@@ -42,15 +35,15 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
     if payload.kind == "dp":
         await duties.start_check_in(ctx.person, payload.id)
         await ctx.set_conversation(FLOW_CHECKIN, "note", {"run_id": payload.id})
-        ctx.say("patrol.ask_note", [_cancel_row(ctx)])
+        ctx.say("patrol.ask_note", [cancel_row(ctx)])
     elif payload.kind == "dv":
         outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
         await duties.start_visit(ctx.person, payload.id)
         await ctx.set_conversation(FLOW_VISIT, "note", {"plan_id": payload.id, "outcome": outcome})
         if outcome == VISIT_HELP:
-            ctx.say("visit.ask_help", [_cancel_row(ctx)])
+            ctx.say("visit.ask_help", [cancel_row(ctx)])
         else:
-            ctx.say("visit.ask_note", [_skip_row(ctx)])
+            ctx.say("visit.ask_note", [skip_row(ctx)])
     else:
         answer = await duties.answer_whistle(ctx.person, payload.id, payload.action)
         ctx.toast = ctx.t(f"whistle.answered_{answer}")
@@ -70,20 +63,20 @@ async def checkin_step(
             data["photo"] = ev.photo
         if not text or payload is not None:
             await ctx.set_conversation(FLOW_CHECKIN, "note", data)
-            ctx.say("patrol.ask_note", [_cancel_row(ctx)])
+            ctx.say("patrol.ask_note", [cancel_row(ctx)])
             return
         data["note"] = text
         if data.get("photo"):
             await _ask_location(ctx, data)
             return
         await ctx.set_conversation(FLOW_CHECKIN, "photo", data)
-        ctx.say("patrol.ask_photo", [_skip_row(ctx)])
+        ctx.say("patrol.ask_photo", [skip_row(ctx)])
         return
     if state == "photo":
         if ev.photo:
             data["photo"] = ev.photo
         elif not skip:
-            ctx.say("patrol.ask_photo", [_skip_row(ctx)])
+            ctx.say("patrol.ask_photo", [skip_row(ctx)])
             return
         await _ask_location(ctx, data)
         return
@@ -103,13 +96,7 @@ async def checkin_step(
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
     await ctx.set_conversation(FLOW_CHECKIN, "location", data)
-    ctx.reply(
-        Outbound(
-            ctx.t("patrol.ask_location"),
-            menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
-            ask_location=ctx.t("btn.send_location"),
-        )
-    )
+    ctx.reply(location_question(ctx, "patrol.ask_location"))
 
 
 async def visit_step(
@@ -121,10 +108,10 @@ async def visit_step(
     skip = payload is not None and payload.action == "skip"
     outcome = str(data["outcome"])
     if outcome == VISIT_HELP and len(text) < 2:
-        ctx.say("visit.ask_help", [_cancel_row(ctx)])
+        ctx.say("visit.ask_help", [cancel_row(ctx)])
         return
     if outcome == VISIT_FINE and not text and not skip:
-        ctx.say("visit.ask_note", [_skip_row(ctx)])
+        ctx.say("visit.ask_note", [skip_row(ctx)])
         return
     entry = await service(ctx).log_visit(
         ctx.person, int(data["plan_id"]), outcome, None if skip else text

@@ -30,14 +30,6 @@ from models.people import ROLE_RESIDENT
 MIN_DESCRIPTION = 2
 
 
-def _cancel_row(ctx: Ctx) -> list[Button]:
-    return [Button(ctx.t("btn.cancel_flow"), p.flow("x"))]
-
-
-def _skip_row(ctx: Ctx) -> list[Button]:
-    return [Button(ctx.t("btn.skip"), p.flow("skip")), *_cancel_row(ctx)]
-
-
 async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -> None:
     """Feed one event (text, photo, location or flow button) to the user's current flow."""
     if payload is None:
@@ -74,16 +66,6 @@ def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
     return None
 
 
-def _location_question(ctx: Ctx, key: str) -> Outbound:
-    # A location request is a reply keyboard; skip/cancel ride on it as keys, since a
-    # Telegram message carries one keyboard only.
-    return Outbound(
-        ctx.t(key),
-        menu=[[ctx.t("btn.skip"), ctx.t("btn.cancel_flow")]],
-        ask_location=ctx.t("btn.send_location"),
-    )
-
-
 # ---- placing an order ---------------------------------------------------------------------
 
 
@@ -105,7 +87,7 @@ async def _ask_category(ctx: Ctx) -> None:
         for c in categories
     ]
     rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
-    ctx.say("order.ask_category", [*rows, _cancel_row(ctx)])
+    ctx.say("order.ask_category", [*rows, common.cancel_row(ctx)])
 
 
 async def order_step(
@@ -125,7 +107,7 @@ async def order_step(
         await ctx.set_conversation(FLOW_ORDER, "description", data)
         ctx.say(
             "order.ask_description",
-            [_cancel_row(ctx)],
+            [common.cancel_row(ctx)],
             category=cards.category_name(ctx.tr, ctx.lang, category.code),
         )
         return
@@ -134,20 +116,20 @@ async def order_step(
             data["photo"] = ev.photo
         if len(text) < MIN_DESCRIPTION or payload is not None:
             await ctx.set_conversation(FLOW_ORDER, "description", data)
-            ctx.say("order.ask_description_again", [_cancel_row(ctx)])
+            ctx.say("order.ask_description_again", [common.cancel_row(ctx)])
             return
         data["description"] = text
         if data.get("photo"):
             await _ask_location(ctx, data)
         else:
             await ctx.set_conversation(FLOW_ORDER, "photo", data)
-            ctx.say("order.ask_photo", [_skip_row(ctx)])
+            ctx.say("order.ask_photo", [common.skip_row(ctx)])
         return
     if state == "photo":
         if ev.photo:
             data["photo"] = ev.photo
         elif payload is None or payload.action != "skip":
-            ctx.say("order.ask_photo_again", [_skip_row(ctx)])
+            ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
             return
         await _ask_location(ctx, data)
         return
@@ -155,7 +137,7 @@ async def order_step(
         if ev.location:
             data["lat"], data["lon"] = ev.location
         elif payload is None or payload.action != "skip":
-            ctx.reply(_location_question(ctx, "order.ask_location_again"))
+            ctx.reply(common.location_question(ctx, "order.ask_location_again"))
             return
         await _confirm(ctx, data)
         return
@@ -170,7 +152,7 @@ async def order_step(
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
     await ctx.set_conversation(FLOW_ORDER, "location", data)
-    ctx.reply(_location_question(ctx, "order.ask_location"))
+    ctx.reply(common.location_question(ctx, "order.ask_location"))
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -190,7 +172,7 @@ async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
     ctx.reply(
         Outbound(
             "\n".join(lines),
-            [[Button(ctx.t("btn.submit"), p.flow("ok")), *_cancel_row(ctx)]],
+            [[Button(ctx.t("btn.submit"), p.flow("ok")), *common.cancel_row(ctx)]],
             remove_menu=False,
         )
     )
@@ -239,7 +221,7 @@ async def escalate_step(
     assert ctx.person is not None
     text = (ctx.event.text or "").strip()
     if payload is not None or len(text) < MIN_DESCRIPTION:
-        ctx.say("dispatch.ask_reason", [_cancel_row(ctx)])
+        ctx.say("dispatch.ask_reason", [common.cancel_row(ctx)])
         return
     try:
         order = await ctx.orders.escalate(ctx.person, int(data["order_id"]), text)
@@ -257,7 +239,7 @@ async def done_step(ctx: Ctx, state: str, data: dict[str, Any], payload: p.Paylo
     text = (ev.text or "").strip() or None
     skip = payload is not None and payload.action == "skip"
     if not skip and not text and not ev.photo:
-        ctx.say("member.ask_done_note", [_skip_row(ctx)])
+        ctx.say("member.ask_done_note", [common.skip_row(ctx)])
         return
     try:
         order = await ctx.orders.finish(
@@ -278,7 +260,7 @@ async def revisit_step(
     text = (ctx.event.text or "").strip() or None
     skip = payload is not None and payload.action == "skip"
     if not skip and not text:
-        ctx.say("revisit.ask_note", [_skip_row(ctx)])
+        ctx.say("revisit.ask_note", [common.skip_row(ctx)])
         return
     try:
         await ctx.orders.revisit_done(ctx.person, int(data["revisit_id"]), None if skip else text)
