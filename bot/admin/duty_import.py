@@ -22,7 +22,7 @@ notices on its next sweep (the job store is reconciled from the plans).
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.admin.importer import CODE_RE, CommunityFileError, _read_text, open_csv
+from bot.admin.importer import (
+    CODE_RE,
+    CommunityFileError,
+    _read_text,
+    check_columns,
+    csv_rows,
+    open_csv,
+)
 from models import Building, Grid, Household, PatrolPlan, Person, VisitPlan, utcnow
 from models.duties import DEFAULT_TZ, FREQUENCIES, HOUSEHOLD_KINDS
 
@@ -112,30 +119,8 @@ def _parse(text: str) -> tuple[str, list[_Row]]:
     reader, columns = open_csv(text)
     kind = _kind_of(columns)
     required, optional = LAYOUTS[kind]
-    for col in required:
-        if col not in columns:
-            raise CommunityFileError(f"CSV of {kind} needs a '{col}' column", 1)
-    for col in columns:
-        if col and columns.count(col) > 1:
-            raise CommunityFileError(f"column '{col}' appears twice", 1)
-        if col and col not in required + optional:
-            raise CommunityFileError(f"unknown column '{col}' in a CSV of {kind}", 1)
-    rows: list[_Row] = []
-    while True:
-        try:
-            raw = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise CommunityFileError(f"malformed CSV: {exc}", reader.line_num) from exc
-        if not any(cell.strip() for cell in raw):
-            continue
-        values = {col: (raw[i].strip() if i < len(raw) else "") for i, col in enumerate(columns)}
-        for col in required:
-            if not values[col]:
-                raise CommunityFileError(f"row is missing '{col}'", reader.line_num)
-        rows.append(_Row(reader.line_num, values))
-    return kind, rows
+    check_columns(columns, kind, required, required + optional)
+    return kind, [_Row(line, values) for line, values in csv_rows(reader, columns, required)]
 
 
 def _zone(value: str, line: int) -> str:
@@ -252,16 +237,7 @@ async def _households(session: AsyncSession, rows: list[_Row], report: DutyImpor
             )
         ).all()
     }
-    for row in rows:
-        values = row.resolved
-        household = existing.get(values["code"])
-        if household is None:
-            session.add(Household(**values, created_at=utcnow()))
-            report.created += 1
-        elif _assign(household, values):
-            report.updated += 1
-        else:
-            report.unchanged += 1
+    _upsert(session, Household, existing, lambda v: v["code"], rows, report)
 
 
 def _start(row: _Row, zone: str) -> datetime:
@@ -314,18 +290,9 @@ async def _visits(session: AsyncSession, rows: list[_Row], report: DutyImportRep
             )
         ).all()
     }
-    now = utcnow()
-    for row in rows:
-        values = row.resolved
-        plan = existing.get((values["household_id"], values["member_id"]))
-        if plan is None:
-            session.add(VisitPlan(**values, created_at=now, updated_at=now))
-            report.created += 1
-        elif _assign(plan, values):
-            plan.updated_at = now
-            report.updated += 1
-        else:
-            report.unchanged += 1
+    _upsert(
+        session, VisitPlan, existing, lambda v: (v["household_id"], v["member_id"]), rows, report
+    )
 
 
 async def _patrols(session: AsyncSession, rows: list[_Row], report: DutyImportReport) -> None:
@@ -373,15 +340,31 @@ async def _patrols(session: AsyncSession, rows: list[_Row], report: DutyImportRe
             )
         ).all()
     }
+    _upsert(session, PatrolPlan, existing, lambda v: v["code"], rows, report)
+
+
+def _upsert(
+    session: AsyncSession,
+    model: type[Any],
+    existing: Mapping[Any, Any],
+    key: Callable[[dict[str, Any]], Any],
+    rows: list[_Row],
+    report: DutyImportReport,
+) -> None:
+    """Create each row's object, or update the existing one (found by ``key``) in place, and
+    count which in ``report``. Models with ``updated_at`` get it stamped on create and change."""
     now = utcnow()
+    stamped = hasattr(model, "updated_at")
+    stamps = {"created_at": now, **({"updated_at": now} if stamped else {})}
     for row in rows:
         values = row.resolved
-        plan = existing.get(values["code"])
-        if plan is None:
-            session.add(PatrolPlan(**values, created_at=now, updated_at=now))
+        obj = existing.get(key(values))
+        if obj is None:
+            session.add(model(**values, **stamps))
             report.created += 1
-        elif _assign(plan, values):
-            plan.updated_at = now
+        elif _assign(obj, values):
+            if stamped:
+                obj.updated_at = now
             report.updated += 1
         else:
             report.unchanged += 1

@@ -30,7 +30,7 @@ import csv
 import enum
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -613,6 +613,43 @@ def open_csv(text: str) -> tuple[Any, list[str]]:
     return reader, [h.strip().lower() for h in header]
 
 
+def check_columns(
+    columns: list[str], kind: str, required: tuple[str, ...], allowed: tuple[str, ...] = ()
+) -> None:
+    """Refuse a header without a ``required`` column, with a column twice, or (when
+    ``allowed`` is given) with a column outside it."""
+    for col in required:
+        if col not in columns:
+            raise CommunityFileError(f"CSV of {kind} needs a '{col}' column", 1)
+    for col in columns:
+        if col and columns.count(col) > 1:
+            raise CommunityFileError(f"column '{col}' appears twice", 1)
+        if col and allowed and col not in allowed:
+            raise CommunityFileError(f"unknown column '{col}' in a CSV of {kind}", 1)
+
+
+def csv_rows(
+    reader: Any, columns: list[str], required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """The data rows after the header as (line, column → stripped value); blank rows are
+    skipped, a row without a ``required`` value or malformed CSV is refused at its line."""
+    while True:
+        try:
+            raw = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CommunityFileError(f"malformed CSV: {exc}", reader.line_num) from exc
+        line = reader.line_num
+        if not any(cell.strip() for cell in raw):
+            continue
+        row = {col: (raw[i].strip() if i < len(raw) else "") for i, col in enumerate(columns)}
+        for col in required:
+            if not row[col]:
+                raise CommunityFileError(f"row is missing '{col}'", line)
+        yield line, row
+
+
 def _parse_csv(text: str) -> _Plan:
     reader, columns = open_csv(text)
     required: tuple[str, ...]
@@ -626,31 +663,13 @@ def _parse_csv(text: str) -> _Plan:
             "key,name,phone,role,grid,building,room (people)",
             1,
         )
-    for col in required:
-        if col not in columns:
-            raise CommunityFileError(f"CSV of {kind} needs a '{col}' column", 1)
-    for col in columns:
-        if columns.count(col) > 1 and col:
-            raise CommunityFileError(f"column '{col}' appears twice", 1)
+    check_columns(columns, kind, required)
 
     plan = _Plan()
     seen_building = _Seen("building code")
     people: dict[str, _PersonSpec] = {}
     row_lines: dict[str, int] = {}
-    while True:
-        try:
-            raw = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise CommunityFileError(f"malformed CSV: {exc}", reader.line_num) from exc
-        line = reader.line_num
-        if not any(cell.strip() for cell in raw):
-            continue
-        row = {col: (raw[i].strip() if i < len(raw) else "") for i, col in enumerate(columns)}
-        for col in required:
-            if not row[col]:
-                raise CommunityFileError(f"row is missing '{col}'", line)
+    for line, row in csv_rows(reader, columns, required):
         if kind == "buildings":
             code = _check_code(row["code"], "building code", line)
             seen_building.add(code, line)
