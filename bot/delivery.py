@@ -286,65 +286,67 @@ class Deliverer:
         return by_chat
 
     async def _claim(self, channels: list[str] | None = None) -> list[OutboxMessage]:
-        now = self.clock()
+        """One transaction: record the rows sent since the last pass, then claim the next due
+        rows of ``channels`` (all by default; none: only record). Sent-records that could not
+        be written are kept for the next try."""
+        channels = list(self.channels) if channels is None else channels
         marks, self._marks = self._marks, []
+        if not marks and not channels:
+            return []
         try:
-            rows = await self._claim_recording(
-                now, marks, list(self.channels) if channels is None else channels
-            )
+            async with self.sessionmaker() as session, session.begin():
+                if marks:
+                    await session.execute(update(OutboxMessage), marks)
+                rows = await self._claim_rows(session, channels) if channels else []
         except BaseException:
-            self._marks = marks + self._marks  # not recorded: keep them for the next try
+            self._marks = marks + self._marks
             raise
-        self._forget_refs(marks)
+        if marks and self._sent_refs:  # the database knows these message ids now
+            flushed = {m["id"] for m in marks}
+            self._sent_refs = {k: v for k, v in self._sent_refs.items() if v[1] not in flushed}
         return rows
 
-    async def _claim_recording(
-        self, now: datetime, marks: list[dict[str, object]], channels: list[str]
-    ) -> list[OutboxMessage]:
-        """One transaction: record the rows sent since the last pass, claim the next ones (of
-        ``channels``)."""
-        async with self.sessionmaker() as session, session.begin():
-            if marks:
-                await session.execute(update(OutboxMessage), marks)
-            stmt = (
-                select(OutboxMessage)
-                .where(
-                    OutboxMessage.channel.in_(channels),
-                    or_(
-                        (OutboxMessage.status == OUT_PENDING) & (OutboxMessage.not_before <= now),
-                        (OutboxMessage.status == OUT_SENDING)
-                        & (OutboxMessage.claimed_until < now),
-                    ),
-                )
-                .order_by(OutboxMessage.id)
-                .limit(BATCH)
+    async def _claim_rows(self, session: AsyncSession, channels: list[str]) -> list[OutboxMessage]:
+        now = self.clock()
+        stmt = (
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.channel.in_(channels),
+                or_(
+                    (OutboxMessage.status == OUT_PENDING) & (OutboxMessage.not_before <= now),
+                    (OutboxMessage.status == OUT_SENDING)
+                    & (OutboxMessage.claimed_until < now),
+                ),
             )
-            # Chats held for a passive reply, or being served by a sender, are left alone.
-            excluded: dict[str, set[str]] = defaultdict(set)
-            for channel_name, held in self._held.items():
-                excluded[channel_name].update(held)
-            for channel_name, chat_id in self._busy:
-                excluded[channel_name].add(chat_id)
-            for channel_name, chats in excluded.items():
-                if chats:
-                    stmt = stmt.where(
-                        not_(
-                            and_(
-                                OutboxMessage.channel == channel_name,
-                                OutboxMessage.chat_id.in_(list(chats)),
-                            )
+            .order_by(OutboxMessage.id)
+            .limit(BATCH)
+        )
+        # Chats held for a passive reply, or being served by a sender, are left alone.
+        excluded: dict[str, set[str]] = defaultdict(set)
+        for channel_name, held in self._held.items():
+            excluded[channel_name].update(held)
+        for channel_name, chat_id in self._busy:
+            excluded[channel_name].add(chat_id)
+        for channel_name, chats in excluded.items():
+            if chats:
+                stmt = stmt.where(
+                    not_(
+                        and_(
+                            OutboxMessage.channel == channel_name,
+                            OutboxMessage.chat_id.in_(list(chats)),
                         )
                     )
-            if session.bind and session.bind.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list((await session.scalars(stmt)).all())
-            if rows:
-                await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([r.id for r in rows]))
-                    .values(status=OUT_SENDING, claimed_until=now + LEASE)
                 )
-            return rows
+        if session.bind and session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = list((await session.scalars(stmt)).all())
+        if rows:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_([r.id for r in rows]))
+                .values(status=OUT_SENDING, claimed_until=now + LEASE)
+            )
+        return rows
 
     async def drain_once(self) -> int:
         """Claim due rows and send them, chat by chat in order; return how many were handled."""
@@ -465,23 +467,8 @@ class Deliverer:
         self.sent_count += 1
 
     async def _flush_marks(self) -> None:
-        marks, self._marks = self._marks, []
-        if not marks:
-            return
-        try:
-            async with self.sessionmaker() as session, session.begin():
-                await session.execute(update(OutboxMessage), marks)
-        except BaseException:
-            self._marks = marks + self._marks
-            raise
-        self._forget_refs(marks)
-
-    def _forget_refs(self, marks: list[dict[str, object]]) -> None:
-        """The database knows these message ids now; edits look them up there."""
-        if not marks or not self._sent_refs:
-            return
-        flushed = {m["id"] for m in marks}
-        self._sent_refs = {k: v for k, v in self._sent_refs.items() if v[1] not in flushed}
+        """Record the rows sent since the last pass (see :meth:`_claim`)."""
+        await self._claim([])
 
     async def _release(
         self, rows: list[OutboxMessage], delay: timedelta, error: str | None
