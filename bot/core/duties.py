@@ -361,8 +361,7 @@ class DutyService:
             await self._load(select(Grid).where(Grid.id.in_(grid_ids)))
 
     async def _prefetch_people(self, person_ids: set[int]) -> None:
-        if person_ids:
-            await self._load(select(Person).where(Person.id.in_(person_ids)))
+        # The notifier loads and keeps the people with where their pushes go.
         await self.notify.prefetch(person_ids)
         await asyncio.sleep(0)
 

@@ -23,8 +23,11 @@ class Notifier:
         self.tr = tr
         self.default_locale = default_locale
         self.written: list[OutboxMessage] = []
-        #: Identities looked up in bulk by :meth:`prefetch` (reminder bursts).
+        #: Identities looked up in bulk by :meth:`prefetch` (reminder bursts), and the people
+        #: loaded with them (held here: the session's identity map keeps objects weakly, and
+        #: :meth:`locale_of` finds them there instead of querying again).
         self._prefetched: dict[int, Identity | None] = {}
+        self._people: dict[int, Person] = {}
 
     async def prefetch(self, person_ids: Iterable[int]) -> None:
         """Look up where many people's pushes go in two queries instead of two per person
@@ -35,6 +38,7 @@ class Notifier:
         people = {
             p.id: p for p in (await self.session.scalars(select(Person).where(Person.id.in_(ids))))
         }
+        self._people.update(people)
         idents = (
             await self.session.scalars(
                 select(Identity)
