@@ -37,7 +37,6 @@ import platform
 import pstats
 import re
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -319,56 +318,8 @@ def child_main(kind: str, cfg: JSON) -> None:
 
 
 # ====================================================================== parent: users and fake
-@contextlib.asynccontextmanager
-async def _serve_asgi_nodelay(app: Any, *, startup_timeout: float = 5.0) -> AsyncIterator[str]:
-    """``tests.fakes.telegram_server.serve_asgi`` with ``IPPROTO_TCP`` on the listening socket.
-
-    asyncio sets TCP_NODELAY only on sockets whose ``proto`` is IPPROTO_TCP; the fake's
-    ``socket.socket(AF_INET, SOCK_STREAM)`` has proto 0, and so do the connections it accepts.
-    uvicorn (h11) writes a response's head and body separately, so with Nagle on, every answer
-    from the fake waits for the client's delayed ACK: +40 ms per Bot API call. Telegram has no
-    such stall, so the benchmark serves the (unchanged) fake app from a NODELAY socket, with a
-    longer keep-alive.
-    """
-    import uvicorn
-
-    from tests.fakes.telegram_server import _QuietServer
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-        # uvicorn closes idle keep-alive connections after 5 s; a bot reusing one at that
-        # moment gets a ReadError (the bare echo bot then loses that reply). Telegram keeps
-        # them open far longer.
-        timeout_keep_alive=120,
-    )
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(startup_timeout):
-            while not server.started:  # uvicorn offers no event to await
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn stopped during start-up")
-                await asyncio.sleep(0.005)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
-        sock.close()
-
-
-def _fake_class(nodelay: bool = True) -> type[FakeTelegramServer]:
+def _fake_class() -> type[FakeTelegramServer]:
     """The fake Bot API server, timestamping every message the bot sends as it is stored."""
-    import tests.fakes.telegram_server as fake_module
     from tests.fakes.telegram_server import JSON as FakeJSON
     from tests.fakes.telegram_server import FakeTelegramServer
 
@@ -377,16 +328,6 @@ def _fake_class(nodelay: bool = True) -> type[FakeTelegramServer]:
             super().__init__(**kwargs)
             self.arrivals: dict[int, list[tuple[float, SentMessage]]] = defaultdict(list)
             self.signals: dict[int, asyncio.Event] = {}
-
-        async def __aenter__(self) -> FakeTelegramServer:
-            if not nodelay:
-                return await super().__aenter__()
-            original = fake_module.serve_asgi
-            fake_module.serve_asgi = _serve_asgi_nodelay
-            try:
-                return await super().__aenter__()
-            finally:
-                fake_module.serve_asgi = original
 
         def _store(
             self, chat_id: int, p: FakeJSON, *, text: str | None, photo: str | None
@@ -620,7 +561,6 @@ class Options:
     heap: bool
     profile: Sequence[str]
     step_timeout: float
-    nodelay: bool
     stamp: str
     phases: Sequence[str]
     pairs: int = 1
@@ -657,7 +597,7 @@ async def run_phase(name: str, opts: Options, *, traced: bool = False) -> JSON:
         else None
     )
     result: JSON = {"phase": name, "users": users, "tracemalloc": traced}
-    fake: Any = _fake_class(opts.nodelay)(enforce_limits=paced)
+    fake: Any = _fake_class()(enforce_limits=paced)
     async with (
         fake as tg,
         database(opts.db if kind == "gridbot" else "sqlite", label.replace("-", "_")) as db_url,
@@ -1057,11 +997,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", default="", help="comma-separated phases whose bot runs under cProfile"
     )
     parser.add_argument("--step-timeout", type=float, default=60.0, help="seconds per answer")
-    parser.add_argument(
-        "--fake-as-is",
-        action="store_true",
-        help="serve the fake from its own socket (Nagle on: +40 ms per Bot API answer)",
-    )
     parser.add_argument("--child", choices=("echo", "gridbot"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1081,7 +1016,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         heap=args.heap,
         profile=profile,
         step_timeout=args.step_timeout,
-        nodelay=not args.fake_as_is,
         stamp=datetime.now().strftime("%Y%m%d-%H%M%S"),
         phases=phases,
         pairs=args.pairs,

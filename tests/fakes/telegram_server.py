@@ -75,10 +75,13 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: ASGIApp, *, startup_timeout: float = 5.0) -> AsyncIterator[str]:
+async def serve_asgi(
+    app: ASGIApp, *, startup_timeout: float = 5.0, keep_alive: float = 5.0
+) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (ephemeral port) in a background task.
 
     Yields the root URL (``http://127.0.0.1:PORT``); the server stops when the block exits.
+    ``keep_alive``: seconds an idle connection stays open (uvicorn's default, 5).
     """
     # IPPROTO_TCP named explicitly: asyncio only turns Nagle's algorithm off for sockets whose
     # proto is TCP, and with it on every answer waits ~40 ms for a delayed ACK.
@@ -87,7 +90,7 @@ async def serve_asgi(app: ASGIApp, *, startup_timeout: float = 5.0) -> AsyncIter
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=2)
+                            timeout_graceful_shutdown=2, timeout_keep_alive=keep_alive)
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -322,7 +325,10 @@ class FakeTelegramServer:
             Route("/bot{token}/{method}", self._handle_api, methods=["GET", "POST"]),
             Route("/file/bot{token}/{path:path}", self._handle_file, methods=["GET"]),
         ])
-        self._root = await self._stack.enter_async_context(serve_asgi(app))
+        # Telegram keeps idle connections open far longer than uvicorn's 5 s; with 5 s a bot
+        # reusing a connection just as the fake closes it gets a ReadError (under load the
+        # bare echo bot of bench/order_intake.py lost replies that way).
+        self._root = await self._stack.enter_async_context(serve_asgi(app, keep_alive=120))
         self._webhook_task = asyncio.create_task(self._webhook_loop())
         return self
 
