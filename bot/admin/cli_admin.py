@@ -82,11 +82,15 @@ def _fail(message: str) -> int:
 # import
 
 
-def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    """Import community files (YAML or CSV) in one transaction; all or nothing."""
+def import_files(
+    settings: Settings,
+    files: list[str],
+    load: Callable[[AsyncSession, Path], Awaitable[object]],
+) -> int:
+    """Load every file with ``load`` in one transaction, all or nothing; print each report."""
 
-    async def work(session: AsyncSession) -> list[ImportReport]:
-        return [await import_community(session, Path(f), fmt=args.format) for f in args.files]
+    async def work(session: AsyncSession) -> list[object]:
+        return [await load(session, Path(f)) for f in files]
 
     try:
         reports = _run(settings, work)
@@ -95,6 +99,15 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     for report in reports:
         print(report)
     return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Import community files (YAML or CSV) in one transaction; all or nothing."""
+
+    async def load(session: AsyncSession, path: Path) -> ImportReport:
+        return await import_community(session, path, fmt=args.format)
+
+    return import_files(settings, args.files, load)
 
 
 # --------------------------------------------------------------------------------------------

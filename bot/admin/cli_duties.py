@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from bot.admin.cli_admin import _fail, _run
-from bot.admin.duty_import import DutyImportReport, import_duties
-from bot.admin.importer import CommunityFileError
+from bot.admin.cli_admin import import_files
+from bot.admin.duty_import import import_duties
 from bot.config import Settings
 
 
 def cmd_duties_import(settings: Settings, args: argparse.Namespace) -> int:
     """Import duty CSVs (households, visit plans, patrol plans) in one transaction."""
-
-    async def work(session: AsyncSession) -> list[DutyImportReport]:
-        return [await import_duties(session, Path(f)) for f in args.files]
-
-    try:
-        reports = _run(settings, work)
-    except CommunityFileError as exc:
-        return _fail(f"{exc}\nnothing was imported")
-    for report in reports:
-        print(report)
-    return 0
+    return import_files(settings, args.files, import_duties)
 
 
 def add_duty_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
