@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.aio import wait_event
 from bot.channels.base import Channel, DeliveryError, RetryAfter, Unreachable
 from bot.ports import Outbound
 from models import OutboxMessage, utcnow
@@ -230,8 +231,7 @@ class Deliverer:
                 handled = 0
             if handled:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            await wait_event(self._wake, 1.0)
 
     async def _start_senders(self) -> int:
         """Claim due rows of chats not being served and start one sender per chat.

@@ -20,6 +20,7 @@ from bot.config import load_settings
 from bot.core.invites import create_invite, signing_key
 from bot.ports import HandleResult, Inbound
 from models import Base, Building, Grid, Identity, Order, OrderEvent, Person, utcnow
+from tests.hangs import pytest_runtest_protocol  # noqa: F401 - the hang watchdog (a hook)
 
 PG_ADMIN_URL = os.environ.get(
     "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -236,3 +236,17 @@ async def test_no_more_sends_in_flight_than_the_channel_allows(harness: Harness)
     assert await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once() == 10
     assert peak == 3  # ten chats at once, three requests at a time
     assert sorted(channel.messages) == [f"chat{n}" for n in range(10)]
+
+
+async def test_stop_right_after_a_wake_up_ends_the_loop(harness: Harness) -> None:
+    """A commit wakes the idle deliverer just as the service stops: the stop still finishes.
+
+    On Python 3.11 ``asyncio.wait_for`` swallowed the cancel when its event fired in the same
+    loop pass, so the delivery loop went on for ever and ``stop()`` (and the test suite's
+    teardown with it) hung."""
+    for _ in range(20):
+        deliverer = Deliverer(harness.app.sessionmaker, {"memory": MemoryChannel()})
+        await deliverer.start()
+        await asyncio.sleep(0.05)  # idle, waiting for a wake-up
+        deliverer.wake()
+        await asyncio.wait_for(deliverer.stop(), 10)

@@ -16,7 +16,6 @@ processes notice new rows within ``poll_interval`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import importlib.util
 import json
@@ -37,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bot.aio import wait_event
 from bot.channels.base import DeliveryError, Limits
 from bot.media import sniff_image
 from bot.ports import MAX_PAYLOAD_BYTES, Inbound, Intake, Outbound
@@ -321,8 +321,7 @@ class WebChatChannel:
             remaining = deadline - loop.time()
             if rows or remaining <= 0 or await request.is_disconnected():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(remaining, self._poll_interval))
+            await wait_event(event, min(remaining, self._poll_interval))
         return JSONResponse(
             {"messages": [self._render(r) for r in rows], "cursor": next_cursor.encode()}
         )
