@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.aio import wait_event
 from bot.channels.base import Channel, DeliveryError, RetryAfter, Unreachable
+from bot.instance import holder_is_gone, new_holder
 from bot.ports import Outbound
 from models import OutboxMessage, utcnow
 from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
@@ -31,6 +32,8 @@ from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
+#: Seconds between two looks for rows claimed by dead processes of this host.
+RESCUE_INTERVAL = 5.0
 MAX_ATTEMPTS = 8
 BATCH = 200
 #: Recorded as the platform id of an edit skipped because a newer one was already shown.
@@ -132,8 +135,12 @@ class Deliverer:
         *,
         clock: Callable[[], datetime] = utcnow,
         on_unreachable: Callable[[OutboxMessage], Awaitable[None]] | None = None,
+        holder: str | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        #: Written into every claim (``outbox.claimed_by``); see :mod:`bot.instance`.
+        self.holder = holder or str(new_holder())
+        self._next_rescue = 0.0
         #: Called with a row that failed because its person cannot be reached by push.
         self.on_unreachable = on_unreachable
         #: Chats whose rows this process leaves alone for now (a passive reply is being made).
@@ -198,21 +205,62 @@ class Deliverer:
         self._wake.set()
 
     async def start(self) -> None:
-        """Run the drain loop in the background."""
+        """Free the rows of dead deliverers on this host, then run the drain loop."""
+        try:
+            await self.rescue_claims()
+        except Exception:
+            log.exception("could not check the outbox for claims of dead processes")
+        self._next_rescue = time.monotonic() + RESCUE_INTERVAL
         self._task = asyncio.create_task(self._run(), name="gridbot-delivery")
 
     async def stop(self) -> None:
-        """Stop the loop and the senders; claimed-but-unsent rows are picked up again after
-        their lease."""
+        """Stop the loop and the senders, record what was sent, and hand every row still
+        claimed by this deliverer back to the outbox (another instance, or the next start,
+        sends it at once). A row whose send was cut off mid-request may go out twice."""
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
         senders = list(self._busy.values())
         for task in senders:
             task.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
         await self._flush_marks()
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.claimed_by == self.holder,
+                       OutboxMessage.status == OUT_SENDING)
+                .values(status=OUT_PENDING, claimed_until=None, claimed_by=None)
+            )
+        if result.rowcount:  # type: ignore[attr-defined]
+            log.info("stopped: %s claimed outbox rows handed back", result.rowcount)  # type: ignore[attr-defined]
+
+    async def rescue_claims(self) -> int:
+        """Hand back the rows claimed by deliverers whose process is gone (this host; see
+        :mod:`bot.instance`) without waiting for their claims to run out; return how many."""
+        async with self.sessionmaker() as session:
+            holders = (
+                await session.scalars(
+                    select(OutboxMessage.claimed_by)
+                    .where(OutboxMessage.status == OUT_SENDING,
+                           OutboxMessage.claimed_by.is_not(None))
+                    .distinct()
+                )
+            ).all()
+        gone = [h for h in holders if h and h != self.holder and holder_is_gone(h)]
+        if not gone:
+            return 0
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.claimed_by.in_(gone), OutboxMessage.status == OUT_SENDING)
+                .values(status=OUT_PENDING, claimed_until=None, claimed_by=None)
+            )
+        freed = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        log.warning("%s outbox rows claimed by %s dead process(es) handed back", freed, len(gone))
+        return freed
 
     async def _run(self) -> None:
         last_pass = -PASS_INTERVAL
@@ -224,6 +272,12 @@ class Deliverer:
                 await asyncio.sleep(gap)
             self._wake.clear()
             last_pass = time.monotonic()
+            if last_pass >= self._next_rescue:  # a sibling on this host may have died
+                self._next_rescue = last_pass + RESCUE_INTERVAL
+                try:
+                    await self.rescue_claims()
+                except Exception:
+                    log.exception("could not check the outbox for claims of dead processes")
             try:
                 handled = await self._start_senders()
             except Exception:
@@ -344,7 +398,7 @@ class Deliverer:
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id.in_([r.id for r in rows]))
-                .values(status=OUT_SENDING, claimed_until=now + LEASE)
+                .values(status=OUT_SENDING, claimed_until=now + LEASE, claimed_by=self.holder)
             )
         return rows
 

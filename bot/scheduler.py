@@ -50,12 +50,9 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import pickle
-import socket
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +87,7 @@ from bot.config import Settings
 from bot.core.duties import DutyService, parse_hhmm
 from bot.core.notify import Notifier
 from bot.i18n import Translator
+from bot.instance import holder_is_gone, new_holder
 from models import PatrolPlan, SchedulerLease, VisitPlan, utcnow
 from models.db import is_sqlite, make_sync_engine
 
@@ -820,7 +818,25 @@ class Lease:
                 )
                 .values(holder=self.holder, expires_at=now + self.ttl)
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            # Held and not expired: still ours to take if its holder's process is gone (a
+            # restart after kill -9 on this host must not wait for the dead lease).
+            holder = await session.scalar(
+                select(SchedulerLease.holder).where(SchedulerLease.name == LEASE_NAME)
+            )
+            if holder is None or not holder_is_gone(holder):
+                return False
+            result = await session.execute(
+                update(SchedulerLease)
+                .where(SchedulerLease.name == LEASE_NAME, SchedulerLease.holder == holder)
+                .values(holder=self.holder, expires_at=now + self.ttl, acquired_at=now)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                log.warning("scheduler lease holder %s is gone (no such process): taking over",
+                            holder)
+                return True
+            return False
 
     async def current(self) -> SchedulerLease | None:
         """The lease row as stored."""
@@ -864,7 +880,7 @@ class DutyScheduler:
         self.clock = clock
         self.manual = manual
         self.runtime = DutyRuntime(sessionmaker, tr, settings, clock, wake, self)
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.holder = holder or str(new_holder())
         self.lease = Lease(
             sessionmaker, self.holder, timedelta(seconds=settings.scheduler_lease_seconds), clock
         )

@@ -36,6 +36,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     not_before: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None] = mapped_column()
+    #: The deliverer holding the claim (``bot.instance.Holder``): a dead one's rows are freed.
+    claimed_by: Mapped[str | None] = mapped_column(String(96))
     platform_message_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

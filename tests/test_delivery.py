@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +15,7 @@ from sqlalchemy import select
 from bot.channels.base import DeliveryError, Limits, RetryAfter
 from bot.channels.memory import MemoryChannel
 from bot.delivery import Deliverer
+from bot.instance import Holder
 from bot.ports import Outbound
 from models import OutboxMessage
 from tests.conftest import Harness
@@ -250,3 +253,70 @@ async def test_stop_right_after_a_wake_up_ends_the_loop(harness: Harness) -> Non
         await asyncio.sleep(0.05)  # idle, waiting for a wake-up
         deliverer.wake()
         await asyncio.wait_for(deliverer.stop(), 10)
+
+
+class StuckChannel(MemoryChannel):
+    """A platform that accepts a request and never answers (until the sender is cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+
+    async def send(self, chat_id: str, message: Outbound) -> str:
+        self.started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def outbox_rows(h: Harness) -> list[OutboxMessage]:
+    async with h.app.sessionmaker() as session:
+        rows = await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+        return list(rows.all())
+
+
+async def test_a_stop_hands_back_the_rows_it_had_claimed(harness: Harness) -> None:
+    """SIGTERM while a send hangs: the row is not left claimed for a minute; the next
+    deliverer (another instance, or this one restarted) sends it at once."""
+    await queue(harness, "您的工单已受理")
+    stuck = StuckChannel()
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": stuck})
+    await deliverer.start()
+    await asyncio.wait_for(stuck.started.wait(), 10)
+    [row] = await outbox_rows(harness)
+    assert (row.status, row.claimed_by) == ("sending", deliverer.holder)
+    await asyncio.wait_for(deliverer.stop(), 10)
+    [row] = await outbox_rows(harness)
+    assert (row.status, row.claimed_until, row.claimed_by) == ("pending", None, None)
+    channel = MemoryChannel()
+    assert await Deliverer(harness.app.sessionmaker, {"memory": channel}).drain_once() == 1
+    assert [m.text for m in channel.messages["c1"]] == ["您的工单已受理"]
+
+
+async def test_rows_claimed_by_a_killed_process_are_sent_again_at_once(
+    harness: Harness,
+) -> None:
+    """kill -9 mid-send: the dead process's claims would hold its rows for a minute. A
+    deliverer starting on the same host sees that the claimant is gone and sends them now;
+    rows claimed by a live deliverer, or by one on another host, are left to their lease."""
+    await queue(harness, "dead-1", "dead-2", chat="c1")
+    await queue(harness, "alive", chat="c2")
+    await queue(harness, "remote", chat="c3")
+    proc = await asyncio.create_subprocess_exec("true")
+    await proc.wait()
+    here = socket.gethostname()
+    owners = {
+        "c1": str(Holder(here, proc.pid, "", "killed")),
+        "c2": str(Holder(here, os.getpid(), "", "alive")),
+        "c3": str(Holder("another-host", proc.pid, "", "remote")),
+    }
+    async with harness.app.sessionmaker() as session, session.begin():
+        for row in (await session.scalars(select(OutboxMessage))).all():
+            row.status, row.claimed_by = "sending", owners[row.chat_id]
+            row.claimed_until = datetime.now(UTC) + timedelta(seconds=60)
+    channel = MemoryChannel()
+    deliverer = Deliverer(harness.app.sessionmaker, {"memory": channel})
+    assert await deliverer.rescue_claims() == 2
+    while await deliverer.drain_once():
+        pass
+    assert [m.text for m in channel.messages["c1"]] == ["dead-1", "dead-2"]
+    assert "c2" not in channel.messages and "c3" not in channel.messages
