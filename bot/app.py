@@ -29,7 +29,7 @@ from bot.media import MediaStore
 from bot.ports import Inbound
 from handlers.router import Router
 from models import Category, Grid, Identity, OutboxMessage, Person, Role, utcnow
-from models.db import make_engine, make_sessionmaker, upgrade
+from models.db import make_engine, make_sessionmaker, startup_lock, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ MAX_WEBHOOK_BODY = 1 << 20
 #: Seconds each part of :meth:`Gridbot.stop` may take: 8 s in all, 10 s with the web server's
 #: 2 s of graceful shutdown, the bound promised for SIGTERM.
 STOP_BUDGETS = {"scheduler": 2.5, "telegram": 1.5, "wechat": 1.0, "delivery": 2.0, "database": 1.0}
+
+#: Seconds between two set-up attempts of a channel in trouble, at the most.
+SETUP_RETRY_MAX = 60.0
+#: Seconds before the first retry (doubling after each failure).
+SETUP_RETRY_FIRST = 1.0
+#: Seconds a health check waits for the database.
+HEALTH_DB_SECONDS = 3.0
 
 #: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
 BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
@@ -73,6 +80,9 @@ class Gridbot:
             import_photo=self.import_photo,
         )
         self.channels: dict[str, Channel] = {}
+        #: Channel name → "ready" or "retrying: <why>" (shown by ``/readyz``).
+        self.setup_state: dict[str, str] = {}
+        self._setup_tasks: dict[str, asyncio.Task[None]] = {}
         self.duties: Any = None  # bot.scheduler.DutyScheduler once started
         self.telegram: Any = None
         self.webchat: Any = None
@@ -111,7 +121,12 @@ class Gridbot:
             )
 
     async def prepare(self) -> None:
-        """Migrate the schema; load the demo community into an empty database when asked."""
+        """Migrate the schema; load the demo community into an empty database when asked.
+        Safe when every replica starts at once (one at a time: :func:`startup_lock`)."""
+        async with startup_lock(self.engine):
+            await self._prepare()
+
+    async def _prepare(self) -> None:
         await upgrade(self.engine)
         async with self.sessionmaker() as session, session.begin():
             grids = await session.scalar(select(func.count()).select_from(Grid))
@@ -237,15 +252,35 @@ class Gridbot:
 
     # ---- web server -------------------------------------------------------------------------
 
-    async def healthz(self, request: Request) -> Response:
-        """200 when the database answers."""
+    async def _database_answers(self) -> bool:
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception:
-            log.exception("health check failed")
+            async with asyncio.timeout(HEALTH_DB_SECONDS):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as err:
+            log.warning("health check: the database does not answer (%s)", _describe(err))
+            return False
+        return True
+
+    async def healthz(self, request: Request) -> Response:
+        """200 when the database answers (liveness of the service and its database)."""
+        if not await self._database_answers():
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """200 when this instance can serve everything: the database answers and every
+        channel is set up; 503 otherwise, saying what is missing (for a load balancer)."""
+        database = await self._database_answers()
+        ready = database and all(v == "ready" for v in self.setup_state.values())
+        body = {
+            "status": "ready" if ready else "not ready",
+            "database": "ok" if database else "unavailable",
+            "channels": {name: self.setup_state.get(name, "ready") for name in self.channels},
+        }
+        if self.duties is not None:
+            body["scheduler"] = "leader" if self.duties.is_leader else "standby"
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def telegram_webhook(self, request: Request) -> Response:
         """Telegram's webhook: secret checked, update stored (handled) before we answer 200."""
@@ -278,6 +313,7 @@ class Gridbot:
         """The one web server: health, webhooks and (when enabled) the local web chat."""
         routes: list[Any] = [
             Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
             Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
             Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
         ]
@@ -291,14 +327,55 @@ class Gridbot:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start delivery and the platform connections."""
+        """Start delivery and the platform connections.
+
+        A platform in trouble at start-up does not take the service down: its set-up calls
+        (``getMe``, polling or webhook registration, the command menu) are retried in the
+        background with back-off while the rest serves, its outbox rows wait, and ``/readyz``
+        says what is pending."""
         await self.deliverer.start()
         if self.telegram is not None:
-            await self.telegram.start()
-            lang = self.settings.default_locale
-            await self.telegram.set_commands(
-                [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
+            await self._set_up("telegram", self._start_telegram)
+
+    async def _start_telegram(self) -> None:
+        assert self.telegram is not None
+        await self.telegram.start()
+        lang = self.settings.default_locale
+        await self.telegram.set_commands(
+            [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
+        )
+
+    async def _set_up(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run a channel's set-up now; if it fails, hold the channel's outbox rows and retry
+        in the background (1 s, 2 s, 4 s … at most ``SETUP_RETRY_MAX`` apart)."""
+        try:
+            await step()
+        except Exception as err:
+            self.setup_state[name] = f"retrying: {_describe(err)}"
+            log.warning("%s set-up failed (%s): retrying in the background", name,
+                        _describe(err))
+            self.deliverer.hold_channel(name)
+            self._setup_tasks[name] = asyncio.create_task(
+                self._retry_setup(name, step), name=f"gridbot-setup-{name}"
             )
+        else:
+            self.setup_state[name] = "ready"
+
+    async def _retry_setup(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        delay = SETUP_RETRY_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await step()
+            except Exception as err:
+                self.setup_state[name] = f"retrying: {_describe(err)}"
+                log.warning("%s set-up failed again (%s)", name, _describe(err))
+                delay = min(delay * 2, SETUP_RETRY_MAX)
+            else:
+                self.setup_state[name] = "ready"
+                self.deliverer.release_channel(name)
+                log.warning("%s set up after retrying", name)
+                return
 
     async def start_duties(self, *, manual: bool = False) -> Any:
         """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,
@@ -321,6 +398,8 @@ class Gridbot:
         the process within 10 s whatever is in flight). The scheduler lease is released and
         the outbox rows this process had claimed are handed back, so another instance or the
         next start carries on at once. A part that overruns its budget is logged and left."""
+        for task in self._setup_tasks.values():
+            task.cancel()
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.duties is not None:
             parts.append(("scheduler", self.duties.stop))
@@ -385,3 +464,9 @@ class Gridbot:
             await server.serve()
         finally:
             await self.stop()
+
+
+def _describe(err: BaseException) -> str:
+    """An error for logs and /readyz: its type and first line (no request data)."""
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

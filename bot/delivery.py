@@ -141,6 +141,7 @@ class Deliverer:
         #: Written into every claim (``outbox.claimed_by``); see :mod:`bot.instance`.
         self.holder = holder or str(new_holder())
         self._next_rescue = 0.0
+        self._held_channels: set[str] = set()
         #: Called with a row that failed because its person cannot be reached by push.
         self.on_unreachable = on_unreachable
         #: Chats whose rows this process leaves alone for now (a passive reply is being made).
@@ -199,6 +200,16 @@ class Deliverer:
             claimed = [int(r[0]) for r in result.all()]
         self.sent_count += len(claimed)
         return claimed
+
+    def hold_channel(self, name: str) -> None:
+        """Claim nothing for channel ``name`` until :meth:`release_channel` (it is not set up:
+        its rows wait in the outbox rather than fail)."""
+        self._held_channels.add(name)
+
+    def release_channel(self, name: str) -> None:
+        """Deliver through ``name`` again."""
+        self._held_channels.discard(name)
+        self.wake()
 
     def wake(self) -> None:
         """New rows were committed: look now rather than at the next poll."""
@@ -293,8 +304,8 @@ class Deliverer:
         Chats are independent: a chat that pacing keeps busy (a worker receiving one card per
         second) must not hold back the others, so the loop does not wait for senders to finish.
         """
-        full = self._full_channels()
-        if len(full) == len(self.channels):
+        full = self._full_channels() | self._held_channels
+        if len(full & set(self.channels)) == len(self.channels):
             await self._flush_marks()  # nothing to claim now: record what was sent
             return 0
         rows = await self._claim([name for name in self.channels if name not in full])
@@ -343,7 +354,8 @@ class Deliverer:
         """One transaction: record the rows sent since the last pass, then claim the next due
         rows of ``channels`` (all by default; none: only record). Sent-records that could not
         be written are kept for the next try."""
-        channels = list(self.channels) if channels is None else channels
+        if channels is None:
+            channels = [name for name in self.channels if name not in self._held_channels]
         marks, self._marks = self._marks, []
         if not marks and not channels:
             return []

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -142,6 +144,33 @@ def alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
+
+
+#: The PostgreSQL advisory lock key that start-up work (migrations, the demo load) takes.
+STARTUP_LOCK_KEY = 0x67726964  # "grid"
+
+
+@contextlib.asynccontextmanager
+async def startup_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialise start-up work across every instance on one PostgreSQL database.
+
+    Replicas of a deployment start at the same moment; two running the migrations at once
+    failed (``duplicate key … pg_type_typname_nsp_index``) and two could both load the demo.
+    A session-level advisory lock, held on its own connection for the block, makes them take
+    turns: the second finds the schema at head and the community loaded. A process that dies
+    holding it releases it with its connection. SQLite is single-instance: nothing to do.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK_KEY})
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_LOCK_KEY})
+            await conn.commit()
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:

@@ -344,13 +344,24 @@ class TelegramChannel:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Initialise PTB (``getMe``), then poll or register the webhook."""
+        """Initialise PTB (``getMe``), then poll or register the webhook. Safe to call again
+        after a failure (the service retries it while the Bot API is in trouble): each step
+        already done is skipped. Platform errors are raised as :class:`DeliveryError`."""
+        try:
+            await self._start()
+        except TelegramError as exc:
+            raise map_error(exc) from exc
+
+    async def _start(self) -> None:
         app = self.application
         await app.initialize()
         self._bot_username = app.bot.username
-        await app.start()
+        if not app.running:
+            await app.start()
         if self.mode == "polling":
             assert app.updater is not None
+            if app.updater.running:
+                return
             await app.updater.start_polling(
                 timeout=timedelta(seconds=self._poll_timeout),
                 drop_pending_updates=False,

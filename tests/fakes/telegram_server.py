@@ -312,6 +312,7 @@ class FakeTelegramServer:
         self._all_sends: deque[float] = deque()
         self._stack = contextlib.AsyncExitStack()
         self._webhook_task: asyncio.Task[None] | None = None
+        self._failing: dict[str, list[int]] = {}
         self._methods: dict[str, Callable[[JSON], Awaitable[Any]]] = {
             name.lower(): getattr(self, f"_api_{name}") for name in (
                 "getMe", "getUpdates", "sendMessage", "sendPhoto", "editMessageText",
@@ -381,6 +382,11 @@ class FakeTelegramServer:
     def block(self, chat_id: int) -> None:
         """The user blocks the bot: sends to this chat answer 403."""
         self._blocked.add(chat_id)
+
+    def fail(self, method: str, times: int = 1, code: int = 500) -> None:
+        """Answer the next ``times`` calls of ``method`` with HTTP ``code`` (a server in
+        trouble), then behave again."""
+        self._failing.setdefault(method.lower(), []).extend([code] * times)
 
     def add_file(self, file_id: str, content: bytes) -> None:
         """Make ``file_id`` known to getFile / sendPhoto with the given content."""
@@ -461,6 +467,9 @@ class FakeTelegramServer:
         try:
             if not _TOKEN_RE.match(token) or handler is None:
                 raise ApiError(404, "Not Found")
+            if self._failing.get(method.lower()):
+                code = self._failing[method.lower()].pop(0)
+                raise ApiError(code, "Internal Server Error" if code >= 500 else "Bad Request")
             async with self._cond:  # state changed (at least the request log)
                 self._cond.notify_all()
             result = await handler(params)
