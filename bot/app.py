@@ -4,11 +4,12 @@ and passes each what it needs (no globals)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,10 @@ MAX_WEBHOOK_BODY = 1 << 20
 
 #: Seconds each part of :meth:`Gridbot.stop` may take: 8 s in all, 10 s with the web server's
 #: 2 s of graceful shutdown, the bound promised for SIGTERM.
-STOP_BUDGETS = {"scheduler": 2.5, "telegram": 1.5, "wechat": 1.0, "delivery": 2.0, "database": 1.0}
+STOP_BUDGETS = {
+    "set-up": 0.5, "scheduler": 2.5, "telegram": 1.5, "wechat": 1.0, "delivery": 2.0,
+    "database": 0.5,
+}
 
 #: Seconds between two set-up attempts of a channel in trouble, at the most.
 SETUP_RETRY_MAX = 60.0
@@ -377,6 +381,46 @@ class Gridbot:
                 log.warning("%s set up after retrying", name)
                 return
 
+    async def hold_poller_lease(self) -> str | None:
+        """Polling: take the lease ``telegram-poll:<bot id>`` and keep renewing it; the reason
+        to refuse when another live instance polls this bot (two pollers each get some updates
+        and Telegram answers them 409 Conflict), None when this one may poll."""
+        assert self.telegram is not None
+        from bot.lease import Lease
+
+        lease = Lease(
+            self.sessionmaker,
+            f"telegram-poll:{self.telegram.bot_id}",
+            self.deliverer.holder,
+            timedelta(seconds=self.settings.scheduler_lease_seconds),
+            self.clock,
+        )
+        if not await lease.acquire():
+            row = await lease.current()
+            who = f"{row.holder} until {row.expires_at.isoformat()}" if row else "?"
+            return (
+                f"another gridbot ({who}) polls this Telegram bot already; two pollers lose "
+                "and repeat updates. Run one instance in polling mode, or use webhook mode "
+                "(GRIDBOT_TELEGRAM_MODE=webhook) for several."
+            )
+
+        async def renew() -> None:
+            try:
+                while True:
+                    await asyncio.sleep(max(lease.ttl.total_seconds() / 3, 0.5))
+                    try:
+                        if not await lease.acquire():
+                            log.error("the Telegram polling lease was taken by another "
+                                      "instance: two pollers now share this bot")
+                    except Exception:
+                        log.exception("could not renew the Telegram polling lease")
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(lease.release())
+
+        self._setup_tasks["telegram-poll-lease"] = asyncio.create_task(renew())
+        return None
+
     async def start_duties(self, *, manual: bool = False) -> Any:
         """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,
         see ``bot.scheduler``. Raises ``SchedulerRefused`` on SQLite when another runs."""
@@ -400,6 +444,11 @@ class Gridbot:
         next start carries on at once. A part that overruns its budget is logged and left."""
         for task in self._setup_tasks.values():
             task.cancel()
+        if self._setup_tasks:  # the polling lease is released as its task ends
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_BUDGETS["set-up"]):
+                    await asyncio.gather(*self._setup_tasks.values(), return_exceptions=True)
+            self._setup_tasks.clear()
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.duties is not None:
             parts.append(("scheduler", self.duties.stop))
@@ -427,6 +476,12 @@ class Gridbot:
             self.enable_telegram()
         if self.settings.wechat_appid and self.settings.wechat_token:
             self.enable_wechat()
+        if self.telegram is not None and self.settings.telegram_mode == "polling":
+            refusal = await self.hold_poller_lease()
+            if refusal:
+                print(f"error: {refusal}", file=sys.stderr, flush=True)
+                await self.stop()
+                raise SystemExit(1)
         await self.start()
         if self.settings.scheduler_enabled:
             from bot.scheduler import SchedulerRefused

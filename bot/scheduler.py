@@ -77,8 +77,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import datetime_to_utc_timestamp, ref_to_obj
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -87,8 +86,9 @@ from bot.config import Settings
 from bot.core.duties import DutyService, parse_hhmm
 from bot.core.notify import Notifier
 from bot.i18n import Translator
-from bot.instance import holder_is_gone, new_holder
-from models import PatrolPlan, SchedulerLease, VisitPlan, utcnow
+from bot.instance import new_holder
+from bot.lease import Lease
+from models import PatrolPlan, VisitPlan, utcnow
 from models.db import is_sqlite, make_sync_engine
 
 log = logging.getLogger(__name__)
@@ -779,80 +779,6 @@ def _schedule_key(trigger: BaseTrigger) -> tuple[Any, ...] | None:
 # ---- the lease --------------------------------------------------------------------------------
 
 
-class Lease:
-    """One row per database names the process allowed to run the scheduler, until when."""
-
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        holder: str,
-        ttl: timedelta,
-        clock: Callable[[], datetime],
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.holder = holder
-        self.ttl = ttl
-        self.clock = clock
-
-    async def acquire(self) -> bool:
-        """Take or renew the lease; ``False`` when another live holder has it."""
-        now = self.clock()
-        async with self.sessionmaker() as session, session.begin():
-            dialect = session.bind.dialect.name if session.bind else "sqlite"
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            created = await session.scalar(
-                insert(SchedulerLease)
-                .values(
-                    name=LEASE_NAME, holder=self.holder, expires_at=now + self.ttl, acquired_at=now
-                )
-                .on_conflict_do_nothing()
-                .returning(SchedulerLease.name)
-            )
-            if created:
-                return True
-            result = await session.execute(
-                update(SchedulerLease)
-                .where(
-                    SchedulerLease.name == LEASE_NAME,
-                    (SchedulerLease.holder == self.holder) | (SchedulerLease.expires_at < now),
-                )
-                .values(holder=self.holder, expires_at=now + self.ttl)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                return True
-            # Held and not expired: still ours to take if its holder's process is gone (a
-            # restart after kill -9 on this host must not wait for the dead lease).
-            holder = await session.scalar(
-                select(SchedulerLease.holder).where(SchedulerLease.name == LEASE_NAME)
-            )
-            if holder is None or not holder_is_gone(holder):
-                return False
-            result = await session.execute(
-                update(SchedulerLease)
-                .where(SchedulerLease.name == LEASE_NAME, SchedulerLease.holder == holder)
-                .values(holder=self.holder, expires_at=now + self.ttl, acquired_at=now)
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                log.warning("scheduler lease holder %s is gone (no such process): taking over",
-                            holder)
-                return True
-            return False
-
-    async def current(self) -> SchedulerLease | None:
-        """The lease row as stored."""
-        async with self.sessionmaker() as session:
-            return await session.get(SchedulerLease, LEASE_NAME)
-
-    async def release(self) -> None:
-        """Give the lease up (on a clean stop) so a standby can take over at once."""
-        async with self.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(SchedulerLease)
-                .where(SchedulerLease.name == LEASE_NAME, SchedulerLease.holder == self.holder)
-                .values(expires_at=self.clock() - timedelta(seconds=1))
-            )
-
-
 # ---- the service ----------------------------------------------------------------------------
 
 
@@ -882,7 +808,11 @@ class DutyScheduler:
         self.runtime = DutyRuntime(sessionmaker, tr, settings, clock, wake, self)
         self.holder = holder or str(new_holder())
         self.lease = Lease(
-            sessionmaker, self.holder, timedelta(seconds=settings.scheduler_lease_seconds), clock
+            sessionmaker,
+            LEASE_NAME,
+            self.holder,
+            timedelta(seconds=settings.scheduler_lease_seconds),
+            clock,
         )
         self.engine: Engine | None = None
         self.store: DutyJobStore | None = None

@@ -1,10 +1,12 @@
 """The Telegram adapter: the only module that imports ``telegram`` (python-telegram-bot 22).
 
-Inbound: one :class:`~telegram.ext.TypeHandler` turns every update into a neutral
-:class:`~bot.ports.Inbound` (:func:`to_inbound`) and awaits the core's ``intake``; button presses
-are answered with the core's toast. Polling mode runs PTB's updater; webhook mode expects the
-web app to hand each request to :meth:`TelegramChannel.process_webhook`, which checks the secret
-header and answers only after the core has handled (stored) the update.
+Inbound: every update becomes a neutral :class:`~bot.ports.Inbound` (:func:`to_inbound`) and
+the core's ``intake`` is awaited; button presses are answered with the core's toast. Either way
+an update is acknowledged to Telegram only once the core has handled (stored) it: webhook mode
+expects the web app to hand each request to :meth:`TelegramChannel.process_webhook` (secret
+header checked; 200 after the core, 500 when it failed, so Telegram delivers it again); polling
+mode runs its own ``getUpdates`` loop (:meth:`TelegramChannel._poll`) that confirms an update
+only after it was handled — PTB's Updater confirms a batch before handling it.
 
 Outbound: :meth:`TelegramChannel.send` / :meth:`TelegramChannel.edit` render an
 :class:`~bot.ports.Outbound` and map PTB errors to the delivery worker's
@@ -16,14 +18,15 @@ PTB does not retry sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from telegram import (
@@ -40,13 +43,14 @@ from telegram import (
 from telegram.error import (
     BadRequest,
     ChatMigrated,
+    Conflict,
     Forbidden,
     InvalidToken,
     NetworkError,
     TelegramError,
 )
 from telegram.error import RetryAfter as TelegramRetryAfter
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
 from bot.channels.base import DeliveryError, Limits, RetryAfter
@@ -61,6 +65,9 @@ TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 #: Update types the bot asks for (polling and webhook alike).
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+#: Seconds between getUpdates attempts after a failure: first, and at the most (doubling).
+POLL_BACKOFF_FIRST = 1.0
+POLL_BACKOFF_MAX = 30.0
 DEFAULT_BASE_URL = "https://api.telegram.org/bot"
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 #: Attempts for the 2nd.. parts of a split message (the first part's errors go to the caller).
@@ -333,10 +340,15 @@ class TelegramChannel:
             .concurrent_updates(True)
             .request(_BoundedRequest(connections))
         )
-        if mode == "webhook":
-            builder = builder.updater(None)
+        # No PTB Updater in either mode: its polling confirms a batch of updates (the next
+        # getUpdates offset) before they are handled, so a crash lost them. See _poll.
+        builder = builder.updater(None)
         self.application: Application[Any, Any, Any, Any, Any, Any] = builder.build()
-        self.application.add_handler(TypeHandler(Update, self._on_update))
+        self._poll_task: asyncio.Task[None] | None = None
+        #: Polling: the next getUpdates offset (every update below it is handled), and the
+        #: offset Telegram has been told (confirmed) so far.
+        self._offset: int | None = None
+        self._confirmed: int | None = None
 
     def is_group(self, chat_id: str) -> bool:
         """Groups and channels have negative ids."""
@@ -359,14 +371,9 @@ class TelegramChannel:
         if not app.running:
             await app.start()
         if self.mode == "polling":
-            assert app.updater is not None
-            if app.updater.running:
-                return
-            await app.updater.start_polling(
-                timeout=timedelta(seconds=self._poll_timeout),
-                drop_pending_updates=False,
-                allowed_updates=ALLOWED_UPDATES,
-            )
+            if self._poll_task is None:
+                await app.bot.delete_webhook(drop_pending_updates=False)
+                self._poll_task = asyncio.create_task(self._poll(), name="gridbot-telegram-poll")
         elif self._webhook_url:
             if self._webhook_secret is None:
                 log.warning("webhook without a secret token: anyone can post updates")
@@ -380,8 +387,18 @@ class TelegramChannel:
     async def stop(self) -> None:
         """Stop polling and PTB; the webhook stays registered (other instances may serve it)."""
         app = self.application
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
+            if self._offset != self._confirmed:  # tell Telegram what was handled
+                try:
+                    await app.bot.get_updates(offset=self._offset, timeout=0, limit=1)
+                    self._confirmed = self._offset
+                except TelegramError as exc:
+                    log.warning("could not confirm handled updates at stop: %s",
+                                type(exc).__name__)
         if app.running:
             await app.stop()
         await app.shutdown()
@@ -421,9 +438,72 @@ class TelegramChannel:
             return 400
         return 200 if await self._dispatch(update) else 500
 
-    async def _on_update(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        if isinstance(update, Update):
-            await self._dispatch(update)
+    async def _poll(self) -> None:
+        """Long-poll ``getUpdates``; confirm an update (the next call's ``offset``) only once
+        it is handled and stored, so a crash or a failing database loses nothing: what was not
+        confirmed comes again, and the dedupe key (``update_id``) makes a repeat a no-op.
+
+        Updates of one chat are handled in order, chats at the same time. An update whose
+        handling failed (the core could not store it) is confirmed neither, nor is anything
+        after it: the batch is fetched again after a back-off. ``409 Conflict`` means that
+        another process polls this bot (or a webhook is set): said loudly, retried.
+        """
+        bot = self.application.bot
+        backoff = POLL_BACKOFF_FIRST
+        while True:
+            try:
+                updates = await bot.get_updates(
+                    offset=self._offset,
+                    timeout=int(self._poll_timeout),
+                    allowed_updates=ALLOWED_UPDATES,
+                    read_timeout=self._poll_timeout + 10,
+                )
+            except Conflict as exc:
+                log.error(
+                    "Telegram refused getUpdates: another process polls this bot token, or a "
+                    "webhook is set (%s). Run one poller per bot, or use webhook mode.",
+                    exc.message,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, POLL_BACKOFF_MAX)
+                continue
+            except (NetworkError, InvalidToken) as exc:
+                log.warning("getUpdates failed (%s): retrying in %.0f s",
+                            type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, POLL_BACKOFF_MAX)
+                continue
+            if not updates:
+                backoff = POLL_BACKOFF_FIRST
+                continue
+            self._confirmed = self._offset  # the call just made confirmed what came before
+            failed = await self._handle_batch(updates)
+            if failed is None:
+                self._offset = updates[-1].update_id + 1
+                backoff = POLL_BACKOFF_FIRST
+            else:
+                self._offset = failed  # it and what follows come again
+                log.warning("update %s not stored: fetching it again in %.0f s", failed, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, POLL_BACKOFF_MAX)
+
+    async def _handle_batch(self, updates: Sequence[Update]) -> int | None:
+        """Handle a batch, chat by chat in order; the lowest ``update_id`` that failed (and
+        was not handled), or None when every update is stored."""
+        chats: dict[object, list[Update]] = {}
+        for update in updates:
+            chat = update.effective_chat.id if update.effective_chat else update.update_id
+            chats.setdefault(chat, []).append(update)
+
+        async def one_chat(chat_updates: list[Update]) -> int | None:
+            for update in chat_updates:
+                if not await self._dispatch(update):
+                    return update.update_id  # later ones of this chat wait for it
+            return None
+
+        results = await asyncio.gather(*(one_chat(u) for u in chats.values()))
+        failed = [r for r in results if r is not None]
+        return min(failed) if failed else None
 
     async def _dispatch(self, update: Update) -> bool:
         """Hand one update to the core; answer a button press. False if the core failed."""

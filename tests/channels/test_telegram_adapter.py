@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import bot.channels.telegram as telegram_channel
 from bot.channels.base import DeliveryError, Limits, RetryAfter
 from bot.channels.telegram import TelegramChannel, split_text
 from bot.ports import Button, HandleResult, Inbound, Outbound
@@ -351,6 +352,29 @@ async def test_stop_confirms_fetched_updates(
     await intake.wait_count(1)
     await ch.stop()
     assert tg.pending_updates == 0
+
+
+async def test_polling_fetches_again_what_the_core_could_not_store(
+    tg: FakeTelegramServer, intake: RecordingIntake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is away: the update is not confirmed to Telegram, so it comes again and
+    is handled once the core is back (PTB's Updater had confirmed it: lost). Another chat's
+    update in the same batch is not held back, and its repeat is a no-op for the core (its
+    dedupe key)."""
+    monkeypatch.setattr(telegram_channel, "POLL_BACKOFF_FIRST", 0.05)
+    intake.fail = True
+    ch = TelegramChannel(tg.token, intake, base_url=tg.base_url)
+    await ch.start()
+    try:
+        await tg.user(1010, "Sam").send_text("路灯坏了")
+        await intake.wait_count(2)  # handled, failed, fetched again, failed again
+        intake.fail = False
+        await tg.wait_until(lambda: tg.pending_updates == 0, timeout=10)
+        texts = [i.text for i in intake.inbounds]
+        assert set(texts) == {"路灯坏了"} and len(texts) >= 3
+        assert len({i.dedupe_key for i in intake.inbounds}) == 1
+    finally:
+        await ch.stop()
 
 
 # ----------------------------------------------------------------------------- webhook
