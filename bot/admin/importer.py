@@ -3,8 +3,10 @@
 The YAML file describes one community: its level names, order categories, the grid tree (any
 depth, nested with ``children``), the buildings, the people with their roles and, optionally,
 order clocks per category and level (``clocks:``, rows of ``clock_setting``). CSV files carry
-flat lists of buildings (``code,grid,name,address``) or people (``key,name,phone,role,grid,
-building,room``, one row per role) that refer to grids and buildings already in the database.
+flat lists of buildings (``code,grid,name,address[,latitude,longitude]``) or people
+(``key,name,phone,role,grid,building,room``, one row per role) that refer to grids and buildings
+already in the database. Buildings may carry coordinates and categories their Open311
+``group``, ``keywords`` and ``attributes`` (what the city platform reads and fills in).
 
 Rules the importer keeps:
 

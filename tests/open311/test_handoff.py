@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from models import Building, CityRequest, Grid, Order, Person
+from models import Building, CityRequest, Grid, Order, OutboxMessage, Person
 from tests.open311.conftest import BASE, READER_KEY, REQUEST_FIELDS, City, xml_items
 
 HAND_OFF = {
@@ -52,6 +52,14 @@ async def test_a_12345_hand_off_becomes_an_order_routed_like_a_residents(city: C
     await member.press("接单")
     assert "13900000077" in member.last().text  # the member who accepted sees the contact
     assert (await city.order(order.id)).status == "accepted"
+    # Nothing was ever queued for the caller (no chat): skipped, not failed.
+    async with city.app.sessionmaker() as session:
+        to_caller = await session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.person_id == resident.id)
+        )
+    assert to_caller == 0
 
 
 async def test_the_city_reads_the_order_back_without_names_or_phones(city: City) -> None:
@@ -271,3 +279,34 @@ async def test_xml_carries_any_text_safely(city: City) -> None:
     assert req["description"] == "A&B <b>粗体</b> ]]> \x01\x1b 结束 \U0001f600"
     order = await city.order(int(rid))
     assert isinstance(order, Order) and order.description == req["description"]
+
+
+async def test_a_city_order_nobody_rates_is_closed_by_the_clock(city: City) -> None:
+    from bot.scheduler import DutyScheduler
+
+    worker = await city.login("p-wang")
+    rid = (await city.post(**HAND_OFF)).json()[0]["service_request_id"]
+    await worker.press("我来处理")
+    await worker.press("已完成")
+    await worker.send("换了新灯泡")
+    # The caller has no chat to rate in: after the rating days (7) the clock closes it.
+    s = DutyScheduler(
+        city.app.sessionmaker,
+        city.app.settings,
+        city.app.tr,
+        clock=city.clock,
+        wake=city.app.deliverer.wake,
+        manual=True,
+    )
+    await s.start()
+    try:
+        city.clock.set(2027, 3, 8, 9, 1)
+        await s.tick()
+    finally:
+        await s.stop()
+    [req] = (await city.get(f"requests/{rid}.json")).json()
+    assert req["status"] == "closed"
+    assert (
+        req["status_notes"]
+        == "已自动办结；最近：超时未评价，自动关闭（2027-03-08T09:01:00+08:00）"
+    )
