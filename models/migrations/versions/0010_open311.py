@@ -1,7 +1,7 @@
 """open311: order source, building coordinates, category service fields, city requests
 
 Revision ID: 0010
-Revises: 0006
+Revises: 0012
 Create Date: 2026-11-29 02:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import models.base
 
 revision: str = "0010"
-down_revision: str | None = "0006"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
