@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GRIDBOT_"
+#: Shortest Open311 API key accepted (a key is a password the city system sends).
+OPEN311_KEY_MIN = 16
 
 
 def _read_only() -> list[Literal["read", "post"]]:
@@ -179,6 +181,17 @@ class Settings(BaseSettings):
         description="A city request's lat/long goes to the nearest building with coordinates "
         "within this many metres (else to the top of the tree)",
     )
+
+    @field_validator("open311_keys")
+    @classmethod
+    def _long_keys(cls, value: dict[str, Open311Key]) -> dict[str, Open311Key]:
+        short = [client.name for key, client in value.items() if len(key) < OPEN311_KEY_MIN]
+        if short:
+            raise ValueError(
+                f"Open311 keys must be at least {OPEN311_KEY_MIN} characters "
+                f"(too short: the key of {', '.join(sorted(short))})"
+            )
+        return value
 
     @field_validator("wechat_templates")
     @classmethod

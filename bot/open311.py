@@ -19,6 +19,7 @@ done or closed order, none.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -69,6 +70,10 @@ _ITEM_TAGS = {
 }
 
 Clock = Callable[[], datetime]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def xml_text(value: str) -> str:
@@ -147,7 +152,8 @@ class Open311:
         self.clock = clock
         self.on_commit = on_commit
         self.lang = settings.default_locale
-        self._keys = [(k.encode(), v) for k, v in settings.open311_keys.items()]
+        # Digests, so that every comparison is of two 32-byte strings whatever the lengths.
+        self._keys = [(_digest(k), v) for k, v in settings.open311_keys.items()]
 
     def routes(self) -> list[Route]:
         """The routes, to mount at :data:`PREFIX`."""
@@ -163,12 +169,12 @@ class Open311:
     def client(self, api_key: str | None) -> Open311Key | None:
         """The client an API key belongs to. Every configured key is compared, in constant
         time, whatever matches: the time taken tells nothing about the keys."""
-        given = (api_key or "").encode()
+        given = _digest(api_key or "")
         found = None
         for key, client in self._keys:
-            if hmac.compare_digest(key, given) and given:
+            if hmac.compare_digest(key, given):
                 found = client
-        return found
+        return found if api_key else None
 
     def error(self, fmt: str, status: int, key: str, **args: str) -> Response:
         """One Open311 error."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
+from pydantic import ValidationError
+
+from bot.config import load_settings
 from tests.open311.conftest import ATTRIBUTE_FIELDS, SERVICE_FIELDS, City, xml_items
 
 
@@ -67,3 +71,13 @@ async def test_a_service_that_asks_for_attributes_defines_them(city: City) -> No
     response = await city.get("services/plumbing.xml")
     assert response.status_code == 404 and ET.fromstring(response.text).tag == "errors"
     assert (await city.get("services.yaml")).status_code == 404
+
+
+def test_open311_keys_are_checked_when_the_settings_load() -> None:
+    keys = {"short": {"name": "12345", "can": ["post"]}}
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        load_settings(open311_keys=keys)
+    with pytest.raises(ValidationError):
+        load_settings(open311_keys={"a-long-enough-key-1": {"name": "x", "can": ["delete"]}})
+    ok = load_settings(open311_keys={"a-long-enough-key-1": {"name": "district"}})
+    assert ok.open311_keys["a-long-enough-key-1"].can == ["read"]  # read-only by default
