@@ -27,6 +27,8 @@ from bot.delivery import Deliverer
 from bot.i18n import Translator
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
+from bot.open311 import PREFIX as OPEN311_PREFIX
+from bot.open311 import Open311
 from bot.ports import Inbound
 from handlers.router import Router
 from models import Category, Grid, Identity, OutboxMessage, Person, Role, utcnow
@@ -313,14 +315,25 @@ class Gridbot:
         media = "application/xml" if body.startswith("<") else "text/plain"
         return Response(body, status_code=status, media_type=media)
 
+    def open311(self) -> Open311:
+        """The Open311 GeoReport v2 endpoints (the city platform), see ``bot.open311``."""
+        return Open311(
+            self.sessionmaker,
+            self.settings,
+            self.tr,
+            clock=self.clock,
+            on_commit=self.deliverer.wake,
+        )
+
     def web_app(self) -> Starlette:
-        """The one web server: health, webhooks and (when enabled) the local web chat."""
+        """The one web server: health, webhooks, Open311 and (when enabled) the local web chat."""
         routes: list[Any] = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
             Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
         ]
+        routes.append(Mount(OPEN311_PREFIX, routes=self.open311().routes()))
         if self.webchat is not None:
             routes.append(Mount("/chat", routes=self.webchat.routes()))
             routes.append(

@@ -12,10 +12,23 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GRIDBOT_"
+#: Shortest Open311 API key accepted (a key is a password the city system sends).
+OPEN311_KEY_MIN = 16
+
+
+def _read_only() -> list[Literal["read", "post"]]:
+    return ["read"]
+
+
+class Open311Key(BaseModel):
+    """What one Open311 API key is: the client's name and what it may do."""
+
+    name: str = Field(min_length=1, max_length=64)
+    can: list[Literal["read", "post"]] = Field(default_factory=_read_only)
 
 
 class Settings(BaseSettings):
@@ -151,6 +164,34 @@ class Settings(BaseSettings):
     month_end_days: int = Field(
         3, description="Days before month end when owed visits are pre-reminded (月末预提醒)"
     )
+
+    # ---- Open311 GeoReport v2 (the city platform) ----
+    open311_keys: dict[str, Open311Key] = Field(
+        {},
+        description="Open311 API keys, JSON: "
+        '{"<key>": {"name": "12345", "can": ["read", "post"]}}; the name is the client '
+        "(city ids are unique per client)",
+    )
+    open311_public_read: bool = Field(
+        False, description="Let anyone read /open311/v2 services and requests without a key"
+    )
+    open311_radius_m: float = Field(
+        300.0,
+        gt=0,
+        description="A city request's lat/long goes to the nearest building with coordinates "
+        "within this many metres (else to the top of the tree)",
+    )
+
+    @field_validator("open311_keys")
+    @classmethod
+    def _long_keys(cls, value: dict[str, Open311Key]) -> dict[str, Open311Key]:
+        short = [client.name for key, client in value.items() if len(key) < OPEN311_KEY_MIN]
+        if short:
+            raise ValueError(
+                f"Open311 keys must be at least {OPEN311_KEY_MIN} characters "
+                f"(too short: the key of {', '.join(sorted(short))})"
+            )
+        return value
 
     @field_validator("wechat_templates")
     @classmethod

@@ -25,6 +25,7 @@ from models.messaging import (
     ProcessedUpdate,
     WebChatMessage,
 )
+from models.open311 import CityRequest
 from models.orders import Offer, Order, OrderEvent, PointsEntry, Revisit
 from models.people import Identity, Invite, LinkCode, Person, Role
 from models.wechat import WeChatCallback, WeChatMedia
@@ -33,6 +34,7 @@ __all__ = [
     "Base",
     "Building",
     "Category",
+    "CityRequest",
     "ClockSetting",
     "Community",
     "Conversation",

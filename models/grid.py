@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -50,6 +51,9 @@ class Building(Base):
     grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     address: Mapped[str] = mapped_column(String(500), default="")
+    #: Optional WGS-84 coordinates: the city platform's ``lat``/``long`` find the nearest one.
+    latitude: Mapped[float | None] = mapped_column()
+    longitude: Mapped[float | None] = mapped_column()
 
 
 class Category(Base):
@@ -64,3 +68,9 @@ class Category(Base):
     deadline_hours: Mapped[int] = mapped_column(default=72)
     points: Mapped[int] = mapped_column(default=10)
     sort: Mapped[int] = mapped_column(default=0)
+    #: Open311 ``group`` and ``keywords`` (comma separated) of the service this category is.
+    service_group: Mapped[str | None] = mapped_column(String(100))
+    keywords: Mapped[str | None] = mapped_column(String(300))
+    #: Open311 attributes the city must or may fill in (``None``: the category asks for none),
+    #: a list of ``{code, description, datatype, required, values: [{key, name}]}``.
+    attributes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

@@ -26,6 +26,13 @@ CANCELLABLE = (SUBMITTED, ESCALATED, DISPATCHED)
 OPEN_STATES = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED, DONE)
 FINAL_STATES = (CLOSED, CANCELLED, AUTO_CLOSED)
 
+#: Where an order came from: a resident in chat, a member's home visit ("needs help"), or the
+#: city platform (12345, through Open311).
+SOURCE_RESIDENT = "resident"
+SOURCE_VISIT = "visit"
+SOURCE_CITY = "city"
+SOURCES = (SOURCE_RESIDENT, SOURCE_VISIT, SOURCE_CITY)
+
 
 class Order(Base):
     """A resident's request for help and where it stands."""
@@ -44,6 +51,10 @@ class Order(Base):
     latitude: Mapped[float | None] = mapped_column()
     longitude: Mapped[float | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default=SUBMITTED, index=True)
+    #: ``resident``, ``visit`` or ``city`` (see :data:`SOURCES`).
+    source: Mapped[str] = mapped_column(
+        String(16), default=SOURCE_RESIDENT, server_default=SOURCE_RESIDENT
+    )
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"), index=True)
     rating: Mapped[int | None] = mapped_column()
     done_note: Mapped[str | None] = mapped_column(Text)

@@ -3,8 +3,10 @@
 The YAML file describes one community: its level names, order categories, the grid tree (any
 depth, nested with ``children``), the buildings, the people with their roles and, optionally,
 order clocks per category and level (``clocks:``, rows of ``clock_setting``). CSV files carry
-flat lists of buildings (``code,grid,name,address``) or people (``key,name,phone,role,grid,
-building,room``, one row per role) that refer to grids and buildings already in the database.
+flat lists of buildings (``code,grid,name,address[,latitude,longitude]``) or people
+(``key,name,phone,role,grid,building,room``, one row per role) that refer to grids and buildings
+already in the database. Buildings may carry coordinates and categories their Open311
+``group``, ``keywords`` and ``attributes`` (what the city platform reads and fills in).
 
 Rules the importer keeps:
 
@@ -210,6 +212,8 @@ class _BuildingSpec:
     address: _OptText
     line: int
     grid_line: int
+    #: (latitude, longitude); None clears them; missing leaves them as they are.
+    coords: tuple[float, float] | Literal[_Missing.MISSING] | None = _Missing.MISSING
 
 
 @dataclass
@@ -236,6 +240,9 @@ class _CategoryLine:
     spec: CategorySpec
     sort: int
     line: int
+    #: Open311 fields the file gives (``service_group``, ``keywords``, ``attributes``); one it
+    #: leaves out is left as it is.
+    service: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -405,6 +412,107 @@ def _bool(m: _Map, key: str, what: str, default: bool) -> bool:
     return value
 
 
+def _number(value: Any, what: str, line: int) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise CommunityFileError(f"{what} must be a number", line) from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise CommunityFileError(f"{what} must be a number", line)
+    return float(value)
+
+
+def _coords(
+    lat: Any, lon: Any, what: str, line: int
+) -> tuple[float, float] | Literal[_Missing.MISSING] | None:
+    """A building's optional coordinates: both or neither; ``None`` in both clears them."""
+    if lat is _MISSING and lon is _MISSING:
+        return _MISSING
+    if lat is None and lon is None:
+        return None
+    if lat is _MISSING or lon is _MISSING or lat is None or lon is None:
+        raise CommunityFileError(f"{what}: give both latitude and longitude, or neither", line)
+    la = _number(lat, f"{what}: latitude", line)
+    lo = _number(lon, f"{what}: longitude", line)
+    if not (-90 <= la <= 90 and -180 <= lo <= 180):
+        raise CommunityFileError(f"{what}: latitude/longitude out of range", line)
+    return la, lo
+
+
+#: Open311 attribute datatypes a category may ask for.
+ATTRIBUTE_DATATYPES = (
+    "string",
+    "number",
+    "datetime",
+    "text",
+    "singlevaluelist",
+    "multivaluelist",
+)
+
+
+def _service_fields(cm: _Map, code: str) -> dict[str, Any]:
+    """A category's Open311 fields the file gives: ``group``, ``keywords`` (a list or a
+    comma-separated text) and ``attributes`` (what the city fills in)."""
+    what = f"category {code}"
+    out: dict[str, Any] = {}
+    group = _opt_text(cm, "group", what, 100)
+    if group is not _MISSING:
+        out["service_group"] = group
+    if "keywords" in cm:
+        raw = cm["keywords"]
+        words = raw if isinstance(raw, list) else [] if raw is None else str(raw).split(",")
+        words = [str(w).strip() for w in words if str(w).strip()]
+        text = ",".join(words)
+        if len(text) > 300:
+            raise CommunityFileError(f"{what}: 'keywords' are longer than 300 characters", cm.line)
+        out["keywords"] = text or None
+    if "attributes" in cm:
+        if cm["attributes"] is None:
+            out["attributes"] = None
+            return out
+        attributes: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for item in _as_list(cm, "attributes", what):
+            am = _as_map(item, f"an attribute of {what}", cm.line_of("attributes"))
+            _check_keys(
+                am,
+                ("code", "description", "datatype", "required", "datatype_description", "values"),
+                f"an attribute of {what}",
+            )
+            acode = _check_code(
+                _req_text(am, "code", f"an attribute of {what}", 32), "attribute code", am.line
+            )
+            if acode in seen:
+                raise CommunityFileError(f"{what}: attribute {acode} appears twice", am.line)
+            seen.add(acode)
+            awhat = f"attribute {acode} of {what}"
+            datatype = _opt_ref(am, "datatype", awhat, 20) or "string"
+            if datatype not in ATTRIBUTE_DATATYPES:
+                raise CommunityFileError(
+                    f"{awhat}: datatype must be one of {', '.join(ATTRIBUTE_DATATYPES)}",
+                    am.line_of("datatype"),
+                )
+            spec: dict[str, Any] = {
+                "code": acode,
+                "description": _req_text(am, "description", awhat, 500),
+                "datatype": datatype,
+                "required": _bool(am, "required", awhat, False),
+                "datatype_description": _opt_ref(am, "datatype_description", awhat, 200) or "",
+                "values": [],
+            }
+            for value in am.get("values") or []:
+                vm = _as_map(value, f"a value of {awhat}", am.line_of("values"))
+                _check_keys(vm, ("key", "name"), f"a value of {awhat}")
+                key = _req_text(vm, "key", f"a value of {awhat}", 64)
+                spec["values"].append({"key": key, "name": _opt_ref(vm, "name", awhat) or key})
+            if datatype.endswith("valuelist") and not spec["values"]:
+                raise CommunityFileError(f"{awhat}: a {datatype} needs values", am.line)
+            attributes.append(spec)
+        out["attributes"] = attributes or None
+    return out
+
+
 class _Seen:
     """First line of each code, to report duplicates."""
 
@@ -474,7 +582,11 @@ def _parse_yaml(text: str) -> _Plan:
     seen_cat = _Seen("category")
     for index, item in enumerate(_as_list(data, "categories", "the file")):
         cm = _as_map(item, "category", data.line_of("categories"))
-        _check_keys(cm, ("code", "urgent", "deadline_hours", "points"), "category")
+        _check_keys(
+            cm,
+            ("code", "urgent", "deadline_hours", "points", "group", "keywords", "attributes"),
+            "category",
+        )
         code = _check_code(_req_text(cm, "code", "category", 32), "category code", cm.line)
         seen_cat.add(code, cm.line)
         spec = CategorySpec(
@@ -483,7 +595,7 @@ def _parse_yaml(text: str) -> _Plan:
             deadline_hours=_int(cm, "deadline_hours", f"category {code}", 72, 1),
             points=_int(cm, "points", f"category {code}", 10, 0),
         )
-        plan.categories.append(_CategoryLine(spec, index, cm.line))
+        plan.categories.append(_CategoryLine(spec, index, cm.line, _service_fields(cm, code)))
 
     seen_grid = _Seen("grid code")
 
@@ -504,7 +616,7 @@ def _parse_yaml(text: str) -> _Plan:
     seen_building = _Seen("building code")
     for item in _as_list(data, "buildings", "the file"):
         bm = _as_map(item, "building", data.line_of("buildings"))
-        _check_keys(bm, ("code", "grid", "name", "address"), "building")
+        _check_keys(bm, ("code", "grid", "name", "address", "latitude", "longitude"), "building")
         code = _check_code(
             _req_text(bm, "code", "building", 64), "building code", bm.line_of("code")
         )
@@ -518,6 +630,12 @@ def _parse_yaml(text: str) -> _Plan:
                 _opt_text(bm, "address", f"building {code}", 500),
                 bm.line,
                 bm.line_of("grid"),
+                _coords(
+                    bm.get("latitude", _MISSING),
+                    bm.get("longitude", _MISSING),
+                    f"building {code}",
+                    bm.line,
+                ),
             )
         )
 
@@ -680,7 +798,18 @@ def _parse_csv(text: str) -> _Plan:
                     )
             plan.buildings.append(
                 _BuildingSpec(
-                    code, row["grid"], row["name"], row.get("address") or _MISSING, line, line
+                    code,
+                    row["grid"],
+                    row["name"],
+                    row.get("address") or _MISSING,
+                    line,
+                    line,
+                    _coords(
+                        row.get("latitude") or _MISSING,
+                        row.get("longitude") or _MISSING,
+                        f"building {code}",
+                        line,
+                    ),
                 )
             )
             continue
@@ -1063,7 +1192,15 @@ class _Importer:
             b = self.buildings.get(spec.code)
             if b is None:
                 address = spec.address if isinstance(spec.address, str) else ""
-                b = Building(code=spec.code, grid_id=grid_id, name=spec.name, address=address)
+                lat, lon = spec.coords if isinstance(spec.coords, tuple) else (None, None)
+                b = Building(
+                    code=spec.code,
+                    grid_id=grid_id,
+                    name=spec.name,
+                    address=address,
+                    latitude=lat,
+                    longitude=lon,
+                )
                 self.s.add(b)
                 new.append(b)
                 counts.created += 1
@@ -1071,6 +1208,9 @@ class _Importer:
             values: dict[str, Any] = {"grid_id": grid_id, "name": spec.name}
             if spec.address is not _MISSING:
                 values["address"] = spec.address or ""
+            if spec.coords is not _MISSING:
+                lat, lon = spec.coords if spec.coords is not None else (None, None)
+                values.update(latitude=lat, longitude=lon)
             if _assign(b, **values):
                 counts.updated += 1
             else:
@@ -1159,6 +1299,7 @@ class _Importer:
                 "deadline_hours": spec.deadline_hours,
                 "points": spec.points,
                 "sort": item.sort,
+                **item.service,
             }
             cat = self.categories.get(spec.code)
             if cat is None:

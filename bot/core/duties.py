@@ -84,6 +84,7 @@ from models.orders import (
     ESCALATED,
     OFFER_WITHDRAWN,
     OPEN_STATES,
+    SOURCE_VISIT,
 )
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROLE_WORKER
 
@@ -738,7 +739,10 @@ class DutyService:
             self.settings.default_locale, "visit.order_text", name=household.name, note=note
         )
         return await self.orders.submit(
-            resident, building, None, NewOrder(category=category, description=description)
+            resident,
+            building,
+            None,
+            NewOrder(category=category, description=description, source=SOURCE_VISIT),
         )
 
     async def month_end(self, local_day: date) -> int:

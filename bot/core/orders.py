@@ -8,7 +8,7 @@ under concurrent presses exactly one wins on SQLite and on PostgreSQL alike.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +56,7 @@ from models.orders import (
     OFFER_OPEN,
     OFFER_TAKEN,
     OFFER_WITHDRAWN,
+    SOURCE_RESIDENT,
     SUBMITTED,
 )
 from models.people import ROLE_HEAD
@@ -84,13 +85,19 @@ class OrderError(Exception):
 
 @dataclass
 class NewOrder:
-    """What a resident filled in."""
+    """What a resident filled in (or a visit, or the city platform, on their behalf).
+
+    ``source`` is where the order came from (``models.orders.SOURCES``); ``note_key`` and
+    ``note_args`` are the line the handlers' first card opens with."""
 
     category: str
     description: str
     photo: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+    source: str = SOURCE_RESIDENT
+    note_key: str = "dispatch.new"
+    note_args: dict[str, str] = field(default_factory=dict)
 
 
 def receipt_ref(order_id: int) -> str:
@@ -312,6 +319,7 @@ class OrderService:
             latitude=data.latitude,
             longitude=data.longitude,
             status=SUBMITTED,
+            source=data.source,
             created_at=self.now,
             updated_at=self.now,
         )
@@ -321,7 +329,9 @@ class OrderService:
         if target is None:
             log.error("order %s has nobody to route to in grid %s", order.id, grid.code)
         else:
-            reached = await self._notify_handlers(order, target.person_ids, "dispatch.new")
+            reached = await self._notify_handlers(
+                order, target.person_ids, data.note_key, **data.note_args
+            )
             if not reached:
                 log.warning("order %s: no handler of grid %s has a chat yet", order.id, grid.code)
         return order

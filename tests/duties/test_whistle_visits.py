@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from models import Household, Notice, VisitLog, VisitPlan
+from models import Household, Notice, Order, VisitLog, VisitPlan
 from tests.duties.conftest import SH, DutyHarness
 
 G1_PEOPLE = ("p-li-dangyuan", "p-wang", "p-zhao-zhiyuanzhe", "p-sun-jianhua", "p-yang-li",
@@ -85,6 +85,8 @@ async def test_visit_reminder_log_and_needs_help_order(duty: DutyHarness) -> Non
     async with h.app.sessionmaker() as session:
         log = await session.scalar(select(VisitLog))
         assert log is not None and log.order_id is not None and log.outcome == "help"
+        help_order = await session.get(Order, log.order_id)
+        assert help_order is not None and help_order.source == "visit"  # counted as 走访 intake
     # The next week nobody visits: at the following due time the head is told.
     h.clock.set(2027, 3, 9, 9, 0, 30)
     await h.tick(s)
