@@ -27,6 +27,8 @@ from bot.delivery import Deliverer
 from bot.i18n import Translator
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
+from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from bot.metrics import Metrics
 from bot.open311 import PREFIX as OPEN311_PREFIX
 from bot.open311 import Open311
 from bot.ports import Inbound
@@ -85,6 +87,9 @@ class Gridbot:
             on_commit=self.deliverer.wake,
             import_photo=self.import_photo,
         )
+        self.metrics = Metrics()
+        #: What channels call with each inbound update: the router, timed for /metrics.
+        self.intake = self.metrics.timed(self.router)
         self.channels: dict[str, Channel] = {}
         #: Channel name → "ready" or "retrying: <why>" (shown by ``/readyz``).
         self.setup_state: dict[str, str] = {}
@@ -202,7 +207,7 @@ class Gridbot:
 
         self.webchat = WebChatChannel(
             self.sessionmaker,
-            self.router,
+            self.intake,
             self.personas,
             title="Gridbot 社区网格",
             media_dir=self.settings.media_dir,
@@ -217,7 +222,7 @@ class Gridbot:
         assert s.telegram_token
         self.telegram = TelegramChannel(
             s.telegram_token,
-            self.router,
+            self.intake,
             base_url=s.telegram_api_url,
             base_file_url=s.telegram_file_url,
             mode=s.telegram_mode,
@@ -240,7 +245,7 @@ class Gridbot:
             token=s.wechat_token,
             aes_key=s.wechat_aes_key or None,
             api_url=s.wechat_api_url,
-            intake=self.router,
+            intake=self.intake,
             sessionmaker=self.sessionmaker,
             tr=self.tr,
             deliverer=self.deliverer,
@@ -325,11 +330,24 @@ class Gridbot:
             on_commit=self.deliverer.wake,
         )
 
+    async def metrics_page(self, request: Request) -> Response:
+        """Prometheus metrics (see :mod:`bot.metrics`)."""
+        body = await self.metrics.render(
+            self.sessionmaker,
+            now=self.clock(),
+            sent=self.deliverer.counts,
+            leader=self.duties.is_leader if self.duties is not None else None,
+            channels={name: self.setup_state.get(name, "ready") == "ready"
+                      for name in self.channels},
+        )
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
     def web_app(self) -> Starlette:
         """The one web server: health, webhooks, Open311 and (when enabled) the local web chat."""
         routes: list[Any] = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics_page),
             Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
             Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
         ]

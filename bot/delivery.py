@@ -11,6 +11,7 @@ the whole channel) for the time asked.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -156,6 +157,8 @@ class Deliverer:
         self._sent_refs: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._busy: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.failed_count = 0
+        #: (channel, "sent" | "failed" | "retry_after") → how many, since start (/metrics).
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def add_channel(self, channel: Channel) -> None:
         """Register a channel started after the deliverer."""
@@ -450,6 +453,7 @@ class Deliverer:
                 message_id = await self._deliver(row)
             except RetryAfter as err:
                 pacer.release_global()
+                self.counts[(channel_name, "retry_after")] += 1
                 pause = time.monotonic() + err.seconds
                 pacer.paused_until = max(pacer.paused_until, pause)
                 await self._release(rows[index:], timedelta(seconds=err.seconds), str(err))
@@ -531,6 +535,7 @@ class Deliverer:
         if row.ref:
             self._sent_refs[(row.channel, row.chat_id, row.ref)] = (message_id, row.id)
         self.sent_count += 1
+        self.counts[(row.channel, "sent")] += 1
 
     async def _flush_marks(self) -> None:
         """Record the rows sent since the last pass (see :meth:`_claim`)."""
@@ -569,6 +574,7 @@ class Deliverer:
             )
         if final:
             self.failed_count += 1
+            self.counts[(row.channel, "failed")] += 1
             log.warning(
                 "outbox %s to %s failed for good after %s attempts", row.id, row.channel, attempts
             )
