@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,16 @@ from sqlalchemy import func, select
 
 from bot.app import Gridbot
 from bot.config import load_settings
-from models import Building, Identity, Order, OutboxMessage, Person, Role
+from models import (
+    Building,
+    Household,
+    Identity,
+    Order,
+    OutboxMessage,
+    Person,
+    Role,
+    VisitPlan,
+)
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,8 +91,9 @@ class Service:
                 stdout=out, stderr=out,
             )
 
-    async def ready(self, timeout: float = 60) -> None:  # noqa: ASYNC109
-        """Wait until /readyz answers 200."""
+    async def ready(self, timeout: float = 60, *, scheduler: str | None = None) -> None:  # noqa: ASYNC109
+        """Wait until /readyz answers 200 (and, if given, the scheduler is ``leader`` or
+        ``standby`` there)."""
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as client:
             while time.monotonic() < deadline:
@@ -91,7 +102,9 @@ class Service:
                     raise RuntimeError(f"gridbot exited {self.proc.returncode}: {self.tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     answer = await client.get(f"http://127.0.0.1:{self.port}/readyz")
-                    if answer.status_code == 200:
+                    if answer.status_code == 200 and (
+                        scheduler is None or answer.json().get("scheduler") == scheduler
+                    ):
                         return
                 await asyncio.sleep(0.1)
         raise TimeoutError(f"gridbot not ready in {timeout} s: {self.tail()}")
@@ -150,8 +163,11 @@ class Rig:
             env["GRIDBOT_TELEGRAM_WEBHOOK_SECRET"] = "fault-rig-webhook"
         return env
 
-    def service(self) -> Service:
-        return Service(self.env(), self.tmp / "gridbot.log", self.port)
+    def service(self, port: int | None = None, **env: str) -> Service:
+        """A ``gridbot run`` (not started) on ``port`` (the rig's by default)."""
+        port = port or self.port
+        settings = {**self.env(), "GRIDBOT_WEB_PORT": str(port), **env}
+        return Service(settings, self.tmp / f"gridbot-{port}.log", port)
 
     async def prepare(self, residents: int) -> None:
         """The demo community, and ``residents`` people bound to its buildings on Telegram."""
@@ -176,6 +192,30 @@ class Rig:
         finally:
             await app.engine.dispose()
         self.figures.residents = residents
+
+    async def visit_due(self, member_key: str, uid: int, due_at: datetime) -> FakeUser:
+        """A new household paired with ``member_key`` (given Telegram id ``uid``), its first
+        visit due at ``due_at``: a reminder the scheduler must send exactly once."""
+        app = Gridbot(load_settings(database_url=self.database_url, demo=False,
+                                    secret_key="fault-rig-secret", media_dir=self.tmp / "m"))
+        try:
+            async with app.sessionmaker() as session, session.begin():
+                member = await session.scalar(select(Person).where(Person.key == member_key))
+                assert member is not None
+                building = await session.scalar(select(Building).order_by(Building.id))
+                assert building is not None
+                household = Household(code=f"hh-fault-{uid}", grid_id=building.grid_id,
+                                      building_id=building.id, kind="elderly_alone",
+                                      name="故障演练户")
+                session.add(household)
+                session.add(Identity(person_id=member.id, channel="telegram",
+                                     external_id=str(uid), chat_id=str(uid)))
+                await session.flush()
+                session.add(VisitPlan(household_id=household.id, member_id=member.id,
+                                      frequency="weekly", starts_at=due_at))
+        finally:
+            await app.engine.dispose()
+        return self.tg.user(uid, member_key)
 
     # ---- residents ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.rig import Rig, fake_bot_api, kill_and_restart
+from tests.faults.rig import Rig, fake_bot_api, free_port, kill_and_restart
 
 pytestmark = pytest.mark.faults
 
@@ -61,9 +61,7 @@ async def test_a_second_poller_is_refused_and_a_restart_after_kill_is_not(
         await first.start()
         try:
             await first.ready()
-            second = rig.service()
-            second.port = rig.port + 1 if rig.port < 65535 else rig.port - 1
-            second.env = {**second.env, "GRIDBOT_WEB_PORT": str(second.port)}
+            second = rig.service(free_port())
             await second.start()
             assert second.proc is not None
             assert await asyncio.wait_for(second.proc.wait(), 60) == 1
