@@ -31,6 +31,7 @@ ENV_EXAMPLE = DEPLOY / "gridbot.env.example"
 TOML_EXAMPLE = DEPLOY / "gridbot.toml.example"
 UNIT = DEPLOY / "gridbot.service"
 NGINX = DEPLOY / "nginx.conf.example"
+NGINX_COMPOSE = DEPLOY / "nginx.compose.conf"
 
 # The settings the service documents (environment variables). Kept in sync with
 # bot.config.Settings by test_env_example_matches_bot_config_settings when that module exists.
@@ -392,10 +393,13 @@ def test_healthcheck_runs_against_healthz(
 # --- compose ---------------------------------------------------------------------------------
 
 
+INSTANCES = ("gridbot-1", "gridbot-2")
+
+
 def test_compose_services() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) >= {"postgres", "gridbot"}
+    assert set(services) >= {"postgres", "proxy", *INSTANCES}
 
     postgres = services["postgres"]
     assert str(postgres["image"]).startswith("postgres:16")
@@ -404,25 +408,47 @@ def test_compose_services() -> None:
     volume_sources = [str(v).split(":")[0] for v in postgres["volumes"]]
     assert any(src in (data.get("volumes") or {}) for src in volume_sources), "named volume"
 
-    gridbot = services["gridbot"]
-    build = gridbot["build"]
-    assert build["context"] == ".."
-    assert build["dockerfile"] == "deploy/Dockerfile"
-    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert gridbot["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert gridbot["restart"] == "unless-stopped"
-    assert "127.0.0.1:8080:8080" in [str(p) for p in gridbot["ports"]]
+    for name in INSTANCES:
+        gridbot = services[name]
+        build = gridbot["build"]
+        assert build["context"] == ".."
+        assert build["dockerfile"] == "deploy/Dockerfile"
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+        assert gridbot["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert gridbot["restart"] == "unless-stopped"
+        assert "ports" not in gridbot, f"{name} is reached through the proxy only"
+        assert [str(p) for p in gridbot["expose"]] == ["8080"]
+        # One media volume for all: any instance sends a photo another one stored.
+        assert "gridbot-data:/data" in gridbot["volumes"]
 
-    env_files = gridbot["env_file"]
-    env_files = [env_files] if isinstance(env_files, str | dict) else env_files
-    paths = [e["path"] if isinstance(e, dict) else e for e in env_files]
-    assert paths == ["gridbot.env"]
-    assert (DEPLOY / (paths[0] + ".example")).is_file()
+        env_files = gridbot["env_file"]
+        env_files = [env_files] if isinstance(env_files, str | dict) else env_files
+        paths = [e["path"] if isinstance(e, dict) else e for e in env_files]
+        assert paths == ["gridbot.env"]
+        assert (DEPLOY / (paths[0] + ".example")).is_file()
+
+    proxy = services["proxy"]
+    assert "127.0.0.1:8080:80" in [str(p) for p in proxy["ports"]]
+    [mount] = proxy["volumes"]
+    source, target, mode = str(mount).split(":")
+    assert (DEPLOY / source).resolve() == NGINX_COMPOSE
+    assert target == "/etc/nginx/conf.d/default.conf" and mode == "ro"
+
+
+def test_compose_proxy_spreads_over_every_instance() -> None:
+    text = NGINX_COMPOSE.read_text()
+    upstream = re.search(r"upstream gridbot \{(.*?)\}", text, re.S)
+    assert upstream
+    servers = re.findall(r"server\s+([\w.-]+):(\d+)", upstream.group(1))
+    assert sorted(servers) == sorted((name, "8080") for name in INSTANCES)
+    # A failed request (including a POST: updates are deduplicated) goes to the other one.
+    assert re.search(r"proxy_next_upstream [^;]*http_500[^;]*non_idempotent;", text)
+    assert "deny all" in text.split("location ^~ /chat", 1)[1].split("}", 1)[0]
 
 
 def test_compose_database_url_points_at_postgres() -> None:
     services = compose()["services"]
-    env = as_mapping(services["gridbot"]["environment"])
+    env = as_mapping(services["gridbot-1"]["environment"])
     assert {k for k in env if k.startswith(PREFIX)} <= KNOWN_SETTINGS
     url = urlsplit(expand_defaults(env["GRIDBOT_DATABASE_URL"]))
     assert url.scheme == "postgresql+asyncpg"
@@ -582,6 +608,27 @@ def test_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
     )  # fmt: skip
     site = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", NGINX.read_text())
     site = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", site)
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  include {tmp_path}/site.conf;\n}}\n"
+    )
+    result = subprocess.run(
+        ["nginx", "-t", "-p", f"{tmp_path}/", "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx")
+def test_nginx_compose_proxy_passes_nginx_t(tmp_path: Path) -> None:
+    # The instances' names resolve only inside the compose network: stand in for them.
+    site = re.sub(r"server\s+gridbot-\d+:", "server 127.0.0.1:", NGINX_COMPOSE.read_text())
+    site = site.replace("listen 80;", "listen 127.0.0.1:18080;")
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
