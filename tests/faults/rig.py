@@ -259,6 +259,18 @@ class Rig:
 
     # ---- figures ------------------------------------------------------------------------
 
+    async def claimed_rows(self) -> int:
+        """Outbox rows claimed (``sending``) right now, by anyone."""
+        app = Gridbot(load_settings(database_url=self.database_url, demo=False,
+                                    secret_key="fault-rig-secret", media_dir=self.tmp / "m"))
+        try:
+            async with app.sessionmaker() as session:
+                return int(await session.scalar(
+                    select(func.count()).select_from(OutboxMessage)
+                    .where(OutboxMessage.status == "sending")) or 0)
+        finally:
+            await app.engine.dispose()
+
     async def settle(self, timeout: float = 60) -> None:  # noqa: ASYNC109
         """Wait until the outbox is empty (every row sent), then count."""
         app = Gridbot(load_settings(database_url=self.database_url, demo=False,
@@ -291,6 +303,66 @@ class Rig:
             f.too_many_requests = self.tg.too_many_requests
         finally:
             await app.engine.dispose()
+
+
+class TcpProxy:
+    """A TCP relay to a server (PostgreSQL) that a test can cut: every open connection is
+    closed and new ones are refused until :meth:`restore` — what the service sees when its
+    database restarts, without touching the real server (others use it too)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.up = True
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        """The database goes away: connections drop, new ones are refused."""
+        self.up = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
 
 
 @contextlib.asynccontextmanager

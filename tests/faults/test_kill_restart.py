@@ -73,3 +73,32 @@ async def test_a_second_poller_is_refused_and_a_restart_after_kill_is_not(
             assert await rig.place_order(rig.residents[0]) is not None
         finally:
             await first.stop()
+
+
+async def test_sigterm_under_load_stops_in_bounded_time_and_leaves_nothing_claimed(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with fake_bot_api() as tg:
+        rig = Rig(tg, database_url, tmp_path, mode="webhook")
+        await rig.prepare(RESIDENTS)
+        service = rig.service()
+        await service.start()
+        await service.ready()
+        burst = asyncio.gather(*(rig.place_order(u) for u in rig.residents))
+        await tg.wait_until(lambda: rig.replies() >= RESIDENTS * 3, timeout=60)
+        stop_seconds = await service.stop()
+        claimed = await rig.claimed_rows()
+        service = rig.service()
+        await service.start()
+        try:
+            await service.ready()
+            await burst
+            await rig.settle()
+        finally:
+            await service.stop()
+        f = rig.figures
+        print(f"\n[SIGTERM under load, {database_url.split(':')[0]}] exit after "
+              f"{stop_seconds:.1f} s, {claimed} rows left claimed; {f.line()}")
+        assert claimed == 0
+        assert f.lost == 0 and f.duplicated == 0 and f.unsent_rows == 0 and f.gave_up == 0
+        assert f.stored == RESIDENTS
