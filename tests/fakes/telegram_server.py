@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -461,7 +461,10 @@ class FakeTelegramServer:
 
     async def _handle_api(self, request: Request) -> Response:
         token, method = request.path_params["token"], request.path_params["method"]
-        params = await self._read_params(request)
+        try:
+            params = await self._read_params(request)
+        except ClientDisconnect:  # the bot went away mid-request (a killed process)
+            return Response(status_code=499)
         self.requests.append((method, params))
         handler = self._methods.get(method.lower())
         try:
