@@ -375,6 +375,7 @@ class Gridbot:
     async def _start_telegram(self) -> None:
         assert self.telegram is not None
         await self.telegram.start()
+        await self.remember_bot_username()
         lang = self.settings.default_locale
         await self.telegram.set_commands(
             [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
@@ -451,6 +452,17 @@ class Gridbot:
 
         self._setup_tasks["telegram-poll-lease"] = asyncio.create_task(renew())
         return None
+
+    async def remember_bot_username(self) -> None:
+        """Keep the bot's username (from ``getMe``) in the database: the admin command line
+        prints ``t.me`` links with it."""
+        from bot.core.invites import remember_bot_username
+
+        username = self.telegram.username if self.telegram is not None else None
+        if not username:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            await remember_bot_username(session, self.telegram.bot_id, username)
 
     async def start_duties(self, *, manual: bool = False) -> Any:
         """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,

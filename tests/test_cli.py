@@ -235,7 +235,8 @@ def test_import_grids_invite(tmp_path: Path) -> None:
     out = tmp_path / "qr"
     invite = gridbot(
         "invite", "--role", "resident", "--grid", "xh-g1-m1", "--building", "xh-b01",
-        "--json", "--out", str(out), cwd=tmp_path, database_url=url,
+        "--json", "--out", str(out), "--bot-username", "gridbot", cwd=tmp_path,
+        database_url=url,
     )  # fmt: skip
     assert invite.returncode == 0, invite.stderr
     info = json.loads(invite.stdout)

@@ -32,8 +32,11 @@ from bot.core.invites import (
     building_sheet,
     create_invite,
     qr_png,
+    remember_bot_username,
     signing_key,
+    stored_bot_username,
     telegram_link,
+    valid_bot_username,
 )
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
@@ -54,8 +57,20 @@ ROLE_LABELS_ZH = {
 SHEET_DAYS = 180
 
 
+#: Exit status of ``invite`` / ``qr-sheet`` when the invites were created and printed but their
+#: WeChat QR codes could not be made (the WeChat API failed): a partial success.
+EXIT_PARTIAL = 3
+
+
 class CliError(Exception):
-    """A command failed in a way the user can fix; the message is printed after ``error:``."""
+    """A command failed in a way the user can fix; the message is printed after ``error:``.
+
+    ``status`` is the exit status: 1 by default, 2 for a usage or configuration error.
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
@@ -73,9 +88,69 @@ def _run(settings: Settings, work: Callable[[AsyncSession], Awaitable[_T]]) -> _
     return asyncio.run(main())
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return status
+
+
+# --------------------------------------------------------------------------------------------
+# The Telegram bot's username, for t.me links
+
+
+def _read_stored_username(settings: Settings, bot_id: str | None) -> str | None:
+    async def work(session: AsyncSession) -> str | None:
+        return await stored_bot_username(session, bot_id)
+
+    return _run(settings, work)
+
+
+def _store_username(settings: Settings, bot_id: str, username: str) -> None:
+    async def work(session: AsyncSession) -> None:
+        await remember_bot_username(session, bot_id, username)
+
+    _run(settings, work)
+
+
+def bot_username_for_links(settings: Settings, explicit: str | None) -> str | None:
+    """The bot username that ``t.me`` links name; ``None`` when Telegram is not used at all
+    (WeChat only). Raises :class:`CliError` (status 2) rather than print a placeholder link.
+
+    In order: ``--bot-username``; the one kept in the database for the configured token (the
+    service stores it at start-up); ``getMe`` with the configured token (then kept too); with
+    no token, the one the service kept.
+    """
+    if explicit:
+        if not valid_bot_username(explicit):
+            raise CliError(f"--bot-username: not a Telegram username: {explicit!r}", 2)
+        return explicit.lstrip("@")
+    token = settings.telegram_token
+    bot_id = token.split(":", 1)[0] if token else None
+    stored = _read_stored_username(settings, bot_id)
+    if stored:
+        return stored
+    if token:
+        assert bot_id is not None
+        from bot.channels.telegram import fetch_bot_username
+
+        try:
+            username = asyncio.run(fetch_bot_username(token, settings.telegram_api_url))
+        except ValueError as exc:
+            raise CliError(
+                f"cannot learn the Telegram bot's username: {exc}.\n"
+                "Fix the token (GRIDBOT_TELEGRAM_TOKEN) or pass --bot-username NAME "
+                "(the @name from @BotFather).",
+                2,
+            ) from None
+        _store_username(settings, bot_id, username)
+        return username
+    if wechat_configured(settings):
+        return None  # a WeChat-only deployment: its codes open the Official Account
+    raise CliError(
+        "the Telegram bot's username is unknown, so the QR code would be a dead link.\n"
+        "Set GRIDBOT_TELEGRAM_TOKEN (its username is then asked from Telegram), or pass "
+        "--bot-username NAME, or configure WeChat (GRIDBOT_WECHAT_APPID and _SECRET).",
+        2,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +222,11 @@ def _caption(role: str, place: str, code: str, expires: str) -> str:
 
 
 def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
-    """Create one invite, print its token and Telegram link, and write its QR code."""
+    """Create one invite, print its token and links, and write its QR code(s).
+
+    Exit status 0; 1 or 2 (nothing created) for a bad argument or an unknown bot username;
+    :data:`EXIT_PARTIAL` when the invite was created and printed but its WeChat code failed.
+    """
     if args.role == ROLE_RESIDENT and not args.building:
         return _fail("a resident invite needs --building")
     if args.uses is not None and args.uses < 1:
@@ -162,6 +241,10 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
     else:
         max_uses = None if args.role == ROLE_RESIDENT else 1
     out_dir = Path(args.out) if args.out else settings.qr_dir
+    try:
+        username = bot_username_for_links(settings, args.bot_username)
+    except CliError as exc:
+        return _fail(str(exc), exc.status)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         grid = await _grid_by_code(session, args.grid)
@@ -185,18 +268,15 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
             expires_at=expires_at,
             max_uses=max_uses,
         )
-        link = telegram_link(args.bot_username, token)
         name = f"invite-{invite.id}-{args.role}-{grid.code}"
         if building is not None:
             name += f"-{building.code}"
         expires_local = expires_at.astimezone(settings.tz)
         place = building.name if building else grid.name
         code = building.code if building else grid.code
-        png = qr_png(
-            link,
-            out_dir / f"{name}.png",
-            _caption(args.role, place, code, expires_local.date().isoformat()),
-        )
+        caption = _caption(args.role, place, code, expires_local.date().isoformat())
+        link = telegram_link(username, token) if username else None
+        png = qr_png(link, out_dir / f"{name}.png", caption) if link else None
         return {
             "id": invite.id,
             "token": token,
@@ -206,18 +286,22 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
             "max_uses": max_uses,
             "expires_at": expires_local.isoformat(),
             "telegram_link": link,
-            "qr_png": str(png),
+            "qr_png": str(png) if png else None,
             "_place": place,
-            "_caption": _caption(args.role, place, code, expires_local.date().isoformat()),
+            "_caption": caption,
+            "_stem": name,
         }
 
     try:
         info = _run(settings, work)
     except CliError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc.status)
     place = info.pop("_place")
+    caption = info.pop("_caption")
+    stem = info.pop("_stem")
+    status = 0
+    warning = None
     if wechat_configured(settings):
-        png = Path(info["qr_png"])
         try:
             info.update(
                 wechat_qr(
@@ -225,25 +309,30 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
                     info["token"],
                     permanent=max_uses is None and args.role == ROLE_RESIDENT,
                     days=days,
-                    png_path=png.with_name(png.stem + "-wechat.png"),
-                    caption=info.pop("_caption"),
+                    png_path=out_dir / f"{stem}-wechat.png",
+                    caption=caption,
                 )
             )
-        except Exception as exc:  # the invite exists; only its WeChat code is missing
-            return _fail(f"invite #{info['id']} created, but the WeChat QR code failed: {exc}")
-    info.pop("_caption", None)
+        except Exception as exc:  # the invite exists: print it, and say what is missing
+            warning = f"invite #{info['id']} created, but its WeChat QR code failed: {exc}"
+            info["wechat_error"] = str(exc)
+            status = EXIT_PARTIAL
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
-        return 0
-    uses = "unlimited uses" if max_uses is None else f"{max_uses} use(s)"
-    print(f"invite #{info['id']}: {info['role']} of {place} [{info['building'] or info['grid']}]")
-    print(f"  {uses}, valid until {info['expires_at']}")
-    print(f"token:    {info['token']}")
-    print(f"telegram: {info['telegram_link']}")
-    print(f"qr code:  {info['qr_png']}")
-    if "wechat_qr_png" in info:
-        print(f"wechat:   {info['wechat_qr_url']} (QR code: {info['wechat_qr_png']})")
-    return 0
+    else:
+        uses = "unlimited uses" if max_uses is None else f"{max_uses} use(s)"
+        target = info["building"] or info["grid"]
+        print(f"invite #{info['id']}: {info['role']} of {place} [{target}]")
+        print(f"  {uses}, valid until {info['expires_at']}")
+        print(f"token:    {info['token']}")
+        if info["telegram_link"]:
+            print(f"telegram: {info['telegram_link']}")
+            print(f"qr code:  {info['qr_png']}")
+        if "wechat_qr_png" in info:
+            print(f"wechat:   {info['wechat_qr_url']} (QR code: {info['wechat_qr_png']})")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return status
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,6 +345,10 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
     if days <= 0:
         return _fail("--days must be positive")
     out_dir = Path(args.out) if args.out else settings.qr_dir
+    try:
+        username = bot_username_for_links(settings, args.bot_username)
+    except CliError as exc:
+        return _fail(str(exc), exc.status)
 
     #: Per grid: the sheet's path and title, and (label, token) per building.
     sheets: list[tuple[Path, str, list[tuple[str, str]]]] = []
@@ -290,14 +383,16 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
                     expires_at=expires_at,
                     max_uses=None,
                 )
-                link = telegram_link(args.bot_username, token)
-                entries.append((f"{building.name}\n{building.code}", link))
+                if username:
+                    link = telegram_link(username, token)
+                    entries.append((f"{building.name}\n{building.code}", link))
                 tokens.append((f"{building.name}\n{building.code}", token))
             title = (
                 f"{grid.name} · 居民扫码登记\n"
                 f"{grid.code}: scan to join your building (valid until {until})"
             )
-            written += building_sheet(entries, out_dir / f"sheet-{grid.code}.png", title)
+            if username:  # without Telegram (WeChat only) there is no t.me sheet
+                written += building_sheet(entries, out_dir / f"sheet-{grid.code}.png", title)
             sheets.append((out_dir / f"sheet-{grid.code}-wechat.png", title, tokens))
         return written
 
@@ -320,7 +415,7 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         except Exception as exc:  # the invites and Telegram sheets exist
             for done in paths:
                 print(done)
-            return _fail(f"invites created, but the WeChat QR codes failed: {exc}")
+            return _fail(f"invites created, but the WeChat QR codes failed: {exc}", EXIT_PARTIAL)
     for path in paths:
         print(path)
     return 0
@@ -365,7 +460,12 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--days", type=int, metavar="D", help="days valid (default: invite_days)")
     p.add_argument("--out", metavar="DIR", help="folder for the PNG (default: qr_dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--bot-username", metavar="NAME", help="Telegram bot username for the link")
+    p.add_argument(
+        "--bot-username",
+        metavar="NAME",
+        help="Telegram bot username for the link (default: asked from Telegram with the "
+        "configured token, and kept in the database)",
+    )
     p.set_defaults(func=cmd_invite)
 
     p = subparsers.add_parser(
@@ -375,5 +475,9 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--grid", required=True, metavar="CODE")
     p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: qr_dir)")
     p.add_argument("--days", type=int, metavar="D", help=f"days valid (default: {SHEET_DAYS})")
-    p.add_argument("--bot-username", metavar="NAME", help="Telegram bot username for the links")
+    p.add_argument(
+        "--bot-username",
+        metavar="NAME",
+        help="Telegram bot username for the links (default: as for invite)",
+    )
     p.set_defaults(func=cmd_qr_sheet)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from telegram import (
+    Bot,
     BotCommand,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -75,6 +76,28 @@ _CONTINUATION_ATTEMPTS = 3
 
 Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
 T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- getMe
+async def fetch_bot_username(token: str, base_url: str = DEFAULT_BASE_URL) -> str:
+    """Ask the Bot API who the bot is (``getMe``) and return its username, without ``@``.
+
+    Used by the admin command line, which prints ``t.me`` links without running the service.
+    Raises :class:`ValueError` with a reason fit for an operator when Telegram refuses the token
+    or cannot be reached.
+    """
+    request = HTTPXRequest(connection_pool_size=1, connect_timeout=10.0, read_timeout=10.0)
+    try:
+        bot = Bot(token, base_url=base_url, request=request)
+        async with bot:  # initialize() calls getMe
+            username = bot.username
+    except InvalidToken as exc:
+        raise ValueError(f"Telegram refused the bot token ({exc.message})") from None
+    except TelegramError as exc:
+        raise ValueError(f"Telegram could not be asked (getMe: {exc.message})") from None
+    if not username:
+        raise ValueError("Telegram's getMe answer carries no username")
+    return username
 
 
 # --------------------------------------------------------------------------- inbound
@@ -383,6 +406,11 @@ class TelegramChannel:
                 allowed_updates=ALLOWED_UPDATES,
             )
         log.info("telegram channel started (%s)", self.mode)
+
+    @property
+    def username(self) -> str | None:
+        """The bot's username (without ``@``) as ``getMe`` told it at start-up."""
+        return self._bot_username
 
     async def stop(self) -> None:
         """Stop polling and PTB; the webhook stays registered (other instances may serve it)."""

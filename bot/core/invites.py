@@ -222,9 +222,45 @@ async def revoke_invite(session: AsyncSession, invite_id: int) -> bool:
     return True
 
 
-def telegram_link(bot_username: str | None, token: str) -> str:
+#: ``kv`` key of the Telegram bot's username, stored as ``<bot id>:<username>`` by the service
+#: (or the admin command line) once ``getMe`` told it.
+BOT_USERNAME_KV = "telegram_bot_username"
+_USERNAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{3,31}\Z")
+
+
+def valid_bot_username(name: str) -> bool:
+    """Whether ``name`` (with or without ``@``) can be a Telegram username."""
+    return bool(_USERNAME_RE.match(name.lstrip("@")))
+
+
+async def remember_bot_username(session: AsyncSession, bot_id: str, username: str) -> None:
+    """Keep the bot's username in ``kv`` so that every process of the deployment knows it."""
+    value = f"{bot_id}:{username.lstrip('@')}"
+    row = await session.get(KeyValue, BOT_USERNAME_KV)
+    if row is None:
+        session.add(KeyValue(key=BOT_USERNAME_KV, value=value))
+    elif row.value != value:
+        row.value = value
+    await session.flush()
+
+
+async def stored_bot_username(session: AsyncSession, bot_id: str | None) -> str | None:
+    """The username kept by :func:`remember_bot_username`; when ``bot_id`` is given, only if it
+    was stored for that bot (a new token may name another bot)."""
+    row = await session.get(KeyValue, BOT_USERNAME_KV)
+    if row is None:
+        return None
+    stored_id, _, username = row.value.partition(":")
+    if not username or (bot_id is not None and stored_id != bot_id):
+        return None
+    return username
+
+
+def telegram_link(bot_username: str, token: str) -> str:
     """The Telegram deep link that starts the bot with the token (``/start <token>``)."""
-    name = (bot_username or "").lstrip("@") or "your_bot"
+    name = bot_username.lstrip("@")
+    if not valid_bot_username(name):
+        raise ValueError(f"not a Telegram bot username: {bot_username!r}")
     return f"https://t.me/{name}?start={token}"
 
 

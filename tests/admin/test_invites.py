@@ -325,7 +325,8 @@ async def test_signing_key_insert_conflict(
 def test_telegram_link() -> None:
     assert telegram_link("gridbot", "i1_x") == "https://t.me/gridbot?start=i1_x"
     assert telegram_link("@gridbot", "i1_x") == "https://t.me/gridbot?start=i1_x"
-    assert telegram_link(None, "i1_x") == "https://t.me/your_bot?start=i1_x"
+    with pytest.raises(ValueError, match="not a Telegram bot username"):
+        telegram_link("", "i1_x")
 
 
 def test_qr_png(tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ async def test_qr_sheet_makes_permanent_wechat_codes(
         capsys.readouterr()
         out = tmp_path / "sheets"
         code = await asyncio.to_thread(main, ["--config", config, "qr-sheet",
-                                              "--grid", "xh-g1-m1", "--out", str(out)])
+                                              "--grid", "xh-g1-m1", "--out", str(out),
+                                              "--bot-username", "gridbot"])
         assert code == 0
     paths = [Path(p) for p in capsys.readouterr().out.split()]
     assert [p.name for p in paths] == ["sheet-xh-g1-m1.png", "sheet-xh-g1-m1-wechat.png"]
