@@ -88,6 +88,8 @@ class Inbound:
     ``dedupe_key`` identifies the platform delivery (Telegram ``update_id``, WeChat ``MsgId``);
     the same key twice is handled once. ``button`` is the payload of a pressed button and is
     untrusted user input. ``photo`` is a platform file reference the channel can resolve.
+    ``photo_lost`` tells that the user sent a photo that could not be stored (``photo`` is
+    then ``None``): the user is told, and the flow goes on without it.
     """
 
     channel: str
@@ -102,6 +104,7 @@ class Inbound:
     locale: str | None = None
     display_name: str | None = None
     received_at: datetime | None = None
+    photo_lost: bool = False
 
 
 @dataclass

@@ -128,6 +128,8 @@ async def order_step(
     if state == "photo":
         if ev.photo:
             data["photo"] = ev.photo
+        elif ev.photo_lost:
+            pass  # the resident was told the photo could not be kept: go on without it
         elif payload is None or payload.action != "skip":
             ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
             return

@@ -56,7 +56,11 @@ class Router:
         if event.photo and self.import_photo is not None:
             # Copy the photo into the shared store first (outside the transaction), so that
             # whoever sees the order, on whatever platform, can see the photo.
-            event.photo = await self.import_photo(event) or event.photo
+            try:
+                event.photo = await self.import_photo(event) or event.photo
+            except Exception:  # e.g. an unwritable media folder: keep the message, not the photo
+                log.exception("could not store a %s photo", event.channel)
+                event.photo, event.photo_lost = None, True
         try:
             result = await self._handle(event)
         except Exception:
@@ -157,6 +161,8 @@ class Router:
 
     async def _route(self, ctx: Ctx) -> None:
         event = ctx.event
+        if event.photo_lost:
+            ctx.say("media.photo_not_kept")
         if event.text is not None and len(event.text) > self.settings.max_text_length:
             ctx.say("error.too_long", limit=str(self.settings.max_text_length))
             ctx.toast = ctx.t("error.too_long_short")

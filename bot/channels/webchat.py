@@ -422,7 +422,11 @@ class WebChatChannel:
         self, chat_id: str | None, client_id: str | None, data: bytes
     ) -> tuple[Inbound, dict[str, Any]]:
         inbound = await self._new_inbound(chat_id, client_id)  # before writing a file for nobody
-        inbound.photo = await self.save_media(data)
+        try:
+            inbound.photo = await self.save_media(data)
+        except OSError:  # an unwritable media folder: the router tells the user
+            log.exception("could not store a web chat photo")
+            inbound.photo_lost = True
         return inbound, {"kind": "photo", "text": "", "photo": inbound.photo}
 
     async def _new_inbound(self, chat_id: object, client_id: object) -> Inbound:
