@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -510,8 +512,30 @@ class Gridbot:
             except Exception:
                 log.exception("stopping %s failed", name)
 
+    def listen(self) -> socket.socket:
+        """Bind the web server's address; :class:`SystemExit` (status 1) with a clear message
+        when it is taken or not ours to bind, before anything else has started."""
+        host, port = self.settings.web_host, self.settings.web_port
+        try:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family = infos[0][0] if infos else socket.AF_INET
+            return socket.create_server((host, port), family=family, backlog=2048)
+        except OSError as err:
+            reason = err.strerror or str(err)
+            if err.errno == errno.EADDRINUSE:
+                reason = "the port is taken by another program (another gridbot?)"
+            message = (
+                f"cannot listen on {host}:{port}: {reason}. Stop the other program or choose "
+                "another port (GRIDBOT_WEB_PORT / GRIDBOT_WEB_HOST)."
+            )
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from err
+
     async def serve(self) -> None:
-        """``gridbot run``: prepare, start, serve HTTP until SIGINT/SIGTERM."""
+        """``gridbot run``: bind, prepare, start, serve HTTP until SIGINT/SIGTERM."""
+        sock = self.listen()
         await self.prepare()
         if self.settings.webchat_enabled:
             self.enable_webchat()
@@ -524,6 +548,7 @@ class Gridbot:
             if refusal:
                 print(f"error: {refusal}", file=sys.stderr, flush=True)
                 await self.stop()
+                sock.close()
                 raise SystemExit(1)
         await self.start()
         if self.settings.scheduler_enabled:
@@ -535,6 +560,7 @@ class Gridbot:
                 log.error("%s", err)
                 print(f"error: {err}", file=sys.stderr, flush=True)
                 await self.stop()
+                sock.close()
                 raise SystemExit(1) from err
         config = uvicorn.Config(
             self.web_app(),
@@ -559,8 +585,9 @@ class Gridbot:
             mode = "safe (AES)" if self.settings.wechat_aes_key else "plain"
             print(f"WeChat: callback URL {where}{WECHAT_PATH}, {mode} mode", flush=True)
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
+            sock.close()
             await self.stop()
 
 

@@ -7,12 +7,14 @@ description, generated from this class, so the two never drift apart.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GRIDBOT_"
@@ -29,6 +31,14 @@ class Open311Key(BaseModel):
 
     name: str = Field(min_length=1, max_length=64)
     can: list[Literal["read", "post"]] = Field(default_factory=_read_only)
+
+
+def state_dir() -> Path:
+    """Where the service keeps files it writes, unless told otherwise: systemd's
+    ``$STATE_DIRECTORY`` (the unit's ``StateDirectory=``, e.g. ``/var/lib/gridbot``; the first
+    one when several are given), else the working directory."""
+    first = os.environ.get("STATE_DIRECTORY", "").split(":", 1)[0].strip()
+    return Path(first) if first else Path()
 
 
 class Settings(BaseSettings):
@@ -87,9 +97,15 @@ class Settings(BaseSettings):
         Path(__file__).resolve().parent.parent / "locales",
         description="Folder of the message catalogs",
     )
-    qr_dir: Path = Field(Path("qr"), description="Folder where QR code PNGs are written")
+    qr_dir: Path = Field(
+        default_factory=lambda: state_dir() / "qr",
+        description="Folder where QR code PNGs are written "
+        "(default: qr/ under $STATE_DIRECTORY, else under the working directory)",
+    )
     media_dir: Path = Field(
-        Path("media"), description="Folder for photos sent through the local web chat"
+        default_factory=lambda: state_dir() / "media",
+        description="Folder for photos residents and members send, on every platform "
+        "(default: media/ under $STATE_DIRECTORY, else under the working directory)",
     )
 
     wechat_appid: str | None = Field(
@@ -230,7 +246,39 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     unknown = set(file_values) - set(Settings.model_fields)
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
-    return Settings(**{**file_values, **overrides})
+    settings = Settings(**{**file_values, **overrides})
+    refuse_placeholders(settings)
+    return settings
+
+
+#: Values the shipped examples use for "fill this in" (``CHANGE_ME``), and their like.
+PLACEHOLDER_RE = re.compile(
+    r"change[\s_-]*me|replace[\s_-]*me|fill[\s_-]*me[\s_-]*in|your[_-](?:token|secret|key)",
+    re.IGNORECASE,
+)
+
+
+class PlaceholderError(ValueError):
+    """A setting still holds an example's placeholder; the message names the setting."""
+
+
+def refuse_placeholders(settings: Settings) -> None:
+    """Refuse settings that still hold a placeholder such as ``CHANGE_ME`` (anywhere in the
+    value, e.g. a password inside the database URL): the service would run with a guessable
+    secret or a token Telegram refuses. The message names every such setting, never a value.
+    """
+    found = []
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        texts = [str(v) for v in value.values()] if isinstance(value, dict) else [str(value)]
+        if value is not None and any(PLACEHOLDER_RE.search(t) for t in texts):
+            found.append(f"{ENV_PREFIX}{name.upper()}")
+    if found:
+        raise PlaceholderError(
+            f"{', '.join(found)} still hold{'s' if len(found) == 1 else ''} a placeholder "
+            "value (CHANGE_ME): set a real value, or remove the line to use the default "
+            "(a platform whose settings are removed is not used)"
+        )
 
 
 def settings_help() -> str:
@@ -238,7 +286,7 @@ def settings_help() -> str:
     lines = []
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "" if default is None else f" [default: {default}]"
+        shown = "" if default in (None, PydanticUndefined) else f" [default: {default}]"
         lines.append(f"  {ENV_PREFIX}{name.upper():<26} {field.description}{shown}")
     lines.append(
         f"  {ENV_PREFIX}CONFIG{'':<20} Optional TOML file with the same keys in lower case"

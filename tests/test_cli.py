@@ -338,3 +338,21 @@ async def test_run_with_token_serves_the_webhook(workdir: Path) -> None:
         assert len([m for m in tg.sent(5002) if "二维码" in (m.text or "")]) == 1
         assert await service.terminate() == 0, service.output()
     assert "webhook" in service.out.read_text()
+
+
+# ---- (f) run with the port taken -------------------------------------------------------------
+
+
+def test_run_with_the_port_taken_says_so_and_exits_1(workdir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        port = other.getsockname()[1]
+        result = gridbot(
+            "run", cwd=workdir, web_port=str(port), database_url=sqlite_url(workdir / "g.db")
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Gridbot is running" not in result.stdout  # only once the port is ours
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "GRIDBOT_WEB_PORT" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -481,15 +481,121 @@ def test_env_example_documents_every_known_setting() -> None:
             assert i > 0 and lines[i - 1].startswith("#"), f"no comment above {key}"
 
 
+def env_example_values(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    """Every setting the example shows, active or commented out (``# KEY=value``)."""
+    values: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        m = re.match(r"#?\s*(GRIDBOT_[A-Z0-9_]+)=(.*)", raw.strip())
+        if m:
+            values[m.group(1)] = m.group(2)
+    return values
+
+
 def test_env_example_production_values() -> None:
     active, _ = env_file_keys(ENV_EXAMPLE)
+    shown = env_example_values()
     assert active["GRIDBOT_WEBCHAT_ENABLED"] == "false"
     assert active["GRIDBOT_DEMO"] == "false"
-    assert active["GRIDBOT_TELEGRAM_MODE"] == "webhook"
-    webhook = urlsplit(active["GRIDBOT_TELEGRAM_WEBHOOK_URL"])
+    assert shown["GRIDBOT_TELEGRAM_MODE"] == "webhook"
+    webhook = urlsplit(shown["GRIDBOT_TELEGRAM_WEBHOOK_URL"])
     assert webhook.scheme == "https" and webhook.path == WEBHOOK_PATH
     for key in SECRET_SETTINGS:
-        assert "CHANGE_ME" in active[key], f"{key} must be a placeholder, not a secret"
+        assert "CHANGE_ME" in shown[key], f"{key} must be a placeholder, not a secret"
+    # No platform is switched on with a placeholder: each is uncommented by whoever uses it.
+    for key in ("GRIDBOT_TELEGRAM_TOKEN", "GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_TOKEN"):
+        assert key not in active, f"{key} is active in the example"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No GRIDBOT_* (nor STATE_DIRECTORY) from the test run's environment."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(PREFIX) or key == "STATE_DIRECTORY":
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def _load_env_file(text: str, env: pytest.MonkeyPatch) -> Any:
+    from bot.config import load_settings
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env.setenv(key, value)
+    return load_settings()
+
+
+def test_the_example_as_shipped_is_refused_naming_the_placeholder(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from bot.config import PlaceholderError
+
+    with pytest.raises(PlaceholderError) as refused:
+        _load_env_file(ENV_EXAMPLE.read_text(), clean_env)
+    message = str(refused.value)
+    assert "GRIDBOT_SECRET_KEY" in message and "CHANGE_ME" in message
+    assert "GRIDBOT_TELEGRAM_TOKEN" not in message  # not active: nothing to refuse
+
+
+@pytest.mark.parametrize("value", ["CHANGE_ME", "changeme", "Change-Me", "<change me>"])
+def test_placeholders_are_refused_in_any_setting(
+    clean_env: pytest.MonkeyPatch, value: str
+) -> None:
+    from bot.config import PlaceholderError, load_settings
+
+    clean_env.setenv("GRIDBOT_WECHAT_SECRET", value)
+    with pytest.raises(PlaceholderError, match="GRIDBOT_WECHAT_SECRET"):
+        load_settings()
+    clean_env.delenv("GRIDBOT_WECHAT_SECRET")
+    clean_env.setenv("GRIDBOT_DATABASE_URL", f"postgresql+asyncpg://gridbot:{value}@db/gridbot")
+    with pytest.raises(PlaceholderError, match="GRIDBOT_DATABASE_URL") as refused:
+        load_settings()
+    assert "gridbot@db" not in str(refused.value)  # the message names settings, not values
+
+
+def test_a_wechat_only_deployment_from_the_example(clean_env: pytest.MonkeyPatch) -> None:
+    """What an operator in mainland China does: uncomment the WeChat lines, fill them in."""
+    lines = []
+    for raw in ENV_EXAMPLE.read_text().splitlines():
+        m = re.match(r"#\s*(GRIDBOT_WECHAT_(?:APPID|SECRET|TOKEN|AES_KEY))=(.*)", raw)
+        lines.append(f"{m.group(1)}={m.group(2)}" if m else raw)
+    text = "\n".join(lines)
+    text = text.replace("GRIDBOT_WECHAT_AES_KEY=CHANGE_ME", "GRIDBOT_WECHAT_AES_KEY=" + "k" * 43)
+    text = text.replace("CHANGE_ME", "a-real-secret-0123456789")
+    settings = _load_env_file(text, clean_env)
+    assert settings.telegram_token is None
+    assert settings.wechat_appid and settings.wechat_token and settings.wechat_secret
+    assert not settings.webchat_enabled and not settings.demo
+
+
+def test_the_unit_writes_only_where_it_may(clean_env: pytest.MonkeyPatch) -> None:
+    """Under the shipped unit, every file the service writes (database, QR codes, photos)
+    lands in a writable folder, with the defaults (systemd sets $STATE_DIRECTORY)."""
+    from bot.config import load_settings
+
+    unit = read_unit(UNIT)
+    service = unit["Service"]
+    writable = " ".join(unit_values(UNIT, "Service", "ReadWritePaths")).split()
+    state = ["/var/lib/" + d for d in service["StateDirectory"].split()]
+    assert set(state) <= set(writable)
+    clean_env.setenv("STATE_DIRECTORY", ":".join(state))
+    for line in unit_values(UNIT, "Service", "Environment"):
+        for word in shlex.split(line):
+            key, _, value = word.partition("=")
+            clean_env.setenv(key, value)
+    clean_env.chdir(service["WorkingDirectory"] if Path("/opt/gridbot").is_dir() else "/")
+    settings = load_settings()
+
+    def inside(path: Path) -> bool:
+        full = Path(service["WorkingDirectory"]) / path  # relative paths: the working dir
+        return any(full.is_relative_to(w) for w in writable)
+
+    assert inside(Path(settings.database_url.split(":///", 1)[1]))
+    assert inside(settings.qr_dir), settings.qr_dir
+    assert inside(settings.media_dir), settings.media_dir
 
 
 def test_env_example_matches_bot_config_settings() -> None:
@@ -517,16 +623,39 @@ def test_env_example_matches_bot_config_settings() -> None:
     assert toml_keys <= set(settings_cls.model_fields), toml_keys - set(settings_cls.model_fields)
 
 
+def toml_documented_keys() -> set[str]:
+    """Keys the TOML example sets or shows commented out (``# key = value``, ``# [table]``)."""
+    keys = set(tomllib.loads(TOML_EXAMPLE.read_text()))
+    for raw in TOML_EXAMPLE.read_text().splitlines():
+        m = re.match(r"#\s*(?:\[([a-z_]+)\]|([a-z_]+)\s*=)", raw.strip())
+        if m:
+            keys.add(m.group(1) or m.group(2))
+    return keys
+
+
 def test_toml_example_parses_and_uses_known_keys() -> None:
     data = tomllib.loads(TOML_EXAMPLE.read_text())
     known = {k.removeprefix(PREFIX).lower() for k in KNOWN_SETTINGS - ENV_ONLY}
     core = {k.removeprefix(PREFIX).lower() for k in CORE_SETTINGS - ENV_ONLY}
-    assert set(data) <= known, sorted(set(data) - known)
-    assert set(data) >= core, sorted(core - set(data))
+    documented = toml_documented_keys()
+    assert documented <= known, sorted(documented - known)
+    assert documented >= core, sorted(core - documented)
     assert isinstance(data["web_port"], int)
     assert data["webchat_enabled"] is False
     assert data["demo"] is False
-    assert urlsplit(data["telegram_webhook_url"]).path == WEBHOOK_PATH
+    text = TOML_EXAMPLE.read_text()
+    webhook = re.search(r'telegram_webhook_url = "([^"]+)"', text)
+    assert webhook and urlsplit(webhook.group(1)).path == WEBHOOK_PATH
+
+
+def test_toml_example_shows_every_setting() -> None:
+    """Like the env example: WeChat and the media folder included (same keys as Settings)."""
+    from bot.config import Settings
+
+    fields = set(Settings.model_fields)
+    documented = toml_documented_keys()
+    assert documented >= fields, sorted(fields - documented)
+    assert "telegram_token" not in tomllib.loads(TOML_EXAMPLE.read_text())  # opt-in platform
 
 
 # --- systemd ---------------------------------------------------------------------------------
