@@ -6,6 +6,7 @@ description, generated from this class, so the two never drift apart.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 import tomllib
@@ -31,6 +32,12 @@ class Open311Key(BaseModel):
 
     name: str = Field(min_length=1, max_length=64)
     can: list[Literal["read", "post"]] = Field(default_factory=_read_only)
+
+
+def installed_locales() -> Path:
+    """The catalogs shipped with the code: the ``locales`` package's folder, in a checkout or
+    in site-packages alike."""
+    return Path(str(importlib.resources.files("locales")))
 
 
 def state_dir() -> Path:
@@ -94,8 +101,8 @@ class Settings(BaseSettings):
     max_text_length: int = Field(2000, description="Longest text accepted from a user")
     log_level: str = Field("INFO", description="Logging level")
     locales_dir: Path = Field(
-        Path(__file__).resolve().parent.parent / "locales",
-        description="Folder of the message catalogs",
+        default_factory=installed_locales,
+        description="Folder of the message catalogs (default: those installed with the code)",
     )
     qr_dir: Path = Field(
         default_factory=lambda: state_dir() / "qr",
