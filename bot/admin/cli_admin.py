@@ -1,4 +1,5 @@
-"""Admin subcommands of the ``gridbot`` command line: import, grids, invite, qr-sheet.
+"""Admin subcommands of the ``gridbot`` command line: import, grids, invite, invites,
+qr-sheet.
 
 ``bot/cli.py`` builds the parser and calls :func:`add_admin_commands`; each command is a sync
 function ``(settings, args) -> exit code`` that opens its own engine, migrates the schema, does
@@ -12,7 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +42,7 @@ from bot.core.invites import (
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
 from models.grid import Building, Grid
-from models.people import ROLE_RESIDENT, ROLES
+from models.people import ROLE_RESIDENT, ROLES, Invite
 
 _T = TypeVar("_T")
 
@@ -422,6 +423,121 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# invites list | revoke
+
+
+def invite_status(invite: Invite, now: datetime) -> str:
+    """``revoked``, ``expired``, ``used up`` or ``open``: whether the invite still binds."""
+    if invite.revoked:
+        return "revoked"
+    if now >= invite.expires_at:
+        return "expired"
+    if invite.max_uses is not None and invite.uses >= invite.max_uses:
+        return "used up"
+    return "open"
+
+
+def cmd_invites_list(settings: Settings, args: argparse.Namespace) -> int:
+    """List invites (open ones unless ``--all``), newest first, optionally under one grid."""
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        stmt = (
+            select(Invite, Grid.code, Building.code)
+            .join(Grid, Grid.id == Invite.grid_id)
+            .outerjoin(Building, Building.id == Invite.building_id)
+            .order_by(Invite.id.desc())
+        )
+        if args.grid:
+            top = await _grid_by_code(session, args.grid)
+            stmt = stmt.where(Grid.path.startswith(top.path, autoescape=True))
+        rows = []
+        for invite, grid_code, building_code in await session.execute(stmt):
+            status = invite_status(invite, now)
+            if status != "open" and not args.all:
+                continue
+            rows.append(
+                {
+                    "id": invite.id,
+                    "role": invite.role,
+                    "grid": grid_code,
+                    "building": building_code,
+                    "uses": invite.uses,
+                    "max_uses": invite.max_uses,
+                    "expires_at": invite.expires_at.astimezone(settings.tz).isoformat(),
+                    "created_at": invite.created_at.astimezone(settings.tz).isoformat(),
+                    "status": status,
+                }
+            )
+        return rows
+
+    try:
+        rows = _run(settings, work)
+    except CliError as exc:
+        return _fail(str(exc), exc.status)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    if not rows:
+        print("no open invites" if not args.all else "no invites")
+        return 0
+    print(f"{'id':>5}  {'role':<8} {'grid':<12} {'building':<10} {'uses':>7}  "
+          f"{'valid until':<10}  status")  # fmt: skip
+    for r in rows:
+        uses = f"{r['uses']}/{'∞' if r['max_uses'] is None else r['max_uses']}"
+        print(
+            f"{r['id']:>5}  {r['role']:<8} {r['grid']:<12} {r['building'] or '-':<10} "
+            f"{uses:>7}  {r['expires_at'][:10]:<10}  {r['status']}"
+        )
+    return 0
+
+
+def cmd_invites_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    """Revoke invites by id, or every open invite on and under ``--grid``; all or nothing."""
+    if not args.ids and not args.grid:
+        return _fail("name the invites to revoke (IDs) or --grid CODE", 2)
+    now = utcnow()
+
+    async def work(session: AsyncSession) -> tuple[list[int], list[int]]:
+        invites: list[Invite] = []
+        for invite_id in args.ids:
+            invite = await session.get(Invite, invite_id)
+            if invite is None:
+                raise CliError(f"unknown invite #{invite_id}; nothing was revoked")
+            invites.append(invite)
+        if args.grid:
+            top = await _grid_by_code(session, args.grid)
+            stmt = (
+                select(Invite)
+                .join(Grid, Grid.id == Invite.grid_id)
+                .where(Grid.path.startswith(top.path, autoescape=True))
+                .order_by(Invite.id)
+            )
+            invites += [i for i in await session.scalars(stmt) if invite_status(i, now) == "open"]
+        revoked, already = [], []
+        for invite in invites:
+            if invite.revoked:
+                already.append(invite.id)
+            elif invite.id not in revoked:
+                invite.revoked = True
+                revoked.append(invite.id)
+        await session.flush()
+        return revoked, already
+
+    try:
+        revoked, already = _run(settings, work)
+    except CliError as exc:
+        return _fail(str(exc), exc.status)
+    if revoked:
+        print(f"revoked: {', '.join(f'#{i}' for i in revoked)}")
+    if already:
+        print(f"already revoked: {', '.join(f'#{i}' for i in already)}")
+    if not revoked and not already:
+        print("no open invites there: nothing to revoke")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # registration
 
 
@@ -467,6 +583,22 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "configured token, and kept in the database)",
     )
     p.set_defaults(func=cmd_invite)
+
+    invites = subparsers.add_parser(
+        "invites",
+        help="list or revoke invites",
+        description="A revoked invite no longer binds: whoever scans it is told, politely.",
+    )
+    isub = invites.add_subparsers(dest="invites_command", metavar="ACTION", required=True)
+    p = isub.add_parser("list", help="open invites, newest first (--all: every invite)")
+    p.add_argument("--grid", metavar="CODE", help="only invites on this grid and below")
+    p.add_argument("--all", action="store_true", help="also revoked, expired and used up")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_invites_list)
+    p = isub.add_parser("revoke", help="revoke invites by id, or all open ones under a grid")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="invite numbers (see list)")
+    p.add_argument("--grid", metavar="CODE", help="every open invite on this grid and below")
+    p.set_defaults(func=cmd_invites_revoke)
 
     p = subparsers.add_parser(
         "qr-sheet",

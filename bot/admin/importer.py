@@ -1534,8 +1534,14 @@ async def grid_tree(session: AsyncSession) -> list[dict[str, Any]]:
 
     Each node has ``code``, ``name``, ``level`` (the community's name for its depth), ``depth``,
     the grid's own counts ``buildings``, ``admins``, ``heads``, ``workers``, ``members``,
-    ``residents``, the same counts over its subtree in ``totals``, and ``children``.
+    ``residents``, the same counts over its subtree in ``totals``, ``building_list`` (the
+    grid's own buildings: ``code``, ``name``, ``address``, by code) and ``children``.
     """
+    building_rows: dict[int, list[dict[str, Any]]] = {}
+    for b in await session.scalars(select(Building).order_by(Building.code)):
+        building_rows.setdefault(b.grid_id, []).append(
+            {"code": b.code, "name": b.name, "address": b.address}
+        )
     levels = {
         c.id: (c.level_names.split("/") if c.level_names else [])
         for c in await session.scalars(select(Community))
@@ -1569,6 +1575,7 @@ async def grid_tree(session: AsyncSession) -> list[dict[str, Any]]:
         }
         for role, key in _ROLE_KEYS.items():
             node[key] = roles.get((g.id, role), 0)
+        node["building_list"] = building_rows.get(g.id, [])
         node["children"] = []
         nodes[g.id] = node
     roots: list[dict[str, Any]] = []
@@ -1608,14 +1615,23 @@ def render_tree(tree: list[dict[str, Any]]) -> str:
             text += f" (subtree: {_count_text(node['totals'])})"
         return text
 
+    def buildings(node: dict[str, Any], prefix: str) -> None:
+        # The grid's own buildings, under its label (codes are what invites and files use).
+        bar = "│   " if node["children"] else "    "
+        for b in node.get("building_list", []):
+            lines.append(f"{prefix}{bar}· {b['name']} [{b['code']}]")
+
     def walk(children: list[dict[str, Any]], prefix: str) -> None:
         for i, child in enumerate(children):
             last = i == len(children) - 1
             lines.append(f"{prefix}{'└── ' if last else '├── '}{label(child)}")
-            walk(child["children"], prefix + ("    " if last else "│   "))
+            inner = prefix + ("    " if last else "│   ")
+            buildings(child, inner)
+            walk(child["children"], inner)
 
     for root in tree:
         lines.append(label(root))
+        buildings(root, "")
         walk(root["children"], "")
     if not lines:
         return "(no grids yet: import a community file first)"

@@ -145,8 +145,13 @@ def test_grids_text_and_json(
     assert run(settings, "grids") == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("测试街道 [st] 街道")
-    assert out[-2] == "        ├── 第一网格1号微网格 [g1-m1] 微网格 — buildings 2, workers 1"
-    assert out[-1] == "        └── 第一网格2号微网格 [g1-m2] 微网格 — buildings 1"
+    assert out[-5:] == [
+        "        ├── 第一网格1号微网格 [g1-m1] 微网格 — buildings 2, workers 1",
+        "        │       · 翠屏小区1栋 [b01]",
+        "        │       · 翠屏小区2栋 [b02]",
+        "        └── 第一网格2号微网格 [g1-m2] 微网格 — buildings 1",
+        "                · 翠屏小区3栋 [b03]",
+    ]
 
     assert run(settings, "grids", "--json") == 0
     tree = json.loads(capsys.readouterr().out)
@@ -155,6 +160,11 @@ def test_grids_text_and_json(
     assert grid["level"] == "网格"
     assert [c["code"] for c in grid["children"]] == ["g1-m1", "g1-m2"]
     assert grid["totals"]["buildings"] == 3
+    assert grid["building_list"] == []  # buildings are listed on the grid they belong to
+    assert grid["children"][0]["building_list"] == [
+        {"code": "b01", "name": "翠屏小区1栋", "address": ""},
+        {"code": "b02", "name": "翠屏小区2栋", "address": ""},
+    ]
 
 
 def test_grids_on_empty_database(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
