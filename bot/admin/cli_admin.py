@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.admin.cli_wechat import wechat_configured, wechat_qr, wechat_sheet_urls
 from bot.admin.importer import (
     CommunityFileError,
-    ImportReport,
     grid_tree,
     import_community,
     render_tree,
@@ -42,7 +41,7 @@ from bot.core.invites import (
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
 from models.grid import Building, Grid
-from models.people import ROLE_RESIDENT, ROLES, Invite
+from models.people import ROLE_RESIDENT, ROLES, Invite, Person, Role
 
 _T = TypeVar("_T")
 
@@ -177,13 +176,71 @@ def import_files(
     return 0
 
 
-def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    """Import community files (YAML or CSV) in one transaction; all or nothing."""
+async def hand_over(session: AsyncSession, settings: Settings, person_ids: set[int]) -> str:
+    """Hand the open work of people who lost roles to whoever is responsible now (in the
+    caller's transaction; the running service delivers the notices). A line per person."""
+    from bot.core.notify import Notifier
+    from bot.core.orders import OrderService
+    from bot.i18n import Translator
 
-    async def load(session: AsyncSession, path: Path) -> ImportReport:
-        return await import_community(session, path, fmt=args.format)
+    tr = Translator.load(settings.locales_dir, settings.default_locale)
+    service = OrderService(session, Notifier(session, tr, settings.default_locale), tr, utcnow())
+    lines = []
+    for person_id in sorted(person_ids):
+        person = await session.get(Person, person_id)
+        assert person is not None
+        released = await service.release_person(person)
+        if released.offers_withdrawn or released.orders_returned or released.orders_redirected:
+            lines.append(f"  open work of {person.name} [{person.key}]: {released}")
+    return "\n".join(lines)
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    """Import community files (YAML or CSV) in one transaction; all or nothing. Open work of
+    people who lost roles is handed over in the same transaction."""
+
+    async def load(session: AsyncSession, path: Path) -> str:
+        report = await import_community(session, path, fmt=args.format)
+        handed = await hand_over(session, settings, report.lost_roles)
+        return f"{report}\n{handed}" if handed else str(report)
 
     return import_files(settings, args.files, load)
+
+
+# --------------------------------------------------------------------------------------------
+# person remove
+
+
+def cmd_person_remove(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove a person's roles (all, or those matching ``--role`` / ``--grid``) and hand their
+    open work over. The person's history (orders, events, points) stays."""
+
+    async def work(session: AsyncSession) -> str:
+        person = await session.scalar(select(Person).where(Person.key == args.key))
+        if person is None:
+            raise CliError(f"no person with key {args.key}")
+        stmt = select(Role).where(Role.person_id == person.id)
+        if args.role:
+            stmt = stmt.where(Role.role == args.role)
+        if args.grid:
+            stmt = stmt.where(Role.grid_id == (await _grid_by_code(session, args.grid)).id)
+        roles = list(await session.scalars(stmt))
+        if not roles:
+            raise CliError(f"{person.name} [{person.key}] holds no such role; nothing changed")
+        grids = {g.id: g.code for g in await session.scalars(select(Grid))}
+        removed = ", ".join(f"{r.role} of {grids.get(r.grid_id, '?')}" for r in roles)
+        for role in roles:
+            await session.delete(role)
+        await session.flush()
+        handed = await hand_over(session, settings, {person.id})
+        text = f"removed from {person.name} [{person.key}]: {removed}"
+        return f"{text}\n{handed}" if handed else f"{text}\n  no open work to hand over"
+
+    try:
+        print(_run(settings, work))
+    except CliError as exc:
+        return _fail(str(exc), exc.status)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,6 +613,23 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--format", choices=("yaml", "csv"), default=None, help="default: from the file suffix"
     )
     p.set_defaults(func=cmd_import)
+
+    person = subparsers.add_parser(
+        "person",
+        help="remove someone's roles (open work is handed over)",
+        description="A community file is the truth for the people it lists; someone it no "
+        "longer lists is kept until removed here.",
+    )
+    psub = person.add_subparsers(dest="person_command", metavar="ACTION", required=True)
+    p = psub.add_parser(
+        "remove",
+        help="remove a person's roles (all, or one role / grid); their open offers and "
+        "orders go back to the grid's worker or head",
+    )
+    p.add_argument("key", metavar="KEY", help="the person's key in the community file")
+    p.add_argument("--role", choices=ROLES, help="only this role")
+    p.add_argument("--grid", metavar="CODE", help="only roles on this grid")
+    p.set_defaults(func=cmd_person_remove)
 
     p = subparsers.add_parser("grids", help="show the grid tree with buildings and people")
     p.add_argument("--json", action="store_true", help="print JSON instead of a tree")

@@ -15,7 +15,9 @@ Rules the importer keeps:
 * Rows are matched by ``code`` (grids, buildings, categories) or ``key`` (people) and updated in
   place; re-importing the same file changes nothing.
 * The file is the truth for the people it lists: their roles that the file does not mention are
-  removed. People the file does not list are left alone, and so are grids and buildings.
+  removed (the caller hands their open work over: :attr:`ImportReport.lost_roles`). People the
+  file does not list are left alone (the report names them: ``gridbot person remove`` removes
+  someone), and so are grids and buildings.
 * An optional field (a person's ``phone`` or ``locale``, a building's ``address``, the
   community's ``timezone`` or ``levels``) that a YAML file leaves out is left as it is;
   ``phone: ""`` or ``phone: null`` clears it. In CSV an empty cell leaves the value alone.
@@ -125,6 +127,10 @@ class ImportReport:
     community: str | None = None
     counts: dict[str, KindCounts] = field(default_factory=lambda: {k: KindCounts() for k in KINDS})
     ignored: list[str] = field(default_factory=list)
+    #: People who lost a role in this import (their open work must be handed over).
+    lost_roles: set[int] = field(default_factory=set)
+    #: Keys of people with roles in the file's community whom the file does not list (kept).
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -149,6 +155,12 @@ class ImportReport:
             )
         if self.ignored:
             lines.append(f"  ignored sections: {', '.join(self.ignored)}")
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:10]) + (" …" if len(self.unlisted) > 10 else "")
+            lines.append(
+                f"  not in this file, kept: {len(self.unlisted)} people with roles here "
+                f"({shown}); `gridbot person remove KEY` removes one"
+            )
         return "\n".join(lines)
 
 
@@ -1095,6 +1107,24 @@ class _Importer:
         await self._write_categories()
         await self._write_clocks()
         await self.s.flush()
+        await self._note_unlisted()
+
+    async def _note_unlisted(self) -> None:
+        """People keyed by an earlier import, holding roles in this file's community, whom
+        this file (a whole community, with people) does not list: they are kept, and the
+        report says so (removing someone is ``gridbot person remove``)."""
+        if self.community is None or not self.plan.people or self.report.fmt != "yaml":
+            return
+        listed = {p.key for p in self.plan.people}
+        keys = await self.s.scalars(
+            select(Person.key)
+            .join(Role, Role.person_id == Person.id)
+            .join(Grid, Grid.id == Role.grid_id)
+            .where(Grid.community_id == self.community.id, Person.key.is_not(None))
+            .distinct()
+            .order_by(Person.key)
+        )
+        self.report.unlisted = [k for k in keys if k and k not in listed]
 
     async def _write_community(self) -> None:
         spec = self.plan.community
@@ -1284,6 +1314,7 @@ class _Importer:
                 if ident not in wanted:
                     await self.s.delete(role)
                     role_counts.removed += 1
+                    self.report.lost_roles.add(person.id)
 
     async def _write_categories(self) -> None:
         counts = self.report.counts["categories"]

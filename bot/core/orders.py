@@ -40,6 +40,7 @@ from models import (
     Person,
     PointsEntry,
     Revisit,
+    Role,
 )
 from models.orders import (
     ACCEPTED,
@@ -59,7 +60,7 @@ from models.orders import (
     SOURCE_RESIDENT,
     SUBMITTED,
 )
-from models.people import ROLE_HEAD
+from models.people import ROLE_HEAD, ROLE_MEMBER
 
 log = logging.getLogger(__name__)
 
@@ -748,3 +749,137 @@ class OrderService:
             old = await self._transition(order, (CONFIRMED,), CLOSED)
             self._event(order, person.id, "revisit", old, note=note)
         return revisit
+
+    # ---- a person loses roles ----------------------------------------------------------------
+
+    async def _still_serves(self, person_id: int, order: Order) -> bool:
+        """Whether the person may still work on ``order``: a member at or below its handling
+        grid, or someone who manages that grid."""
+        grid = await self.session.get(Grid, order.handling_grid_id)
+        assert grid is not None
+        member = await self.session.scalar(
+            select(func.count())
+            .select_from(Role)
+            .join(Grid, Grid.id == Role.grid_id)
+            .where(
+                Role.person_id == person_id,
+                Role.role == ROLE_MEMBER,
+                Grid.path.startswith(grid.path, autoescape=True),
+            )
+        )
+        return bool(member) or await can_manage(self.session, person_id, grid)
+
+    async def _back_to_handlers(
+        self, order: Order, allowed: tuple[str, ...], note_key: str, name: str
+    ) -> None:
+        old = await self._transition(order, allowed, SUBMITTED, assignee_id=None)
+        self._event(order, None, "released", old, note=name)
+        handlers = await self._handlers(order)
+        reached = await self._notify_handlers(order, handlers, note_key, name=name)
+        if not reached:
+            log.warning("order %s handed back, but no handler has a chat yet", order.id)
+
+    async def release_person(self, person: Person) -> Released:
+        """Open work of someone who lost roles goes back to whoever is responsible now; nothing
+        is dropped on the floor. Call after the roles were deleted (and flushed).
+
+        * Their open offers on orders they can no longer take are withdrawn (their message
+          says so); an order left with no open offer returns to its handlers.
+        * Orders they had accepted (or handled themselves) and can no longer work on return to
+          the handlers for a new dispatch; the resident is told, and so are they.
+        * Orders waiting for a dispatch they were handling are announced to the people now
+          responsible (workers, else the head up the tree, else an admin).
+        """
+        done = Released()
+        offers = (
+            await self.session.scalars(
+                select(Offer)
+                .where(Offer.person_id == person.id, Offer.status == OFFER_OPEN)
+                .order_by(Offer.id)
+            )
+        ).all()
+        for offer in offers:
+            order = await self.get(offer.order_id)
+            if await self._still_serves(person.id, order):
+                continue
+            offer.status = OFFER_WITHDRAWN
+            view = await self.view(order)
+
+            def withdrawn(lang: str, view: OrderView = view) -> Outbound:
+                return cards.offer_closed(self.tr, lang, view, "offer.withdrawn")
+
+            await self.notify.edit_for_person(person.id, offer_ref(offer.id), withdrawn)
+            done.offers_withdrawn += 1
+            await self.session.flush()
+            still_open = await self.session.scalar(
+                select(func.count())
+                .select_from(Offer)
+                .where(Offer.order_id == order.id, Offer.status == OFFER_OPEN)
+            )
+            if not still_open and order.status == DISPATCHED:
+                await self._back_to_handlers(
+                    order, (DISPATCHED,), "dispatch.member_removed", person.name
+                )
+                done.orders_returned += 1
+        accepted = (
+            await self.session.scalars(
+                select(Order)
+                .where(Order.assignee_id == person.id, Order.status == ACCEPTED)
+                .order_by(Order.id)
+            )
+        ).all()
+        for order in accepted:
+            if await self._still_serves(person.id, order):
+                continue
+            await self._back_to_handlers(
+                order, (ACCEPTED,), "dispatch.member_removed", person.name
+            )
+            def released(lang: str, order: Order = order) -> Outbound:
+                return Outbound(self.tr.t(lang, "member.released", number=number(order)))
+
+            await self.notify.to_person(person.id, released)
+            await self._tell_resident(order, "resident.reassigning")
+            done.orders_returned += 1
+        carded = (
+            await self.session.scalars(
+                select(OutboxMessage.ref)
+                .where(
+                    OutboxMessage.person_id == person.id,
+                    OutboxMessage.ref.startswith("disp:", autoescape=True),
+                )
+                .distinct()
+            )
+        ).all()
+        order_ids = sorted({int(ref.split(":", 1)[1]) for ref in carded if ref})
+        for order_id in order_ids:
+            order = await self.get(order_id)
+            if order.status not in AWAITING_DISPATCH:
+                continue
+            grid = await self.session.get(Grid, order.handling_grid_id)
+            assert grid is not None
+            if await can_manage(self.session, person.id, grid):
+                continue
+            handlers = [pid for pid in await self._handlers(order) if pid != person.id]
+            reached = await self._notify_handlers(
+                order, handlers, "dispatch.handover", name=person.name
+            )
+            if not reached:
+                log.warning("order %s: its handler left and nobody can be told", order.id)
+            done.orders_redirected += 1
+        return done
+
+
+@dataclass
+class Released:
+    """What :meth:`OrderService.release_person` handed back."""
+
+    offers_withdrawn: int = 0
+    orders_returned: int = 0
+    orders_redirected: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.offers_withdrawn} offer(s) withdrawn, {self.orders_returned} order(s) "
+            f"returned for a new dispatch, {self.orders_redirected} waiting order(s) announced "
+            "to the people now responsible"
+        )
