@@ -69,6 +69,10 @@ class StubCore:
             return HandleResult(toast="已接单 Accepted")
         if inbound.location:
             await self.channel.send(inbound.chat_id, Outbound("📍 已签到 Checked in"))
+        elif inbound.photo:  # the order flow's next question after a photo
+            await self.channel.send(
+                inbound.chat_id, Outbound("收到照片。请发送位置 Photo received: your location?")
+            )
         elif inbound.text:
             await self.channel.send(
                 inbound.chat_id,
@@ -185,5 +189,86 @@ async def test_chat_as_resident_and_worker(base_url: str, tmp_path: Path) -> Non
             await phone.get_by_test_id("location-chip").click()
             await expect(phone.get_by_test_id("bubble").last).to_contain_text("已签到")
             await phone.screenshot(path=str(shots / "webchat-phone.png"))
+        finally:
+            await browser.close()
+
+
+def _tall_png() -> bytes:
+    """A photo much taller than the image placeholder (a phone's portrait shot)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 900), (90, 140, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_phone_width_photo_keeps_the_next_question_in_view_and_tabs_show_panes(
+    base_url: str, tmp_path: Path
+) -> None:
+    expect = async_api.expect
+    shots = Path(os.environ.get("WEBCHAT_SCREENSHOTS", tmp_path))
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 780})
+
+            # Photos arrive over a slow mobile link: they get their height after the
+            # question that follows them is already shown.
+            async def slow_media(route: object) -> None:
+                await asyncio.sleep(0.5)
+                await route.continue_()  # type: ignore[attr-defined]
+
+            await page.route("**/chat/media/**", slow_media)
+            await page.goto(base_url)
+            tabs = page.get_by_test_id("pane-tab")
+            await expect(page.get_by_test_id("pane-tabs")).to_be_hidden()  # one pane: no tabs
+            first = page.get_by_test_id("pane").first
+            await first.get_by_test_id("persona-option").filter(has_text="张阿姨").click()
+            for text in ("楼道灯坏了", "三单元", "晚上很黑"):
+                await first.get_by_test_id("input").fill(text)
+                await first.get_by_test_id("input").press("Enter")
+                await expect(first.get_by_test_id("bubble").last).to_contain_text(text)
+            await first.get_by_test_id("file").set_input_files(
+                files=[{"name": "lamp.png", "mimeType": "image/png", "buffer": _tall_png()}]
+            )
+            question = first.get_by_test_id("bubble").filter(has_text="请发送位置")
+            await expect(question).to_have_count(1)
+            await page.wait_for_function(
+                "() => [...document.querySelectorAll('.log img')].every("
+                "i => i.complete && i.naturalHeight > 0)"
+            )
+            await expect(question).to_be_in_viewport(ratio=1)
+            await page.screenshot(path=str(shots / "webchat-phone-photo.png"))
+
+            # A second pane: a tab per pane shows which one is on screen.
+            await page.get_by_test_id("add-pane").click()
+            second = page.get_by_test_id("pane").nth(1)
+            await second.get_by_test_id("persona-option").filter(has_text="李网格员").click()
+            await expect(tabs).to_have_count(2)
+            await expect(tabs.nth(0)).to_contain_text("张阿姨")
+            await expect(tabs.nth(1)).to_contain_text("李网格员")
+            await expect(tabs.nth(1)).to_have_attribute("aria-selected", "true")
+            await expect(second).to_be_in_viewport(ratio=0.9)
+
+            # News for the pane that is not on screen shows as an unread count on its tab.
+            sent = await page.request.post(
+                base_url + "api/send",
+                data={"chat_id": "p-resident", "id": "0b6c1e52-5a1c-4d2e-9a51-3c0f3d2b7a10",
+                      "text": "还有一件事"},
+            )  # fmt: skip
+            assert sent.ok
+            await expect(tabs.nth(0).get_by_test_id("unread-badge")).to_have_text("1")
+            await page.screenshot(path=str(shots / "webchat-phone-tabs.png"))
+
+            # Tapping the tab brings that pane back, and its news counts as read.
+            await tabs.nth(0).click()
+            await expect(first).to_be_in_viewport(ratio=0.9)
+            await expect(tabs.nth(0)).to_have_attribute("aria-selected", "true")
+            await expect(tabs.nth(0).get_by_test_id("unread-badge")).to_have_count(0)
+            await expect(first.get_by_test_id("bubble").last).to_be_in_viewport()
         finally:
             await browser.close()
