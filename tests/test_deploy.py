@@ -772,3 +772,19 @@ def test_nginx_compose_proxy_passes_nginx_t(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+def test_deploy_readme_covers_wechat_and_moving_files() -> None:
+    """An operator can set up WeChat alone, and get the community file into the container
+    and the printed QR codes out of it."""
+    text = (DEPLOY / "README.md").read_text()
+    wechat = text[text.index("## WeChat Official Account") :]
+    for needle in ("GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_AES_KEY", "/wechat", "白名单",
+                   "gridbot wechat menu", "Telegram ones commented out"):  # fmt: skip
+        assert needle in wechat, needle
+    assert "docker cp community.yaml gridbot:/data/" in text
+    assert "docker cp gridbot:/data/qr" in text
+    assert "STATE_DIRECTORY" in text and "GRIDBOT_MEDIA_DIR" in text
