@@ -179,18 +179,17 @@ def import_files(
 async def hand_over(session: AsyncSession, settings: Settings, person_ids: set[int]) -> str:
     """Hand the open work of people who lost roles to whoever is responsible now (in the
     caller's transaction; the running service delivers the notices). A line per person."""
-    from bot.core.notify import Notifier
-    from bot.core.orders import OrderService
+    from bot.core.handover import hand_over as release
     from bot.i18n import Translator
 
     tr = Translator.load(settings.locales_dir, settings.default_locale)
-    service = OrderService(session, Notifier(session, tr, settings.default_locale), tr, utcnow())
+    now = utcnow()
     lines = []
     for person_id in sorted(person_ids):
         person = await session.get(Person, person_id)
         assert person is not None
-        released = await service.release_person(person)
-        if released.offers_withdrawn or released.orders_returned or released.orders_redirected:
+        released = await release(session, tr, settings.default_locale, now, person)
+        if released.anything:
             lines.append(f"  open work of {person.name} [{person.key}]: {released}")
     return "\n".join(lines)
 

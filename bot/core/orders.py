@@ -876,10 +876,28 @@ class Released:
     offers_withdrawn: int = 0
     orders_returned: int = 0
     orders_redirected: int = 0
+    #: Visit and patrol plans paused (filled by :func:`bot.core.handover.hand_over`).
+    plans_paused: int = 0
+
+    @property
+    def anything(self) -> bool:
+        """Whether there was open work to hand over."""
+        return bool(
+            self.offers_withdrawn
+            or self.orders_returned
+            or self.orders_redirected
+            or self.plans_paused
+        )
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.offers_withdrawn} offer(s) withdrawn, {self.orders_returned} order(s) "
             f"returned for a new dispatch, {self.orders_redirected} waiting order(s) announced "
             "to the people now responsible"
         )
+        if self.plans_paused:
+            text += (
+                f"; {self.plans_paused} visit/patrol plan(s) paused: pair them with someone "
+                "else (gridbot duties import)"
+            )
+        return text

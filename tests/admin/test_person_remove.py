@@ -13,6 +13,7 @@ import pytest
 from bot.admin.cli_admin import add_admin_commands
 from bot.config import Settings
 from models import Offer, Order, Person, Role
+from models.duties import VisitPlan
 from tests.conftest import Harness
 from tests.flows.helpers import find, new_order, payload_of, person, rows
 
@@ -55,6 +56,7 @@ async def test_a_member_who_leaves_hands_back_offers_and_accepted_orders(
     out = capsys.readouterr().out
     assert "removed from 李党员 [p-li-dangyuan]: member of xh-g1-m1" in out
     assert "2 offer(s) withdrawn, 2 order(s) returned for a new dispatch" in out
+    assert "3 visit/patrol plan(s) paused" in out  # the demo pairs 李党员 with 3 households
     await harness.flush()  # the running service delivers what the command queued
 
     first, second, third = await harness.orders()
@@ -69,6 +71,8 @@ async def test_a_member_who_leaves_hands_back_offers_and_accepted_orders(
     assert "这张工单已收回" in card(li, third).text  # type: ignore[attr-defined]
     assert await rows(harness, Role, Role.person_id == li_id) == []
     assert await rows(harness, Person, Person.id == li_id)  # history stays
+    visits = await rows(harness, VisitPlan, VisitPlan.member_id == li_id)
+    assert len(visits) == 3 and not any(v.active for v in visits)  # no reminders to him
 
     told = [m.text for m in worker.inbox[worker_seen:]]
     assert sum("李党员已不再担任社区职务" in t for t in told) == 2
