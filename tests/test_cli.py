@@ -356,3 +356,13 @@ def test_run_with_the_port_taken_says_so_and_exits_1(workdir: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "GRIDBOT_WEB_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_placeholder_setting_is_refused_by_name(workdir: Path) -> None:
+    result = gridbot(
+        "grids", cwd=workdir, secret_key="CHANGE_ME", database_url=sqlite_url(workdir / "g.db")
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: GRIDBOT_SECRET_KEY still holds a placeholder")
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "g.db").exists()  # refused before touching anything
