@@ -427,7 +427,8 @@ class WebChatChannel:
         except OSError:  # an unwritable media folder: the router tells the user
             log.exception("could not store a web chat photo")
             inbound.photo_lost = True
-        return inbound, {"kind": "photo", "text": "", "photo": inbound.photo}
+        text = "📷" if inbound.photo_lost else ""  # the transcript shows a photo was sent
+        return inbound, {"kind": "photo", "text": text, "photo": inbound.photo}
 
     async def _new_inbound(self, chat_id: object, client_id: object) -> Inbound:
         """An Inbound for a known chat and a well-formed client id, with the persona's locale."""

@@ -462,3 +462,22 @@ async def test_multipart_photo(client: httpx.AsyncClient, core: StubCore) -> Non
     else:
         assert r.status_code == 200, r.text
         assert (core.calls[0].photo or "").startswith("media:")
+
+
+async def test_a_photo_that_cannot_be_stored_still_reaches_the_core(
+    client: httpx.AsyncClient, core: StubCore, channel: WebChatChannel, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the media folder went away")
+    channel.media_dir = blocker / "media"  # e.g. a read-only install directory
+    r = await client.post(
+        "/chat/api/send",
+        params={"chat_id": "p-resident", "id": "ph-lost"},
+        content=PNG,
+        headers={"content-type": "image/png"},
+    )
+    assert r.status_code == 200, r.text
+    (call,) = core.calls
+    assert call.photo is None and call.photo_lost  # the core tells the resident
+    messages, _ = await _poll(client, "p-resident")
+    assert messages[0]["photo"] is None and messages[0]["text"] == "📷"
