@@ -356,6 +356,7 @@ def test_run_with_the_port_taken_says_so_and_exits_1(workdir: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "GRIDBOT_WEB_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (workdir / "g.db").exists()  # refused before anything started
 
 
 def test_a_placeholder_setting_is_refused_by_name(workdir: Path) -> None:
