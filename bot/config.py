@@ -277,7 +277,11 @@ def refuse_placeholders(settings: Settings) -> None:
     found = []
     for name in Settings.model_fields:
         value = getattr(settings, name)
-        texts = [str(v) for v in value.values()] if isinstance(value, dict) else [str(value)]
+        texts = (
+            [str(t) for item in value.items() for t in item]  # keys too (API keys)
+            if isinstance(value, dict)
+            else [str(value)]
+        )
         if value is not None and any(PLACEHOLDER_RE.search(t) for t in texts):
             found.append(f"{ENV_PREFIX}{name.upper()}")
     if found:

@@ -550,6 +550,11 @@ def test_placeholders_are_refused_in_any_setting(
     with pytest.raises(PlaceholderError, match="GRIDBOT_WECHAT_SECRET"):
         load_settings()
     clean_env.delenv("GRIDBOT_WECHAT_SECRET")
+    key = f"{value}-long-random-key"
+    clean_env.setenv("GRIDBOT_OPEN311_KEYS", f'{{"{key}": {{"name": "12345"}}}}')
+    with pytest.raises(PlaceholderError, match="GRIDBOT_OPEN311_KEYS"):
+        load_settings()  # a secret can be a key of a JSON object, too
+    clean_env.delenv("GRIDBOT_OPEN311_KEYS")
     clean_env.setenv("GRIDBOT_DATABASE_URL", f"postgresql+asyncpg://gridbot:{value}@db/gridbot")
     with pytest.raises(PlaceholderError, match="GRIDBOT_DATABASE_URL") as refused:
         load_settings()
@@ -627,7 +632,7 @@ def toml_documented_keys() -> set[str]:
     """Keys the TOML example sets or shows commented out (``# key = value``, ``# [table]``)."""
     keys = set(tomllib.loads(TOML_EXAMPLE.read_text()))
     for raw in TOML_EXAMPLE.read_text().splitlines():
-        m = re.match(r"#\s*(?:\[([a-z_]+)\]|([a-z_]+)\s*=)", raw.strip())
+        m = re.match(r"#\s*(?:\[([a-z0-9_]+)\]|([a-z0-9_]+)\s*=)", raw.strip())
         if m:
             keys.add(m.group(1) or m.group(2))
     return keys
