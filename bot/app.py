@@ -463,8 +463,11 @@ class Gridbot:
         username = self.telegram.username if self.telegram is not None else None
         if not username:
             return
-        async with self.sessionmaker() as session, session.begin():
-            await remember_bot_username(session, self.telegram.bot_id, username)
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await remember_bot_username(session, self.telegram.bot_id, username)
+        except Exception:  # a convenience for the CLI: never a reason to stop Telegram
+            log.exception("could not keep the bot's username")
 
     async def start_duties(self, *, manual: bool = False) -> Any:
         """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,

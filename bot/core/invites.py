@@ -238,8 +238,14 @@ async def remember_bot_username(session: AsyncSession, bot_id: str, username: st
     value = f"{bot_id}:{username.lstrip('@')}"
     row = await session.get(KeyValue, BOT_USERNAME_KV)
     if row is None:
-        session.add(KeyValue(key=BOT_USERNAME_KV, value=value))
-    elif row.value != value:
+        try:
+            async with session.begin_nested():  # two instances starting at once: one inserts
+                session.add(KeyValue(key=BOT_USERNAME_KV, value=value))
+            return
+        except IntegrityError:
+            row = await session.scalar(select(KeyValue).where(KeyValue.key == BOT_USERNAME_KV))
+            assert row is not None
+    if row.value != value:
         row.value = value
     await session.flush()
 

@@ -362,3 +362,23 @@ def test_building_sheet(tmp_path: Path) -> None:
             assert img.size == invites.SHEET_SIZE
     single = building_sheet(entries[:2], tmp_path / "one.png", "title")
     assert len(single) == 1
+
+
+async def test_two_instances_keeping_the_bot_username_at_once(
+    sm: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both instances of a deployment read 'nothing kept yet' and insert: the second one's
+    insert fails on the key, and it updates the row instead of failing its start-up."""
+    async with sm() as first, first.begin():
+        await invites.remember_bot_username(first, "123", "old_name_bot")
+    async with sm() as second, second.begin():
+
+        async def stale_get(*args: Any, **kwargs: Any) -> None:
+            return None  # what it read before the first one committed
+
+        monkeypatch.setattr(second, "get", stale_get)
+        await invites.remember_bot_username(second, "123", "xinhua_grid_bot")
+    async with sm() as check:
+        assert await invites.stored_bot_username(check, "123") == "xinhua_grid_bot"
+        assert await invites.stored_bot_username(check, "999") is None  # another bot's token
+        assert await invites.stored_bot_username(check, None) == "xinhua_grid_bot"
