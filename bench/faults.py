@@ -83,6 +83,9 @@ async def one_round(db: str, mode: str, fault: str, residents: int, outage: floa
                 rig.figures.kills += 1
             elif fault == "term":
                 stop_seconds = await service.stop()
+                # Replies sent while stopping do not count: from the exit to the first
+                # reply of the restarted service.
+                before, struck = rig.replies(), time.monotonic()
             else:
                 proxy.cut()
                 await asyncio.sleep(outage)
