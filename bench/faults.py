@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,39 +35,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
-
 from tests.faults.rig import Figures, Rig, TcpProxy, fake_bot_api  # noqa: E402
-
-PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
+from tests.support.pg import fresh_database  # noqa: E402
 
 
 async def one_round(db: str, mode: str, fault: str, residents: int, outage: float,
                     tmp: Path) -> tuple[Figures, float | None]:
     """One round; the figures, and for ``term`` the seconds SIGTERM took."""
-    name = None
-    if db == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp / 'gridbot.db'}"
-    else:
-        name = f"gridbot_faults_{uuid.uuid4().hex[:8]}"
-        await _admin(f'CREATE DATABASE "{name}"')
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     stop_seconds = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if db == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp / 'gridbot.db'}"
+        else:
+            url = await stack.enter_async_context(fresh_database("gridbot_faults"))
         async with fake_bot_api() as tg, TcpProxy("127.0.0.1", 5432) as proxy:
             if fault == "db":
                 parts = urlsplit(url)
-                url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{proxy.port}"))
+                netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+                url = urlunsplit(parts._replace(netloc=netloc))
             rig = Rig(tg, url, tmp, mode=mode)
             await rig.prepare(residents)
             service = rig.service()
@@ -102,9 +87,7 @@ async def one_round(db: str, mode: str, fault: str, residents: int, outage: floa
             await rig.settle()
             await service.stop()
         return rig.figures, stop_seconds
-    finally:
-        if name:
-            await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    raise AssertionError("unreachable")
 
 
 async def main() -> int:

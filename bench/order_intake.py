@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,9 +59,6 @@ if TYPE_CHECKING:
 
 JSON = dict[str, Any]
 RESULTS_DIR = ROOT / "bench" / "results"
-PG_ADMIN_URL = os.environ.get(
-    "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 #: Buildings of micro-grid xh-g1-m1 in the demo community (their orders go to its worker).
 BUILDINGS = ("xh-b01", "xh-b02", "xh-b03")
 WORKER_GRID = "xh-g1-m1"
@@ -528,24 +524,10 @@ async def database(kind: str, label: str) -> Any:
     if kind == "sqlite":
         yield None
         return
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from tests.support.pg import fresh_database
 
-    name = f"gridbot_bench_{label}_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(sql))
-        finally:
-            await engine.dispose()
-
-    await admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(f"gridbot_bench_{label}") as url:
+        yield url
 
 
 # --------------------------------------------------------------------------------- phases

@@ -4,7 +4,6 @@ service wired with the in-memory channel, and the demo community loaded."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -20,11 +19,9 @@ from bot.config import load_settings
 from bot.core.invites import create_invite, signing_key
 from bot.ports import HandleResult, Inbound
 from models import Base, Building, Grid, Identity, Order, OrderEvent, Person, utcnow
-from tests.hangs import pytest_runtest_protocol  # noqa: F401 - the hang watchdog (a hook)
-
-PG_ADMIN_URL = os.environ.get(
-    "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
+from tests.support.hangs import pytest_runtest_protocol  # noqa: F401 - the hang watchdog
+from tests.support.pg import PG_ADMIN_URL, pg_admin
+from tests.support.pg import database_url as pg_url
 
 
 def _pg_available() -> str | None:
@@ -60,18 +57,9 @@ def pg_database() -> Iterator[str]:
     if reason:
         pytest.skip(reason)
     name = f"gridbot_t_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(sql))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
+    yield pg_url(name)
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

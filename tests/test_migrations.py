@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.app import Gridbot
 from bot.config import load_settings
 from models import Grid
 from models.base import Base
 from models.db import make_engine, upgrade
-from tests.conftest import PG_ADMIN_URL
+from tests.support.pg import fresh_database
 
 
 async def test_migrated_schema_matches_the_models(database_url: str) -> None:
@@ -40,9 +38,11 @@ async def test_replicas_starting_at_once_on_an_empty_database_all_come_up(
 ) -> None:
     """Every replica of a deployment starts at the same moment: migrations and the demo load
     take turns (one of two once died with a duplicate key in pg_type) and load once."""
-    name = f"gridbot_t_start_{uuid.uuid4().hex[:8]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    async with fresh_database("gridbot_t_start") as url:
+        await _prepare_at_once(url, tmp_path)
+
+
+async def _prepare_at_once(url: str, tmp_path: Path) -> None:
     apps = [
         Gridbot(load_settings(database_url=url, demo=True, secret_key="k",
                               media_dir=tmp_path / f"m{n}"))
@@ -57,13 +57,3 @@ async def test_replicas_starting_at_once_on_an_empty_database_all_come_up(
     finally:
         for app in apps:
             await app.engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(sql))
-    finally:
-        await engine.dispose()
