@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 from sqlalchemy import func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -66,6 +67,23 @@ HEALTH_DB_SECONDS = 3.0
 
 #: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
 BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
+
+
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` when it is larger than ``limit`` bytes: a larger
+    Content-Length is refused before anything is read, and a body that streams in without one
+    (or lies about it) is dropped as soon as it passes the limit, so it is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Gridbot:
@@ -167,41 +185,51 @@ class Gridbot:
     # ---- channels ---------------------------------------------------------------------------
 
     async def personas(self) -> list[Any]:
-        """Everyone the local web chat may play, each with a web identity (made on first use)."""
+        """Everyone the local web chat may play (people with a role). Reads only: a web
+        identity is made when a persona first sends something (:meth:`web_identity`)."""
         from bot.channels.webchat import Persona
 
-        async with self.sessionmaker() as session, session.begin():
+        async with self.sessionmaker() as session:
             people = (await session.scalars(select(Person).order_by(Person.id))).all()
             roles = (await session.execute(select(Role.person_id, Role.role))).all()
-            by_person: dict[int, list[str]] = {}
-            for pid, role in roles:
-                label = self.tr.t(self.settings.default_locale, f"role.{role}")
-                if label not in by_person.setdefault(pid, []):
-                    by_person[pid].append(label)
-            known = set(
-                (
-                    await session.scalars(
-                        select(Identity.person_id).where(Identity.channel == "web")
-                    )
-                ).all()
+        by_person: dict[int, list[str]] = {}
+        for pid, role in roles:
+            label = self.tr.t(self.settings.default_locale, f"role.{role}")
+            if label not in by_person.setdefault(pid, []):
+                by_person[pid].append(label)
+        return [
+            Persona(f"p{person.id}", person.name, by_person[person.id], person.locale)
+            for person in people
+            if person.id in by_person
+        ]
+
+    async def web_identity(self, chat_id: str) -> None:
+        """Make sure the persona ``chat_id`` (``p<person id>``) has its web identity; called
+        by the web chat before a persona's first message is handled."""
+        if not chat_id.startswith("p") or not chat_id[1:].isdigit():
+            return
+        person_id = int(chat_id[1:])
+        async with self.sessionmaker() as session, session.begin():
+            known = await session.scalar(
+                select(Identity.id).where(
+                    Identity.channel == "web", Identity.external_id == chat_id
+                )
             )
-            result = []
-            for person in people:
-                if person.id not in by_person:
-                    continue
-                chat_id = f"p{person.id}"
-                if person.id not in known:
-                    session.add(
-                        Identity(
-                            person_id=person.id,
-                            channel="web",
-                            external_id=chat_id,
-                            chat_id=chat_id,
-                            created_at=self.clock(),
-                        )
-                    )
-                result.append(Persona(chat_id, person.name, by_person[person.id], person.locale))
-            return result
+            if known is not None or await session.get(Person, person_id) is None:
+                return
+            dialect = session.bind.dialect.name if session.bind else "sqlite"
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            await session.execute(
+                insert(Identity)
+                .values(
+                    person_id=person_id,
+                    channel="web",
+                    external_id=chat_id,
+                    chat_id=chat_id,
+                    created_at=self.clock(),
+                )
+                .on_conflict_do_nothing()
+            )
 
     def enable_webchat(self) -> None:
         """Serve the local web chat at /chat."""
@@ -212,6 +240,7 @@ class Gridbot:
             self.intake,
             self.personas,
             title="Gridbot 社区网格",
+            on_first_use=self.web_identity,
             media_dir=self.settings.media_dir,
         )
         self.add_channel(self.webchat)
@@ -296,27 +325,33 @@ class Gridbot:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def telegram_webhook(self, request: Request) -> Response:
-        """Telegram's webhook: secret checked, update stored (handled) before we answer 200."""
+        """Telegram's webhook: the secret is checked before the body is read, the body is
+        capped while it streams in, and the update is stored (handled) before we answer 200."""
         if self.telegram is None or self.settings.telegram_mode != "webhook":
             return Response(status_code=404)
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BODY:
+        secret = request.headers.get("x-telegram-bot-api-secret-token")
+        if not self.telegram.secret_ok(secret):
+            return Response(status_code=403)
+        body = await read_capped(request, MAX_WEBHOOK_BODY)
+        if body is None:
             return Response(status_code=413)
-        status = await self.telegram.process_webhook(
-            body, request.headers.get("x-telegram-bot-api-secret-token")
-        )
+        status = await self.telegram.process_webhook(body, secret)
         return Response(status_code=status)
 
     async def wechat_webhook(self, request: Request) -> Response:
-        """WeChat's callback URL: GET is the admin console's check, POST a message or event."""
+        """WeChat's callback URL: GET is the admin console's check, POST a message or event.
+        A POST's timestamp and signature are checked before its body is read, and the body is
+        capped while it streams in."""
         if self.wechat is None:
             return Response(status_code=404)
         params = dict(request.query_params)
         if request.method == "GET":
             status, body = self.wechat.process_get(params)
             return Response(body, status_code=status, media_type="text/plain")
-        data = await request.body()
-        if len(data) > MAX_WEBHOOK_BODY:
+        if not self.wechat.query_ok(params):
+            return Response(status_code=403)
+        data = await read_capped(request, MAX_WEBHOOK_BODY)
+        if data is None:
             return Response(status_code=413)
         status, body = await self.wechat.process_post(params, data)
         media = "application/xml" if body.startswith("<") else "text/plain"
@@ -538,9 +573,14 @@ class Gridbot:
 
     async def serve(self) -> None:
         """``gridbot run``: bind, prepare, start, serve HTTP until SIGINT/SIGTERM."""
+        refusal = self.settings.webchat_refusal()
+        if refusal is not None:
+            log.error("%s", refusal)
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         sock = self.listen()
         await self.prepare()
-        if self.settings.webchat_enabled:
+        if self.settings.webchat_on:
             self.enable_webchat()
         if self.settings.telegram_token:
             self.enable_telegram()

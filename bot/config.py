@@ -7,6 +7,7 @@ description, generated from this class, so the two never drift apart.
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import os
 import re
 import tomllib
@@ -83,10 +84,11 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("127.0.0.1", description="Address of the web server")
     web_port: int = Field(8080, description="Port of the web server")
-    webchat_enabled: bool = Field(
-        True,
-        description="Serve the local web chat at /chat (anyone may pick an identity: "
-        "never enable it on a public address)",
+    webchat_enabled: bool | None = Field(
+        None,
+        description="Serve the local web chat at /chat, where anyone may act as anyone: "
+        "only on a loopback web host (refused otherwise). Unset: on with the demo on a "
+        "loopback host when no Telegram webhook or WeChat callback is served, else off",
     )
     demo: bool = Field(True, description="Load the demo community into an empty database")
     demo_duties: bool = Field(
@@ -237,6 +239,44 @@ class Settings(BaseSettings):
     def tz(self) -> ZoneInfo:
         """The configured time zone."""
         return ZoneInfo(self.timezone)
+
+    @property
+    def webchat_on(self) -> bool:
+        """Whether ``gridbot run`` serves the local web chat.
+
+        ``webchat_enabled`` when set; unset, only the local demo gets it: the demo community on
+        a loopback web host that serves no platform callback (a Telegram webhook or WeChat
+        means a proxy makes this server reachable from outside). :meth:`webchat_refusal` says
+        why an enabled web chat may not run.
+        """
+        if self.webchat_enabled is not None:
+            return self.webchat_enabled
+        public_callbacks = self.telegram_mode == "webhook" and bool(self.telegram_token)
+        public_callbacks |= bool(self.wechat_appid and self.wechat_token)
+        return self.demo and is_loopback(self.web_host) and not public_callbacks
+
+    def webchat_refusal(self) -> str | None:
+        """Why the web chat may not be served with these settings, or ``None``: it lets
+        anyone act as anyone, so it is refused on a web host that is not loopback."""
+        if self.webchat_on and not is_loopback(self.web_host):
+            return (
+                f"GRIDBOT_WEBCHAT_ENABLED is true but GRIDBOT_WEB_HOST={self.web_host} is not "
+                "a loopback address: the local web chat lets anyone act as anyone, so it is "
+                "only served on 127.0.0.1, ::1 or localhost. Set GRIDBOT_WEBCHAT_ENABLED=false "
+                "(production) or GRIDBOT_WEB_HOST=127.0.0.1."
+            )
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only listens on this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

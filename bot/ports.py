@@ -105,6 +105,9 @@ class Inbound:
     display_name: str | None = None
     received_at: datetime | None = None
     photo_lost: bool = False
+    #: Written in a group chat (``chat_id`` is the group, not the person): the core answers
+    #: there without private data and never makes it the person's chat for pushes.
+    group: bool = False
 
 
 @dataclass
@@ -118,6 +121,13 @@ class HandleResult:
     toast: str | None = None
     duplicate: bool = False
     outbox_ids: list[int] = field(default_factory=list)
+
+
+class IntakeUnavailable(Exception):
+    """The core could not handle an event for a reason outside it (the database went away,
+    timed out or is locked) and stored nothing: the channel must make the platform deliver the
+    event again (HTTP 500 to a webhook, no confirmation when polling). The dedupe row, written
+    with everything the event causes, makes the second delivery safe."""
 
 
 #: The one call a channel makes into the core for each inbound event.

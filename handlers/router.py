@@ -13,6 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
@@ -21,7 +23,7 @@ from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
 from bot.i18n import Translator, normalize_locale
-from bot.ports import HandleResult, Inbound, Outbound
+from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
 from handlers import bind, common, dispatch, duties, flows
 from handlers.context import Ctx
 from models import Identity, Person, ProcessedUpdate, utcnow
@@ -52,7 +54,14 @@ class Router:
         self.import_photo = import_photo
 
     async def __call__(self, event: Inbound) -> HandleResult:
-        """Handle one event; never raises for bad input (the user gets a polite answer)."""
+        """Handle one event; never raises for bad input (the user gets a polite answer).
+
+        Raises :class:`IntakeUnavailable` when nothing could be stored: the database failed
+        (:func:`infrastructure_failure`), or a bug broke the handler and even the apology
+        could not be stored. The channel then has the platform deliver the event again. A bug
+        whose apology is stored answers normally: the user is told, and a redelivery would
+        only fail the same way.
+        """
         if event.photo and self.import_photo is not None:
             # Copy the photo into the shared store first (outside the transaction), so that
             # whoever sees the order, on whatever platform, can see the photo.
@@ -63,7 +72,14 @@ class Router:
                 event.photo, event.photo_lost = None, True
         try:
             result = await self._handle(event)
-        except Exception:
+        except Exception as err:
+            if infrastructure_failure(err):
+                log.warning(
+                    "handling %s event failed (%s): nothing stored, to be delivered again",
+                    event.channel,
+                    type(err).__name__,
+                )
+                raise IntakeUnavailable(str(type(err).__name__)) from err
             log.exception("handling %s event failed", event.channel)
             result = await self._apologise(event)
         if result.outbox_ids:
@@ -133,7 +149,9 @@ class Router:
             )
         ).first()
         identity, person = (found[0], found[1]) if found is not None else (None, None)
-        if identity is not None:
+        if identity is not None and not event.group:
+            # A group is never the person's chat: their pushes (offers, a resident's phone)
+            # keep going to the private chat, and a group message opens no WeChat window.
             identity.last_inbound_at = now
             # A new 48-hour window (WeChat) with its quota of pushes starts with every message.
             identity.window_pushes = 0
@@ -161,6 +179,9 @@ class Router:
 
     async def _route(self, ctx: Ctx) -> None:
         event = ctx.event
+        if event.group:
+            await self._in_group(ctx)
+            return
         if event.photo_lost:
             ctx.say("media.photo_not_kept")
         if event.text is not None and len(event.text) > self.settings.max_text_length:
@@ -223,6 +244,19 @@ class Router:
             return
         await dispatch.button(ctx, payload)
 
+    async def _in_group(self, ctx: Ctx) -> None:
+        """Something addressed to the bot in a group chat. Whatever it asks, the answer
+        could carry private data (orders, offers, phones, rooms), and a flow step would mix
+        the group into the person's conversation: a command or a button gets one polite
+        sentence asking to talk in private (it names nobody and nothing); other group chatter
+        gets no answer at all."""
+        event = ctx.event
+        if event.button is None and not (event.text or "").strip().startswith("/"):
+            return
+        # To the group, but about nobody: no person is attached to the row.
+        ctx.notify.to_chat(event.channel, event.chat_id, Outbound(ctx.t("group.private_only")))
+        ctx.toast = ctx.t("group.private_only_short")
+
     async def _apologise(self, event: Inbound) -> HandleResult:
         """Something broke: roll back (done), tell the user, keep the dedupe key free for retry."""
         lang = normalize_locale(event.locale, self.settings.default_locale)
@@ -233,6 +267,17 @@ class Router:
                 row = notifier.to_chat(event.channel, event.chat_id, Outbound(text))
                 await session.flush()
                 return HandleResult(toast=text, outbox_ids=[row.id])
-        except Exception:
+        except Exception as err:
             log.exception("could not even apologise")
-            return HandleResult(toast=text)
+            raise IntakeUnavailable("the apology could not be stored") from err
+
+
+def infrastructure_failure(err: BaseException) -> bool:
+    """Whether a handler failed for a reason outside the handlers, which a second delivery of
+    the same event may not meet: the database connection dropped or was refused, the database
+    is locked or timed out, the pool had no connection, or the network failed."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return True
+    return isinstance(err, OSError | TimeoutError)

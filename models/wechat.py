@@ -23,12 +23,14 @@ class WeChatMedia(Base):
 
 class WeChatCallback(Base):
     """A verified callback (hash of nonce, timestamp and signature), kept while its timestamp
-    is still inside the accepted skew: the same request posted again is a replay."""
+    is still inside the accepted skew: the same query string posted again with the same body
+    (``body_digest``, SHA-256) is WeChat's retry; with another body it is a replay, refused."""
 
     __tablename__ = "wechat_callback"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    body_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 __all__ = ["WeChatCallback", "WeChatMedia"]

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 from telegram import (
     Bot,
     BotCommand,
+    Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     KeyboardButton,
@@ -57,7 +58,7 @@ from telegram.request import HTTPXRequest
 from bot.channels.base import DeliveryError, Limits, RetryAfter
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
-from bot.ports import HandleResult, Inbound, Intake, Outbound
+from bot.ports import HandleResult, Inbound, Intake, IntakeUnavailable, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def to_inbound(
     query = update.callback_query
     if query is not None:
         user = query.from_user
-        chat_id = query.message.chat.id if query.message is not None else user.id
+        chat = query.message.chat if query.message is not None else None
+        chat_id = chat.id if chat is not None else user.id
         return Inbound(
             channel="telegram",
             user_id=str(user.id),
@@ -128,6 +130,7 @@ def to_inbound(
             locale=user.language_code,
             display_name=user.full_name,
             received_at=datetime.now(UTC),
+            group=chat is not None and chat.type != Chat.PRIVATE,
         )
     message = update.message
     if message is None or message.from_user is None:
@@ -160,6 +163,7 @@ def to_inbound(
         locale=user.language_code,
         display_name=user.full_name,
         received_at=received,
+        group=message.chat.type != Chat.PRIVATE,
     )
 
 
@@ -440,6 +444,13 @@ class TelegramChannel:
         )
 
     # ------------------------------------------------------------- inbound
+    def secret_ok(self, secret_header: str | None) -> bool:
+        """Whether a webhook request carries our ``X-Telegram-Bot-Api-Secret-Token`` (always
+        true when no secret is set); checked before the request's body is read."""
+        if self._webhook_secret is None:
+            return True
+        return hmac.compare_digest((secret_header or "").encode(), self._webhook_secret.encode())
+
     async def process_webhook(
         self, body: bytes | dict[str, Any], secret_header: str | None
     ) -> int:
@@ -449,9 +460,7 @@ class TelegramChannel:
         400: not an update; 500: the core failed (Telegram will deliver it again);
         200: handled and stored.
         """
-        if self._webhook_secret is not None and not hmac.compare_digest(
-            (secret_header or "").encode(), self._webhook_secret.encode()
-        ):
+        if not self.secret_ok(secret_header):
             return 403
         try:
             data = json.loads(body) if isinstance(body, bytes | bytearray) else body
@@ -541,6 +550,10 @@ class TelegramChannel:
         if inbound is not None:
             try:
                 result = await self._intake(inbound)
+            except IntakeUnavailable as err:
+                ok = False
+                log.warning("update %s not stored (%s): to be delivered again",
+                            inbound.dedupe_key, err)
             except Exception:
                 ok = False
                 log.exception("intake failed for update %s", inbound.dedupe_key)

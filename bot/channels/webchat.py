@@ -145,17 +145,21 @@ class WebChatChannel:
         *,
         media_dir: Path | None = None,
         poll_interval: float = 1.0,
+        on_first_use: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """Build the channel.
 
-        ``personas`` lists the identities the page offers (the caller makes sure each exists on
-        channel "web" with ``external_id == chat_id``). Photos are written to ``media_dir``
+        ``personas`` lists the identities the page offers, and must write nothing (anyone can
+        ask for the list). ``on_first_use`` is awaited with a persona's ``chat_id`` before each
+        message it sends is handled, so that the caller can make its identity on channel "web"
+        (``external_id == chat_id``) when it first acts. Photos are written to ``media_dir``
         (default: a fresh temporary directory, gone with the machine's temp files).
         ``poll_interval`` bounds how late a long poll notices rows written by another process.
         """
         self._sessionmaker = sessionmaker
         self._intake = intake
         self._personas = personas
+        self._on_first_use = on_first_use
         self._title = title
         self._poll_interval = poll_interval
         self.media_dir = media_dir or Path(tempfile.mkdtemp(prefix="gridbot-webchat-"))
@@ -291,8 +295,10 @@ class WebChatChannel:
             request.headers.get("accept-language")
         )
         inbound.received_at = utcnow()
-        await self._record_inbound(inbound, shown)
         try:
+            if self._on_first_use is not None and not _VISITOR_ID.fullmatch(inbound.chat_id):
+                await self._on_first_use(inbound.chat_id)
+            await self._record_inbound(inbound, shown)
             result = await self._intake(inbound)
         except Exception:
             log.exception("web chat: intake failed for %s", inbound.chat_id)

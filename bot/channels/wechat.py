@@ -2,8 +2,10 @@
 
 Inbound: :meth:`WeChatChannel.process_get` answers the URL check (``echostr``);
 :meth:`WeChatChannel.process_post` verifies a callback (plain mode: ``signature``; safe mode:
-``msg_signature`` and AES through wechatpy's ``WeChatCrypto``; both compared in constant time,
-stale timestamps refused), parses it (:func:`to_inbound`) and awaits the core. WeChat waits
+``msg_signature`` and AES through wechatpy's ``WeChatCrypto``, and nothing but ciphertext; both
+compared in constant time, stale timestamps refused; a query string seen before with another
+body refused as a replay), parses it (:func:`to_inbound`) and awaits the core. A failure that
+stored nothing is answered 500 so that WeChat retries (never ``success``). WeChat waits
 5 seconds: when the core is done within ``reply_deadline`` the first message it produced for
 this user is the passive reply (claimed in the outbox so the deliverer does not send it again);
 otherwise the answer is ``success`` and everything goes out through the customer-service API.
@@ -95,6 +97,10 @@ MEDIA_VALIDITY = timedelta(days=3)
 MEDIA_MARGIN = timedelta(hours=1)
 #: Image types WeChat accepts as ``image`` media (WebP is not one of them).
 UPLOADABLE = frozenset({"jpg", "png", "gif"})
+#: A handler that missed the reply deadline and then failed is run again this many times,
+#: first after this many seconds, each wait four times the one before.
+LATE_RETRIES = 3
+LATE_RETRY_FIRST = 1.0
 #: Longest value put into one template field (bytes).
 TEMPLATE_FIELD_BYTES = 600
 
@@ -469,24 +475,39 @@ class WeChatChannel:
 
     def process_get(self, params: Mapping[str, str]) -> tuple[int, str]:
         """The URL check of the admin console: echo ``echostr`` when the signature is ours."""
-        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
-        if not self._fresh_timestamp(timestamp):
-            return 403, ""
-        if not _same(signature(self.token, timestamp, nonce), params.get("signature", "")):
+        if not self.query_ok(params):
             return 403, ""
         return 200, params.get("echostr", "")
+
+    def query_ok(self, params: Mapping[str, str]) -> bool:
+        """Whether a callback's query string is ours: a fresh timestamp and ``signature``
+        (token, timestamp, nonce), which WeChat sends in plain and safe mode alike. The web
+        server checks it before reading the body; it does not cover the body (see
+        :meth:`process_post` for what does)."""
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
+        if not self._fresh_timestamp(timestamp):
+            return False
+        return _same(signature(self.token, timestamp, nonce), params.get("signature", ""))
 
     async def process_post(self, params: Mapping[str, str], body: bytes) -> tuple[int, str]:
         """Handle one callback; return (HTTP status, body).
 
-        403: bad signature or stale timestamp; 400: malformed XML, entities (XXE), bad
-        ciphertext; 200 with a passive reply, or ``success``. Nothing touches the database
-        before the request is verified and parsed.
+        403: bad signature, stale timestamp, a plaintext body while an AES key is set (safe
+        mode takes only encrypted bodies whose ``msg_signature`` covers the ciphertext), or a
+        query string seen before with another body (a replay); 400: malformed XML, entities
+        (XXE), bad ciphertext; 500: the core failed and stored nothing (WeChat retries);
+        200 with a passive reply, or ``success``. Nothing touches the database before the
+        request is verified and parsed.
         """
-        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
-        if not self._fresh_timestamp(timestamp):
+        if not self.query_ok(params):
             return 403, ""
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
         encrypted = params.get("encrypt_type", "raw").lower() == "aes"
+        if self.crypto is not None and not encrypted:
+            # The plain signature does not cover the body: anyone holding a callback URL from
+            # a log could post any message under it. In safe mode only ciphertext is taken.
+            log.warning("plaintext wechat callback refused: safe mode takes only encrypted ones")
+            return 403, ""
         try:
             if encrypted:
                 if self.crypto is None:
@@ -502,8 +523,6 @@ class WeChatChannel:
                     log.warning("wechat callback could not be decrypted")
                     return 400, ""
             else:
-                if not _same(signature(self.token, timestamp, nonce), params.get("signature", "")):
-                    return 403, ""
                 plain = body.decode()
             message = parse_message(plain)
             data = getattr(message, "_data", None)
@@ -514,23 +533,31 @@ class WeChatChannel:
             # xmltodict refuses entity declarations with ValueError (XXE); all are the
             # sender's fault, none is ours.
             return 400, ""
-        given_signature = params.get("msg_signature" if encrypted else "signature", "")
-        if not await self._first_delivery(nonce, timestamp, given_signature):
-            # The very same request again. It may be a replay, or WeChat's retry of a request
-            # whose first attempt failed before it was stored: refusing would lose that
-            # message. The intake's dedupe (MsgId, or sender + time for events) makes a true
-            # replay change nothing, so it is answered like any duplicate.
-            log.warning("wechat callback seen before (same nonce, timestamp and signature)")
+        try:
+            fresh = await self._remember(nonce, timestamp, params.get("signature", ""), body)
+        except Exception:
+            log.exception("wechat callback could not be recorded: WeChat will retry")
+            return 500, ""
+        if not fresh:
+            log.warning("wechat callback refused: its signature was seen with another body")
+            return 403, ""
         if inbound is None:
             return 200, "success"
         self._strangers[inbound.user_id] = (self.clock(), 0)
         if len(self._strangers) > 10_000:
             self._strangers.pop(next(iter(self._strangers)))
-        if inbound.text is not None:
-            inbound.button, inbound.text = await self._map_choice(
-                inbound.user_id, inbound.text, data.get("bizmsgmenuid")
-            )
-        reply = await self._answer(inbound)
+        try:
+            if inbound.text is not None:
+                inbound.button, inbound.text = await self._map_choice(
+                    inbound.user_id, inbound.text, data.get("bizmsgmenuid")
+                )
+            reply = await self._answer(inbound)
+        except Exception:
+            # Nothing of this message was stored (the core's one transaction rolled back):
+            # "success" would lose it. WeChat retries the same request, which is handled then
+            # (the request record above lets a same-body retry through; MsgId dedupes).
+            log.exception("wechat intake failed: answering 500 so that WeChat retries")
+            return 500, ""
         if reply is None:
             return 200, "success"
         xml = TextReply(
@@ -543,19 +570,28 @@ class WeChatChannel:
             xml = self.crypto.encrypt_message(xml, nonce, str(int(time.time())))
         return 200, xml
 
-    async def _first_delivery(self, nonce: str, timestamp: str, given: str) -> bool:
-        """Remember this request (nonce, timestamp, signature) while its timestamp is fresh;
-        ``False`` when it was seen before: a replay inside the skew window.
+    async def _remember(self, nonce: str, timestamp: str, given: str, body: bytes) -> bool:
+        """Record this request (nonce, timestamp, signature, and a digest of its body) while
+        its timestamp is fresh. ``True`` for a new request and for the same request again
+        (WeChat's retry after a failed or slow answer: the core's dedupe by MsgId, or sender
+        and time for events, makes it change nothing if it was handled); ``False`` when the
+        query string was seen with another body: somebody reuses a signature they saw.
 
-        Kept in the database so that every instance behind a load balancer refuses it; the
+        Kept in the database so that every instance behind a load balancer knows it; the
         primary key makes two concurrent copies race to one winner."""
-        digest = hashlib.sha256(f"{nonce}\n{timestamp}\n{given}".encode()).hexdigest()
+        key = hashlib.sha256(f"{nonce}\n{timestamp}\n{given}".encode()).hexdigest()
+        digest = hashlib.sha256(body).hexdigest()
         expires_at = datetime.fromtimestamp(int(timestamp) + self.timestamp_skew + 1, UTC)
         try:
             async with self.sessionmaker() as session, session.begin():
-                session.add(WeChatCallback(key=digest, expires_at=expires_at))
+                session.add(WeChatCallback(key=key, body_digest=digest, expires_at=expires_at))
         except IntegrityError:
-            return False
+            async with self.sessionmaker() as session:
+                seen = await session.get(WeChatCallback, key)
+            if seen is not None and seen.body_digest not in (None, digest):
+                return False
+            log.info("wechat callback seen before with the same body: a retry")
+            return True
         if time.monotonic() - self._purged_at > 60:
             self._purged_at = time.monotonic()
             async with self.sessionmaker() as session, session.begin():
@@ -565,37 +601,68 @@ class WeChatChannel:
         return True
 
     async def _answer(self, inbound: Inbound) -> str | None:
-        """Run the core within the deadline; the text of the passive reply, if any."""
+        """Run the core within the deadline; the text of the passive reply, if any. Raises
+        when the core failed within the deadline (the caller answers 500)."""
         chat = inbound.chat_id
         self.deliverer.hold(CHANNEL, chat)
         async def run() -> HandleResult:
             return await self._intake(inbound)
 
         task = asyncio.create_task(run())
-        done, _ = await asyncio.wait({task}, timeout=self.reply_deadline)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.reply_deadline)
+        except BaseException:
+            self.deliverer.release(CHANNEL, chat)
+            raise
         if not done:
             # Too late for a passive reply: WeChat gets "success" and the deliverer sends
-            # everything through the customer-service API once the core is done.
+            # everything through the customer-service API once the core is done. Having
+            # answered "success", we owe WeChat the message: a failure is retried here.
             log.info("wechat handler slower than %.1fs: replying through the API",
                      self.reply_deadline)
-            self._background.add(task)
+            late = asyncio.create_task(self._finish_late(task, inbound))
+            self._background.add(late)
 
-            def finished(t: asyncio.Task[HandleResult]) -> None:
+            def finished(t: asyncio.Task[None]) -> None:
                 self._background.discard(t)
                 self.deliverer.release(CHANNEL, chat)
 
-            task.add_done_callback(finished)
+            late.add_done_callback(finished)
             return None
         try:
-            result = task.result()
+            result = task.result()  # raises when the core failed: the caller answers 500
             if result.duplicate or not result.outbox_ids:
                 return None
-            return await self._passive(chat, result.outbox_ids)
-        except Exception:
-            log.exception("wechat intake failed")
-            return None
+            try:
+                return await self._passive(chat, result.outbox_ids)
+            except Exception:
+                # Stored already: the deliverer sends the rows through the API.
+                log.exception("wechat passive reply failed; the API sends it")
+                return None
         finally:
             self.deliverer.release(CHANNEL, chat)
+
+    async def _finish_late(self, task: asyncio.Task[HandleResult], inbound: Inbound) -> None:
+        """Wait for a handler that missed the reply deadline; if it failed (after WeChat was
+        answered "success"), run it again a few times, backing off (the core's dedupe makes a
+        second run of a stored event change nothing)."""
+        delay = LATE_RETRY_FIRST
+        for attempt in range(LATE_RETRIES + 1):
+            try:
+                if attempt == 0:
+                    await task
+                else:
+                    await self._intake(inbound)
+                return
+            except Exception:
+                if attempt == LATE_RETRIES:
+                    log.exception("wechat message %s lost after %d attempts",
+                                  inbound.dedupe_key, attempt + 1)
+                    return
+                log.warning("late wechat handler failed; retrying in %.0fs", delay,
+                            exc_info=True)
+                await asyncio.sleep(delay)
+                delay *= 4
 
     async def _passive(self, openid: str, ids: list[int]) -> str | None:
         """Claim the first message this event produced for the sender as the passive reply."""

@@ -377,6 +377,21 @@ async def test_polling_fetches_again_what_the_core_could_not_store(
         await ch.stop()
 
 
+def test_group_messages_are_marked() -> None:
+    from telegram import Update
+
+    from bot.channels.telegram import to_inbound
+
+    private = Update.de_json(_raw_update(7), None)
+    group_data = _raw_update(8)
+    group_data["message"]["chat"] = {"id": -100, "type": "supergroup", "title": "楼栋群"}  # type: ignore[index]
+    group = Update.de_json(group_data, None)
+    assert private is not None and group is not None
+    first, second = to_inbound(private, 1), to_inbound(group, 1)
+    assert first is not None and not first.group
+    assert second is not None and second.group and second.chat_id == "-100"
+
+
 # ----------------------------------------------------------------------------- webhook
 @pytest.fixture
 async def hooked(

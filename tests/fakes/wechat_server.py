@@ -307,6 +307,19 @@ class WeChatSender:
 
     async def post_raw(self, xml: str | bytes, *, timestamp: int | None = None,
                        bad_signature: bool = False, nonce: str | None = None) -> Reply:
+        params, body = self.signed(xml, timestamp=timestamp, bad_signature=bad_signature,
+                                   nonce=nonce)
+        return await self.post_signed(params, body)
+
+    async def post_signed(self, params: dict[str, str], body: bytes) -> Reply:
+        """POST exactly this query string and body (a retry sends them again unchanged)."""
+        response = await self.http.post(self.url, params=params, content=body)
+        return self._reply(response, params["timestamp"], params["nonce"])
+
+    def signed(self, xml: str | bytes, *, timestamp: int | None = None,
+               bad_signature: bool = False, nonce: str | None = None,
+               ) -> tuple[dict[str, str], bytes]:
+        """The query string and body WeChat would send for ``xml`` (encrypted in safe mode)."""
         ts = str(timestamp if timestamp is not None else self.now())
         nonce = nonce or str(next(self._nonces))
         params: dict[str, str] = {"timestamp": ts, "nonce": nonce, "openid": "x"}
@@ -325,8 +338,7 @@ class WeChatSender:
             params["signature"] = "0" * 40
             if "msg_signature" in params:
                 params["msg_signature"] = "0" * 40
-        response = await self.http.post(self.url, params=params, content=body)
-        return self._reply(response, ts, nonce)
+        return params, body
 
     def _reply(self, response: httpx.Response, ts: str, nonce: str) -> Reply:
         body = response.text

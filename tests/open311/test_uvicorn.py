@@ -32,7 +32,8 @@ async def test_hand_off_over_a_real_server(database_url: str, tmp_path: Path) ->
     app = Gridbot(settings)
     await app.prepare()
     app.enable_webchat()
-    await app.personas()  # everyone gets a web chat identity, as when the page opens
+    for persona in await app.personas():  # each picked in a pane (POST /chat/api/open)
+        await app.web_identity(persona.chat_id)
     try:
         async with serve_asgi(app.web_app()) as root, httpx.AsyncClient(base_url=root) as http:
             posted = await http.post(
