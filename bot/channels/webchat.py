@@ -244,6 +244,7 @@ class WebChatChannel:
         return [
             Route("/", self._page_endpoint, methods=["GET"]),
             Route("/api/personas", self._personas_endpoint, methods=["GET"]),
+            Route("/api/open", self._open_endpoint, methods=["POST"]),
             Route("/api/send", self._send_endpoint, methods=["POST"]),
             Route("/api/messages", self._messages_endpoint, methods=["GET"]),
             Route("/media/{name}", self._media_endpoint, methods=["GET"]),
@@ -274,6 +275,26 @@ class WebChatChannel:
             }
         )
         return JSONResponse(listed)
+
+    async def _open_endpoint(self, request: Request) -> Response:
+        """A pane took a persona: from now on it can be reached (``on_first_use``), so that
+        a worker picked in one pane gets the cards of an order placed in another. Listing the
+        personas (a GET) writes nothing; this POST is the pick."""
+        try:
+            raw = await self._read_body(request, _MAX_JSON_BYTES, "request too large")
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest("bad JSON") from exc
+            chat_id = body.get("chat_id") if isinstance(body, dict) else None
+            if not isinstance(chat_id, str) or not chat_id:
+                raise BadRequest("chat_id missing")
+            persona = await self._check_chat(chat_id)
+        except BadRequest as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=exc.status)
+        if persona is not None and self._on_first_use is not None:
+            await self._on_first_use(chat_id)
+        return JSONResponse({"ok": True})
 
     async def _media_endpoint(self, request: Request) -> Response:
         name = request.path_params["name"]

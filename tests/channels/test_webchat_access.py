@@ -89,5 +89,13 @@ async def test_listing_personas_writes_nothing(database_url: str, tmp_path: Path
                 "chat_id": chat_id, "id": str(uuid.uuid4()), "text": "/help"})
             assert sent.status_code == 200 and sent.json()["ok"]
             assert await web_identities() == [chat_id]
+            # So does one a pane picks (POST), to receive pushes before writing anything.
+            picked = personas[1]["chat_id"]
+            opened = await web.post("/chat/api/open", json={"chat_id": picked})
+            assert opened.status_code == 200
+            assert sorted(await web_identities()) == sorted([chat_id, picked])
+            unknown = await web.post("/chat/api/open", json={"chat_id": "p99999"})
+            assert unknown.status_code == 400
+            assert len(await web_identities()) == 2
     finally:
         await app.stop()
