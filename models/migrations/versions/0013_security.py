@@ -1,7 +1,7 @@
 """security: a callback's body digest (WeChat replay guard); pushes never bound to a group
 
 Revision ID: 0013
-Revises: 0006
+Revises: 0010
 Create Date: 2026-11-29 02:00:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0006"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
