@@ -98,7 +98,12 @@ async def test_qr_sheet_makes_permanent_wechat_codes(
                                               "--bot-username", "gridbot"])
         assert code == 0
     paths = [Path(p) for p in capsys.readouterr().out.split()]
-    assert [p.name for p in paths] == ["sheet-xh-g1-m1.png", "sheet-xh-g1-m1-wechat.png"]
+    assert [p.name for p in paths] == [
+        *(f"sheet-xh-g1-m1-xh-b0{i}.png" for i in (1, 2, 3)),
+        "sheet-xh-g1-m1.pdf",
+        *(f"sheet-xh-g1-m1-wechat-xh-b0{i}.png" for i in (1, 2, 3)),
+        "sheet-xh-g1-m1-wechat.pdf",
+    ]
     assert all(p.is_file() for p in paths)
     assert len(api.qrcodes) == 3  # xh-b01..03
     assert {q["action_name"] for q in api.qrcodes} == {"QR_LIMIT_STR_SCENE"}
