@@ -218,6 +218,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    # ---- points (积分) ----
+    points_rating_bonus: int = Field(
+        5, ge=0, le=1000, description="Points for the member when the resident rates 4-5 stars"
+    )
+    points_visit: int = Field(
+        3, ge=0, le=1000, description="Points for a visit logged (once per plan and local day)"
+    )
+    points_patrol: int = Field(
+        2, ge=0, le=1000, description="Points for a patrol checked in by its deadline"
+    )
+    points_whistle: int = Field(
+        2, ge=0, le=1000, description="Points for answering a whistle with 报到 (once per whistle)"
+    )
+
     @field_validator("wechat_templates")
     @classmethod
     def _template_shapes(

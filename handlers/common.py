@@ -54,6 +54,12 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
     if ctx.person is None:
         await bind.welcome(ctx)
         return
+    if name == "points":
+        from handlers import points
+
+        await ctx.end_conversation()
+        await points.command(ctx, arg)
+        return
     if name in duties.COMMANDS:
         await ctx.end_conversation()
         await duties.command(ctx, name, arg)
@@ -141,6 +147,8 @@ async def help_(ctx: Ctx) -> None:
     for role in (ROLE_RESIDENT, ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
         if role in roles:
             parts.append(ctx.t(f"help.{role}"))
+    if roles & {ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.points"))
     parts.append(ctx.t("help.common"))
     ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))
 

@@ -22,6 +22,7 @@ from bot.core import payloads
 from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
+from bot.core.points import PointsRules
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
 from handlers import bind, common, dispatch, duties, flows
@@ -174,7 +175,9 @@ class Router:
             lang=lang,
             now=now,
             notify=notifier,
-            orders=OrderService(session, notifier, self.tr, now),
+            orders=OrderService(
+                session, notifier, self.tr, now, PointsRules.from_settings(self.settings)
+            ),
         )
 
     async def _route(self, ctx: Ctx) -> None:

@@ -119,7 +119,14 @@ class Revisit(Base):
 
 
 class PointsEntry(Base):
-    """Points (积分) credited to a member, one row per reason."""
+    """One line of the points (积分) ledger: an award or an admin's adjustment, with its reason.
+
+    The ledger is the truth: a person's points are the sum of their rows (``Person.points`` is
+    kept equal to that sum by :func:`bot.core.points.award` and :func:`bot.core.points.adjust`,
+    the only writers). ``award_key`` names the event an award is for (``order_done:42``,
+    ``patrol:7`` …) and is unique, so an event credits once however often it is handled.
+    Adjustments have no key and record who made them and why.
+    """
 
     __tablename__ = "points_entry"
     __table_args__ = (UniqueConstraint("person_id", "order_id", "reason"),)
@@ -129,4 +136,10 @@ class PointsEntry(Base):
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
     points: Mapped[int] = mapped_column()
     reason: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    award_key: Mapped[str | None] = mapped_column(String(100), unique=True)
+    #: The adjusting admin's words (why).
+    note: Mapped[str | None] = mapped_column(Text)
+    #: Who adjusted: the admin's person row (chat) and a display name (also for the CLI user).
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("person.id", ondelete="SET NULL"))
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

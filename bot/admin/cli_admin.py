@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,19 +30,21 @@ from bot.admin.importer import (
 )
 from bot.config import Settings
 from bot.core.invites import (
-    building_sheet,
     create_invite,
-    qr_png,
     remember_bot_username,
     signing_key,
     stored_bot_username,
     telegram_link,
     valid_bot_username,
 )
+from bot.core.routing import ancestors, people_with_role
+from bot.i18n import Translator
+from bot.printing.qr import qr_png
+from bot.printing.qr_sheet import BuildingPage, SheetWords, write_sheet
 from models.base import utcnow
 from models.db import make_engine, make_sessionmaker, upgrade
-from models.grid import Building, Grid
-from models.people import ROLE_RESIDENT, ROLES, Invite, Person, Role
+from models.grid import Building, Community, Grid
+from models.people import ROLE_HEAD, ROLE_RESIDENT, ROLE_WORKER, ROLES, Invite, Person, Role
 
 _T = TypeVar("_T")
 
@@ -397,7 +400,12 @@ def cmd_invite(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
-    """One multi-use resident invite per building under a grid, printed as A4 sheets per grid."""
+    """One multi-use resident invite per building under a grid, printed one building a page.
+
+    Per micro-grid: ``sheet-<grid>-<building>.png`` for each building and ``sheet-<grid>.pdf``
+    with all its pages (Telegram links; none when Telegram is not used at all); with WeChat
+    configured the same again as ``sheet-<grid>-wechat…`` with the account's permanent codes.
+    """
     days = SHEET_DAYS if args.days is None else args.days
     if days <= 0:
         return _fail("--days must be positive")
@@ -406,9 +414,28 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         username = bot_username_for_links(settings, args.bot_username)
     except CliError as exc:
         return _fail(str(exc), exc.status)
+    tr = Translator.load(settings.locales_dir, settings.default_locale)
+    lang = args.lang or settings.default_locale
 
-    #: Per grid: the sheet's path and title, and (label, token) per building.
-    sheets: list[tuple[Path, str, list[tuple[str, str]]]] = []
+    #: Per micro-grid: file stem, the shared footer, and (file name, page, token) per building.
+    sheets: list[tuple[str, str, list[tuple[str, BuildingPage, str]]]] = []
+
+    def words(footer: str, scan_key: str) -> SheetWords:
+        return SheetWords(
+            heading=tr.t(lang, "qr.heading"),
+            steps=tr.t(lang, "qr.steps", scan=tr.t(lang, scan_key)),
+            footer=footer,
+        )
+
+    async def caretaker(session: AsyncSession, grid: Grid) -> str:
+        workers = await people_with_role(session, grid.id, ROLE_WORKER)
+        if workers:
+            return tr.t(lang, "qr.worker", name="、".join(await _names(session, workers)))
+        for above in [grid, *await ancestors(session, grid)]:
+            heads = await people_with_role(session, above.id, ROLE_HEAD)
+            if heads:
+                return tr.t(lang, "qr.head", name="、".join(await _names(session, heads)))
+        return ""
 
     async def work(session: AsyncSession) -> list[Path]:
         top = await _grid_by_code(session, args.grid)
@@ -428,8 +455,12 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         until = expires_at.astimezone(settings.tz).date().isoformat()
         written: list[Path] = []
         for grid, buildings in groups.values():
-            entries: list[tuple[str, str]] = []
-            tokens: list[tuple[str, str]] = []
+            community = await session.get(Community, grid.community_id)
+            footer = tr.t(
+                lang, "qr.footer", community=community.name if community else "", until=until
+            )
+            looks_after = await caretaker(session, grid)
+            pages: list[tuple[str, BuildingPage, str]] = []
             for building in buildings:
                 _invite, token = await create_invite(
                     session,
@@ -440,17 +471,18 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
                     expires_at=expires_at,
                     max_uses=None,
                 )
-                if username:
-                    link = telegram_link(username, token)
-                    entries.append((f"{building.name}\n{building.code}", link))
-                tokens.append((f"{building.name}\n{building.code}", token))
-            title = (
-                f"{grid.name} · 居民扫码登记\n"
-                f"{grid.code}: scan to join your building (valid until {until})"
-            )
+                link = telegram_link(username, token) if username else ""
+                page = BuildingPage(building.name, link, looks_after)
+                pages.append((building.code, page, token))
+            stem = f"sheet-{grid.code}"
             if username:  # without Telegram (WeChat only) there is no t.me sheet
-                written += building_sheet(entries, out_dir / f"sheet-{grid.code}.png", title)
-            sheets.append((out_dir / f"sheet-{grid.code}-wechat.png", title, tokens))
+                written += write_sheet(
+                    [(name, page) for name, page, _ in pages],
+                    words(footer, "qr.scan_telegram"),
+                    out_dir,
+                    stem,
+                )
+            sheets.append((stem, footer, pages))
         return written
 
     try:
@@ -461,13 +493,16 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
         # Stairwell codes never expire on WeChat (QR_LIMIT_STR_SCENE); the invite behind
         # them still does, after --days.
         try:
-            for path, title, tokens in sheets:
-                urls = wechat_sheet_urls(settings, [token for _, token in tokens])
-                wechat_title = title.replace("居民扫码登记", "居民微信扫码登记", 1)
-                paths += building_sheet(
-                    [(label, url) for (label, _), url in zip(tokens, urls, strict=True)],
-                    path,
-                    wechat_title,
+            for stem, footer, pages in sheets:
+                urls = wechat_sheet_urls(settings, [token for _, _, token in pages])
+                paths += write_sheet(
+                    [
+                        (name, replace(page, link=url))
+                        for (name, page, _), url in zip(pages, urls, strict=True)
+                    ],
+                    words(footer, "qr.scan_wechat"),
+                    out_dir,
+                    f"{stem}-wechat",
                 )
         except Exception as exc:  # the invites and Telegram sheets exist
             for done in paths:
@@ -476,6 +511,12 @@ def cmd_qr_sheet(settings: Settings, args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+async def _names(session: AsyncSession, person_ids: list[int]) -> list[str]:
+    rows = await session.execute(select(Person.id, Person.name).where(Person.id.in_(person_ids)))
+    names: dict[int, str] = {pid: name for pid, name in rows.all()}
+    return [names[i] for i in person_ids if i in names]
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,14 +716,17 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
     p = subparsers.add_parser(
         "qr-sheet",
-        help="print-ready QR sheets: one resident invite per building under a grid",
+        help="print-ready stairwell QR sheets: one resident invite per building, a page each",
     )
     p.add_argument("--grid", required=True, metavar="CODE")
-    p.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: qr_dir)")
+    p.add_argument("--out", metavar="DIR", help="folder for the PNGs and PDFs (default: qr_dir)")
     p.add_argument("--days", type=int, metavar="D", help=f"days valid (default: {SHEET_DAYS})")
     p.add_argument(
         "--bot-username",
         metavar="NAME",
         help="Telegram bot username for the links (default: as for invite)",
+    )
+    p.add_argument(
+        "--lang", choices=("zh_CN", "en"), help="language of the printed words (default locale)"
     )
     p.set_defaults(func=cmd_qr_sheet)

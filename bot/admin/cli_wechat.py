@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.config import Settings
-from bot.core.invites import qr_png
 from bot.i18n import Translator
+from bot.printing.qr import qr_png
 from models.db import make_engine, make_sessionmaker, upgrade
 
 _T = TypeVar("_T")

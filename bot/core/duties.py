@@ -26,10 +26,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import cards
+from bot.core import cards, points
 from bot.core.cards import number
 from bot.core.notify import Notifier
 from bot.core.orders import NewOrder, OrderError, OrderService
+from bot.core.points import PointsRules
 from bot.core.routing import (
     ancestors,
     can_manage,
@@ -271,7 +272,8 @@ class DutyService:
         self.tr = tr
         self.settings = settings
         self.now = now
-        self.orders = OrderService(session, notifier, tr, now)
+        self.points = PointsRules.from_settings(settings)
+        self.orders = OrderService(session, notifier, tr, now, self.points)
         self._quiet: dict[int, datetime | None] = {}
         self._held: list[Any] = []
 
@@ -503,6 +505,7 @@ class DutyService:
     ) -> PatrolRun:
         """Record the check-in (a late one after a miss is kept, and marked late)."""
         run = await self.start_check_in(person, run_id)
+        on_time = run.status == RUN_DUE and self.now <= run.deadline_at
         result = await self.session.execute(
             update(PatrolRun)
             .where(PatrolRun.id == run.id, PatrolRun.status.in_((RUN_DUE, RUN_MISSED)))
@@ -519,6 +522,15 @@ class DutyService:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise OrderError("patrol.already_checked_in")
         await self.session.refresh(run)
+        if on_time:
+            await points.award(
+                self.session,
+                person_id=person.id,
+                points=self.points.patrol,
+                reason=points.PATROL,
+                key=f"{points.PATROL}:{run.id}",
+                now=self.now,
+            )
         return run
 
     async def patrol_deadlines(self) -> int:
@@ -722,6 +734,16 @@ class DutyService:
         self.session.add(entry)
         plan.last_visit_at = self.now
         await self.session.flush()
+        # One visit a day per plan earns points, however often it is logged that day.
+        day = self.local(self.now, plan.timezone).date().isoformat()
+        await points.award(
+            self.session,
+            person_id=person.id,
+            points=self.points.visit,
+            reason=points.VISIT,
+            key=f"{points.VISIT}:{plan.id}:{day}",
+            now=self.now,
+        )
         return entry
 
     async def _help_order(self, person: Person, household: Household, note: str) -> Order:
@@ -1087,6 +1109,15 @@ class DutyService:
             raise OrderError("error.not_your_button")
         whistle.version += 1
         await self.session.flush()
+        if answer == ANSWER_COMING:  # 报到 earns points once per whistle, even if re-answered
+            await points.award(
+                self.session,
+                person_id=person.id,
+                points=self.points.whistle,
+                reason=points.WHISTLE,
+                key=f"{points.WHISTLE}:{whistle.id}:{person.id}",
+                now=self.now,
+            )
         lang = await self.notify.locale_of(whistle.caller_id)
         text = await self.roll_call(lang, whistle)
         await self.notify.edit_for_person(

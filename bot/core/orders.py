@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core import cards
+from bot.core import cards, points
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
+from bot.core.points import PointsRules
 from bot.core.routing import (
     Target,
     ancestors,
@@ -38,7 +39,6 @@ from models import (
     OrderEvent,
     OutboxMessage,
     Person,
-    PointsEntry,
     Revisit,
     Role,
 )
@@ -115,12 +115,18 @@ class OrderService:
     """Transitions of orders, on behalf of a person, at a given time."""
 
     def __init__(
-        self, session: AsyncSession, notifier: Notifier, tr: Translator, now: datetime
+        self,
+        session: AsyncSession,
+        notifier: Notifier,
+        tr: Translator,
+        now: datetime,
+        points: PointsRules | None = None,
     ) -> None:
         self.session = session
         self.notify = notifier
         self.tr = tr
         self.now = now
+        self.points = points or PointsRules()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -371,6 +377,16 @@ class OrderService:
         old = await self._transition(order, (DONE,), CONFIRMED, rating=stars)
         self._event(order, person.id, "rate", old, note=str(stars))
         await self._award_points(order)
+        if order.assignee_id and stars >= points.BONUS_AT_OR_ABOVE:
+            await points.award(
+                self.session,
+                person_id=order.assignee_id,
+                points=self.points.rating_bonus,
+                reason=points.RATING_BONUS,
+                key=f"{points.RATING_BONUS}:{order.id}",
+                now=self.now,
+                order_id=order.id,
+            )
         if order.assignee_id:
             await self.notify.to_person(
                 order.assignee_id,
@@ -386,32 +402,24 @@ class OrderService:
         return order
 
     async def _award_points(self, order: Order) -> None:
+        """The member who did the order gets its category's points, once per order (the
+        ledger's ``order_done:<id>`` key), in this transaction: rated or auto-closed."""
         if order.assignee_id is None:
             return
         category = await self.session.scalar(
             select(Category).where(Category.code == order.category)
         )
-        points = category.points if category else 0
-        already = await self.session.scalar(
-            select(PointsEntry.id).where(
-                PointsEntry.order_id == order.id, PointsEntry.reason == "order_done"
-            )
-        )
-        if points <= 0 or already:
+        amount = category.points if category else 0
+        if amount <= 0:
             return
-        self.session.add(
-            PointsEntry(
-                person_id=order.assignee_id,
-                order_id=order.id,
-                points=points,
-                reason="order_done",
-                created_at=self.now,
-            )
-        )
-        await self.session.execute(
-            update(Person)
-            .where(Person.id == order.assignee_id)
-            .values(points=Person.points + points)
+        await points.award(
+            self.session,
+            person_id=order.assignee_id,
+            points=amount,
+            reason=points.ORDER_DONE,
+            key=f"{points.ORDER_DONE}:{order.id}",
+            now=self.now,
+            order_id=order.id,
         )
 
     async def _open_revisit(self, order: Order) -> None:

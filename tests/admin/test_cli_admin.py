@@ -318,8 +318,18 @@ def test_qr_sheet(
     out_dir = tmp_path / "sheets"
     assert run(settings, "qr-sheet", "--grid", "g1", "--out", str(out_dir)) == 0
     paths = [Path(p) for p in capsys.readouterr().out.split()]
-    assert [p.name for p in paths] == ["sheet-g1-m1.png", "sheet-g1-m2.png"]
+    # One page per building, and per micro-grid one PDF of its pages.
+    assert [p.name for p in paths] == [
+        "sheet-g1-m1-b01.png",
+        "sheet-g1-m1-b02.png",
+        "sheet-g1-m1.pdf",
+        "sheet-g1-m2-b03.png",
+        "sheet-g1-m2.pdf",
+    ]
     for p in paths:
+        if p.suffix == ".pdf":
+            assert p.read_bytes().startswith(b"%PDF-")
+            continue
         with Image.open(p) as img:
             assert img.format == "PNG" and img.height > img.width  # portrait A4
     with sqlite3.connect(db) as conn:
@@ -335,7 +345,10 @@ def test_qr_sheet(
 
     # a single micro-grid
     assert run(settings, "qr-sheet", "--grid", "g1-m2", "--days", "30") == 0
-    assert capsys.readouterr().out.split() == [str(settings.qr_dir / "sheet-g1-m2.png")]
+    assert capsys.readouterr().out.split() == [
+        str(settings.qr_dir / "sheet-g1-m2-b03.png"),
+        str(settings.qr_dir / "sheet-g1-m2.pdf"),
+    ]
 
 
 def test_qr_sheet_errors(

@@ -21,6 +21,7 @@ import bot.admin.cli_admin as cli_admin
 from bot.app import Gridbot
 from bot.cli import main
 from bot.config import load_settings
+from bot.printing.qr_sheet import BuildingPage, SheetWords
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.fakes.wechat_server import SAMPLE_APPID, FakeWeChatServer
 
@@ -138,13 +139,15 @@ async def test_stairwell_sheets_encode_the_real_bot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     encoded: list[str] = []
-    real_sheet = cli_admin.building_sheet
+    real_sheet = cli_admin.write_sheet
 
-    def spy(entries: list[tuple[str, str]], path: Path, title: str) -> list[Path]:
-        encoded.extend(data for _, data in entries)
-        return real_sheet(entries, path, title)
+    def spy(
+        pages: list[tuple[str, BuildingPage]], words: SheetWords, folder: Path, stem: str
+    ) -> list[Path]:
+        encoded.extend(page.link for _, page in pages)
+        return real_sheet(pages, words, folder, stem)
 
-    monkeypatch.setattr(cli_admin, "building_sheet", spy)
+    monkeypatch.setattr(cli_admin, "write_sheet", spy)
     async with FakeTelegramServer(bot_username="xinhua_grid_bot") as tg:
         config = _config(tmp_path, telegram_token=tg.token, telegram_api_url=tg.base_url)
         assert await _cli("--config", config, "import", DEMO) == 0
@@ -200,4 +203,7 @@ async def test_a_wechat_only_deployment_prints_wechat_codes_only(
         sheets = capsys.readouterr().out.split()
     assert info["telegram_link"] is None and info["qr_png"] is None
     assert info["wechat_qr_url"].startswith("http://weixin.qq.com/q/")
-    assert [Path(p).name for p in sheets] == ["sheet-xh-g1-m1-wechat.png"]
+    assert [Path(p).name for p in sheets] == [
+        *(f"sheet-xh-g1-m1-wechat-xh-b0{i}.png" for i in (1, 2, 3)),
+        "sheet-xh-g1-m1-wechat.pdf",
+    ]

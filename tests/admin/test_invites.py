@@ -1,4 +1,4 @@
-"""Signed invites: tokens, tampering, expiry, single use under concurrency, QR pictures."""
+"""Signed invites: tokens, tampering, expiry, single use under concurrency."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -18,9 +16,7 @@ from bot.config import load_settings
 from bot.core import invites
 from bot.core.invites import (
     InviteError,
-    building_sheet,
     create_invite,
-    qr_png,
     redeem_invite,
     revoke_invite,
     signing_key,
@@ -327,41 +323,6 @@ def test_telegram_link() -> None:
     assert telegram_link("@gridbot", "i1_x") == "https://t.me/gridbot?start=i1_x"
     with pytest.raises(ValueError, match="not a Telegram bot username"):
         telegram_link("", "i1_x")
-
-
-def test_qr_png(tmp_path: Path) -> None:
-    plain = qr_png("https://t.me/your_bot?start=i1_abc", tmp_path / "plain.png")
-    captioned = qr_png(
-        "https://t.me/your_bot?start=i1_abc",
-        tmp_path / "sub" / "captioned.png",
-        caption="居民邀请 · 翠屏小区1栋\nresident · xh-b01 · until 2030-01-01",
-    )
-    with Image.open(plain) as a, Image.open(captioned) as b:
-        assert a.format == b.format == "PNG"
-        assert a.width == a.height
-        assert b.width == a.width and b.height > a.height  # at least the Latin line is drawn
-
-
-def test_qr_png_without_any_drawable_caption(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(invites, "_font_for", lambda text, size: None)
-    path = qr_png("data", tmp_path / "q.png", caption="只有中文")
-    with Image.open(path) as img:
-        assert img.width == img.height
-
-
-def test_building_sheet(tmp_path: Path) -> None:
-    entries = [
-        (f"翠屏小区{i}栋\nxh-b{i:02d}", f"https://t.me/x?start=i{i}_abc") for i in range(13)
-    ]
-    paths = building_sheet(entries, tmp_path / "sheet.png", "第一网格1号微网格\nxh-g1-m1")
-    assert [p.name for p in paths] == ["sheet.png", "sheet-2.png"]
-    for p in paths:
-        with Image.open(p) as img:
-            assert img.size == invites.SHEET_SIZE
-    single = building_sheet(entries[:2], tmp_path / "one.png", "title")
-    assert len(single) == 1
 
 
 async def test_two_instances_keeping_the_bot_username_at_once(

@@ -116,10 +116,12 @@ async def test_five_stars_close_the_order_and_credit_points(harness: Harness) ->
     assert "感谢您的评价 ★★★★★" in resident.last().text
     stored = await harness.order(order.id)
     assert (stored.status, stored.rating) == ("closed", 5)
-    assert (await person(harness, "p-li-dangyuan")).points == li_person.points + 10
+    # The repair category's 10 points and the ≥ 4 ★ bonus (GRIDBOT_POINTS_RATING_BONUS, 5).
+    assert (await person(harness, "p-li-dangyuan")).points == li_person.points + 15
     entries = await rows(harness, PointsEntry)
     assert [(e.person_id, e.order_id, e.points, e.reason) for e in entries] == [
-        (li_person.id, order.id, 10, "order_done")
+        (li_person.id, order.id, 10, "order_done"),
+        (li_person.id, order.id, 5, "rating_bonus"),
     ]
     assert "工单 000001 获得居民评价 ★★★★★，积分已记入" in li.last().text
     assert await harness.count(Revisit) == 0
@@ -260,8 +262,9 @@ async def test_not_solved_goes_back_to_the_same_member(harness: Harness) -> None
     await resident.press("★★★★★")
     stored = await harness.order(order.id)
     assert (stored.status, stored.rating) == ("closed", 5)
-    assert len(await rows(harness, PointsEntry)) == 1
-    assert (await person(harness, "p-li-dangyuan")).points == 10
+    # Once: the order's points and its ≥ 4 ★ bonus, one ledger row each.
+    assert [e.reason for e in await rows(harness, PointsEntry)] == ["order_done", "rating_bonus"]
+    assert (await person(harness, "p-li-dangyuan")).points == 15
     assert find(resident, "请确认并评价").text.count("这次把线路也换了") == 1
 
 
@@ -274,7 +277,7 @@ async def test_worker_who_handled_it_gets_the_points(harness: Harness) -> None:
     await worker.send("已劝离并贴了提示")
     await resident.press("★★★★★")
     assert (await harness.order(order.id)).status == "closed"
-    assert (await person(harness, "p-wang")).points == 20  # safety: 20 points
+    assert (await person(harness, "p-wang")).points == 25  # safety: 20 points, 5 ★ bonus 5
 
 
 async def test_done_flow_ends_when_the_order_was_escalated_away(harness: Harness) -> None:

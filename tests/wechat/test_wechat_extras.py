@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import zxingcpp
+from PIL import Image
 from sqlalchemy import func, select
 
 from bot.cli import main
@@ -98,9 +100,19 @@ async def test_qr_sheet_makes_permanent_wechat_codes(
                                               "--bot-username", "gridbot"])
         assert code == 0
     paths = [Path(p) for p in capsys.readouterr().out.split()]
-    assert [p.name for p in paths] == ["sheet-xh-g1-m1.png", "sheet-xh-g1-m1-wechat.png"]
+    assert [p.name for p in paths] == [
+        *(f"sheet-xh-g1-m1-xh-b0{i}.png" for i in (1, 2, 3)),
+        "sheet-xh-g1-m1.pdf",
+        *(f"sheet-xh-g1-m1-wechat-xh-b0{i}.png" for i in (1, 2, 3)),
+        "sheet-xh-g1-m1-wechat.pdf",
+    ]
     assert all(p.is_file() for p in paths)
     assert len(api.qrcodes) == 3  # xh-b01..03
+    # Each WeChat page prints the account's code for its building (the fake numbers them).
+    for i in (1, 2, 3):
+        with Image.open(out / f"sheet-xh-g1-m1-wechat-xh-b0{i}.png") as page:
+            [code] = zxingcpp.read_barcodes(page.convert("L"))
+        assert code.text == f"http://weixin.qq.com/q/gQ{i}"
     assert {q["action_name"] for q in api.qrcodes} == {"QR_LIMIT_STR_SCENE"}
     scenes = [q["action_info"]["scene"]["scene_str"] for q in api.qrcodes]
     ids = [parse_token(s)[0] for s in scenes]

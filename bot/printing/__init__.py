@@ -1,0 +1,1 @@
+"""Printed things: QR code pictures and the stairwell sheets (Pillow, with the bundled font)."""

@@ -1,0 +1,1 @@
+"""Pictures for officials: charts of the monthly figures (matplotlib, headless)."""
