@@ -984,6 +984,7 @@ class Report:
     names: dict[int, str]
     buildings_by_id: dict[int, Building]
     made_at: datetime
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 def _figures(
@@ -1094,4 +1095,5 @@ async def build_report(
         names=names,
         buildings_by_id=buildings,
         made_at=now,
+        weights=dict(settings.bulletin_weights),
     )
