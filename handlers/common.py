@@ -30,7 +30,7 @@ MENU = {
 
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """Run a slash command (or its menu label)."""
-    from handlers import bind, duties, flows, link
+    from handlers import bind, duties, flows, link, reports
 
     if name == "link":  # also for someone not bound yet: that is how a second platform joins
         await link.link(ctx, arg)
@@ -57,6 +57,10 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
     if name in duties.COMMANDS:
         await ctx.end_conversation()
         await duties.command(ctx, name, arg)
+        return
+    if name in reports.COMMANDS:
+        await ctx.end_conversation()
+        await reports.command(ctx, name, arg)
         return
     handlers = {
         "order": flows.start_order,
