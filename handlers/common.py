@@ -145,6 +145,8 @@ async def help_(ctx: Ctx) -> None:
     for role in (ROLE_RESIDENT, ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
         if role in roles:
             parts.append(ctx.t(f"help.{role}"))
+    if roles & {ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.bulletin"))
     parts.append(ctx.t("help.common"))
     ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))
 

@@ -90,6 +90,10 @@ async def test_bad_requests_are_answered_politely(harness: Harness) -> None:
     await zhang.send("/bulletin")
     assert zhang.last().text == "只有网格长和社区管理员可以查看通报。"
     assert all(m.message.document is None for m in chen.inbox + zhang.inbox)
+    await chen.send("/help")
+    assert "/bulletin [年-月] [网格编号]" in chen.last().text
+    await zhang.send("/help")
+    assert "/bulletin" not in zhang.last().text
 
 
 async def test_day_one_every_admin_and_head_once(duty: DutyHarness) -> None:
