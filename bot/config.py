@@ -216,6 +216,11 @@ class Settings(BaseSettings):
             )
         return value
 
+    demo_history: bool = Field(
+        True,
+        description="With the demo community, an invented month of orders before the current"
+        " one (so reports and /bulletin have figures)",
+    )
     bulletin_time: str = Field(
         "09:00", description="Local time of the monthly bulletin (月初通报) on the 1st"
     )

@@ -447,6 +447,11 @@ class Figures:
 TIME_SPANS = ("dispatch", "accept", "done", "closed")
 
 
+def _ranked(counts: Counter[str]) -> dict[str, int]:
+    """Most first; equal counts by name (the same order wherever they are listed)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def order_figures(
     orders: Sequence[OrderFacts],
     revisits: Sequence[tuple[int, bool]] = (),
@@ -458,9 +463,9 @@ def order_figures(
     f = Figures()
     f.received = len(orders)
     f.cancelled = sum(o.status == CANCELLED for o in orders)
-    f.by_category = dict(Counter(o.category for o in orders).most_common())
-    f.by_channel = dict(Counter(o.channel or "—" for o in orders).most_common())
-    f.by_source = dict(Counter(o.source for o in orders).most_common())
+    f.by_category = _ranked(Counter(o.category for o in orders))
+    f.by_channel = _ranked(Counter(o.channel or "—" for o in orders))
+    f.by_source = _ranked(Counter(o.source for o in orders))
     counted = [o for o in orders if not o.cancelled_unhandled]
     f.response = Ratio(sum(o.responded_on_time for o in counted), len(counted))
     accepted = [o for o in orders if o.accepted_at is not None]
@@ -496,9 +501,7 @@ def order_figures(
     escalated = [o for o in orders if o.escalations]
     f.escalated = len(escalated)
     levels = level_of or {}
-    f.escalated_by_level = dict(
-        Counter(levels.get(o.handling_grid_id, "—") for o in escalated).most_common()
-    )
+    f.escalated_by_level = _ranked(Counter(levels.get(o.handling_grid_id, "—") for o in escalated))
     f.auto_closed = sum(o.auto_closed for o in orders)
     return f
 
