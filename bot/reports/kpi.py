@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
 from bot.core.duties import resolve_clocks
+from bot.core.points import standings
 from bot.core.routing import path_ids
 from models import (
     Building,
@@ -71,7 +72,6 @@ from models import (
     OutboxMessage,
     PatrolRun,
     Person,
-    PointsEntry,
     Revisit,
     Role,
     VisitLog,
@@ -849,19 +849,12 @@ async def load_members(
         if v.member_id in members:
             members[v.member_id].visits_due += v.due
             members[v.member_id].visits_logged += min(v.logged, v.due)
-    for pid, total in (
-        await session.execute(
-            select(PointsEntry.person_id, func.sum(PointsEntry.points))
-            .where(
-                PointsEntry.person_id.in_(list(members)),
-                PointsEntry.created_at >= period.start,
-                PointsEntry.created_at < period.end,
-            )
-            .group_by(PointsEntry.person_id)
-        )
-    ).all():
-        members[pid].points = int(total or 0)
-    return sorted(members.values(), key=lambda m: (-m.points, -m.done, m.name, m.person_id))
+    # Points of the period: the one definition of bot.core.points (the ledger's rows).
+    for line in await standings(session, list(ids), period.start, period.end,
+                                roles=(ROLE_MEMBER,)):
+        if line.person_id in members:
+            members[line.person_id].points = line.points
+    return sorted(members.values(), key=lambda m: (-m.points, m.name, m.person_id))
 
 
 async def member_work(

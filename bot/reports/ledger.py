@@ -193,10 +193,12 @@ def points_rows(report: Report, lb: Labels) -> tuple[list[str], list[list[Any]]]
                lb("col.visits_logged"), lb("col.points")]
     grids = report.scope.grids
     rows = [
-        [n, m.name, grids[m.grid_id].name if m.grid_id in grids else "", m.accepted, m.done,
+        # Competition ranking: equal points share the better rank (10, 8, 8, 5 → 1, 2, 2, 4).
+        [1 + sum(o.points > m.points for o in report.members), m.name,
+         grids[m.grid_id].name if m.grid_id in grids else "", m.accepted, m.done,
          "—" if m.mean_rating is None else round(m.mean_rating, 2), m.visits_due,
          m.visits_logged, m.points]
-        for n, m in enumerate(report.members, 1)
+        for m in report.members
     ]
     return headers, rows
 

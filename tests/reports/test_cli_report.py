@@ -108,6 +108,9 @@ async def test_the_excel_ledger(october: Settings, tmp_path: Path) -> None:
     points = wb["党员积分"]
     top = dict(zip([c.value for c in points[2]], [c.value for c in points[3]], strict=True))
     assert (top["承办党员"], top["积分"], top["办结数"], top["平均评价"]) == ("李党员", 10, 3, 4.5)
+    assert top["排名"] == 1
+    # Everyone else has 0 points: they share rank 2.
+    assert {r[0] for r in points.iter_rows(min_row=4, values_only=True)} == {2}
     assert wb["巡查与走访"].freeze_panes == "A3"
 
 
