@@ -55,7 +55,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
@@ -297,8 +297,9 @@ class OrderFacts:
         return None if when is None else (when - self.submitted_at).total_seconds() / 60
 
 
-def replay(facts: OrderFacts, events: Iterable[OrderEvent]) -> OrderFacts:
-    """Fill ``facts`` from the order's events (in order, already cut at the period's end)."""
+def replay(facts: OrderFacts, events: Iterable[Any]) -> OrderFacts:
+    """Fill ``facts`` from the order's events (in order, already cut at the period's end):
+    rows with ``created_at``, ``action``, ``to_status``, ``actor_id`` and ``note``."""
     last_offer: datetime | None = None
     for ev in events:
         at, action = ev.created_at, ev.action
@@ -604,6 +605,13 @@ class Scope:
             return self.root.name
         return "、".join(g.name for g in self.children())
 
+    def in_subtree(self, column: Any) -> Any:
+        """A condition: ``column`` (a grid id) is a grid of the subtree (a subquery on the
+        materialised path; always true for the whole tree)."""
+        if self.root is None:
+            return true()
+        return column.in_(select(Grid.id).where(Grid.path.startswith(self.root.path)))
+
     def ids(self, prefix: str | None = None) -> set[int]:
         """Ids of the grids under ``prefix`` (default: the subtree)."""
         p = prefix or self.path
@@ -647,34 +655,48 @@ async def load_orders(
     session: AsyncSession, settings: Settings, scope: Scope, period: Period
 ) -> list[OrderFacts]:
     """The cohort of ``period`` in ``scope``, each order replayed from its events up to the
-    period's end."""
-    ids = scope.ids()
-    if not ids:
-        return []
+    period's end (two queries: the orders, and their events joined to them)."""
+    cohort = (
+        scope.in_subtree(Order.grid_id),
+        Order.created_at >= period.start,
+        Order.created_at < period.end,
+    )
     orders = (
-        await session.scalars(
-            select(Order)
-            .where(
-                Order.grid_id.in_(ids),
-                Order.created_at >= period.start,
-                Order.created_at < period.end,
+        await session.execute(
+            select(
+                Order.id,
+                Order.category,
+                Order.grid_id,
+                Order.handling_grid_id,
+                Order.building_id,
+                Order.created_at,
+                Order.room,
+                Order.resident_id,
             )
+            .where(*cohort)
             .order_by(Order.id)
         )
     ).all()
     if not orders:
         return []
     order_ids = [o.id for o in orders]
-    events: dict[int, list[OrderEvent]] = defaultdict(list)
-    for chunk in _chunks(order_ids):
-        for ev in (
-            await session.scalars(
-                select(OrderEvent)
-                .where(OrderEvent.order_id.in_(chunk), OrderEvent.created_at < period.end)
-                .order_by(OrderEvent.order_id, OrderEvent.created_at, OrderEvent.id)
+    events: dict[int, list[Any]] = defaultdict(list)
+    for ev in (
+        await session.execute(
+            select(
+                OrderEvent.order_id,
+                OrderEvent.created_at,
+                OrderEvent.action,
+                OrderEvent.to_status,
+                OrderEvent.actor_id,
+                OrderEvent.note,
             )
-        ).all():
-            events[ev.order_id].append(ev)
+            .join(Order, Order.id == OrderEvent.order_id)
+            .where(*cohort, OrderEvent.created_at < period.end)
+            .order_by(OrderEvent.order_id, OrderEvent.created_at, OrderEvent.id)
+        )
+    ).all():
+        events[ev.order_id].append(ev)
     channels: dict[int, str] = {}
     visit_orders: set[int] = set()
     for chunk in _chunks(order_ids):
@@ -739,7 +761,6 @@ async def load_duties(
     session: AsyncSession, scope: Scope, period: Period
 ) -> tuple[list[PatrolFact], list[VisitFact], list[WhistleFact]]:
     """Patrol runs due, visit plans' due and logged visits, whistles of the period."""
-    ids = scope.ids()
     patrols = [
         PatrolFact(
             gid,
@@ -754,7 +775,7 @@ async def load_duties(
                     PatrolRun.checked_in_at,
                     PatrolRun.deadline_at,
                 ).where(
-                    PatrolRun.grid_id.in_(ids),
+                    scope.in_subtree(PatrolRun.grid_id),
                     PatrolRun.due_at >= period.start,
                     PatrolRun.due_at < period.end,
                 )
@@ -778,7 +799,7 @@ async def load_duties(
             select(VisitPlan, Household)
             .join(Household, Household.id == VisitPlan.household_id)
             .where(
-                Household.grid_id.in_(ids),
+                scope.in_subtree(Household.grid_id),
                 VisitPlan.active.is_(True),
                 VisitPlan.starts_at < period.end,
             )
@@ -797,7 +818,7 @@ async def load_duties(
     for w in (
         await session.scalars(
             select(Whistle).where(
-                Whistle.grid_id.in_(ids),
+                scope.in_subtree(Whistle.grid_id),
                 Whistle.created_at >= period.start,
                 Whistle.created_at < period.end,
             )
@@ -828,13 +849,12 @@ async def load_members(
     """Every member of the subtree with their work in the period (events in the period, any
     order): orders accepted and done, mean rating of the orders they did that were rated in
     the period, visits due and logged, points credited (``points_entry``)."""
-    ids = scope.ids()
     members: dict[int, MemberFigures] = {}
     for pid, name, gid in (
         await session.execute(
             select(Person.id, Person.name, Role.grid_id)
             .join(Role, Role.person_id == Person.id)
-            .where(Role.role == ROLE_MEMBER, Role.grid_id.in_(ids))
+            .where(Role.role == ROLE_MEMBER, scope.in_subtree(Role.grid_id))
             .order_by(Person.id, Role.grid_id)
         )
     ).all():
@@ -850,7 +870,8 @@ async def load_members(
             members[v.member_id].visits_due += v.due
             members[v.member_id].visits_logged += min(v.logged, v.due)
     # Points of the period: the one definition of bot.core.points (the ledger's rows).
-    for line in await standings(session, list(ids), period.start, period.end,
+    grid_ids = sorted({m.grid_id for m in members.values()})
+    for line in await standings(session, grid_ids, period.start, period.end,
                                 roles=(ROLE_MEMBER,)):
         if line.person_id in members:
             members[line.person_id].points = line.points
@@ -909,13 +930,12 @@ async def exit_list(
     """Members of the subtree with no completed order in the ``exit_idle_months`` months before
     ``end``, or whose mean rating over those months is below ``exit_min_rating``."""
     start = months_before(end, settings.exit_idle_months)
-    ids = scope.ids()
     members: dict[int, tuple[str, int]] = {}
     for pid, name, gid in (
         await session.execute(
             select(Person.id, Person.name, Role.grid_id)
             .join(Role, Role.person_id == Person.id)
-            .where(Role.role == ROLE_MEMBER, Role.grid_id.in_(ids))
+            .where(Role.role == ROLE_MEMBER, scope.in_subtree(Role.grid_id))
             .order_by(Person.id, Role.grid_id)
         )
     ).all():
