@@ -71,7 +71,10 @@ class OrderEvent(Base):
 
     __tablename__ = "order_event"
     #: Reports replay an order's events up to a period's end, and find a period's work.
-    __table_args__ = (Index("ix_order_event_order_id_created_at", "order_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_order_event_order_id_created_at", "order_id", "created_at"),
+        Index("ix_order_event_actor_id_created_at", "actor_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)

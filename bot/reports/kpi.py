@@ -55,7 +55,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, true
+from sqlalchemy import func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
@@ -635,19 +635,21 @@ class Scope:
 
 
 async def load_scope(session: AsyncSession, code: str | None) -> Scope:
-    """The subtree of the grid ``code`` (``None``: the whole tree); ``LookupError`` when no
-    grid has that code."""
-    grids = {g.id: g for g in (await session.scalars(select(Grid))).all()}
+    """The subtree of the grid ``code`` (``None``: the whole tree) with the grids above it (an
+    escalated order may be handled there); ``LookupError`` when no grid has that code."""
+    root = None
+    query = select(Grid)
+    if code is not None:
+        root = await session.scalar(select(Grid).where(Grid.code == code))
+        if root is None:
+            raise LookupError(code)
+        query = query.where(or_(Grid.path.startswith(root.path), Grid.id.in_(path_ids(root))))
+    grids = {g.id: g for g in (await session.scalars(query)).all()}
     communities = {c.id: c for c in (await session.scalars(select(Community))).all()}
     levels: dict[int, str] = {}
     for g in grids.values():
         names = [n for n in (communities[g.community_id].level_names or "").split("/") if n]
         levels[g.id] = names[g.depth] if g.depth < len(names) else str(g.depth)
-    root = None
-    if code is not None:
-        root = next((g for g in grids.values() if g.code == code), None)
-        if root is None:
-            raise LookupError(code)
     return Scope(root, grids, levels)
 
 
@@ -893,11 +895,12 @@ async def member_work(
             select(OrderEvent.order_id, OrderEvent.actor_id, OrderEvent.action, OrderEvent.note,
                    OrderEvent.created_at)
             .where(
+                # Orders these people took or did before the end (their ratings follow).
                 OrderEvent.order_id.in_(
                     select(OrderEvent.order_id).where(
-                        OrderEvent.created_at >= start,
+                        OrderEvent.actor_id.in_(list(wanted)),
                         OrderEvent.created_at < end,
-                        OrderEvent.action.in_((*ACCEPT_ACTIONS, "done", "rate")),
+                        OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
                     )
                 ),
                 OrderEvent.created_at < end,

@@ -20,6 +20,7 @@ INDEXES = (
     ("orders", "ix_orders_grid_id_created_at", ["grid_id", "created_at"]),
     ("order_event", "ix_order_event_created_at", ["created_at"]),
     ("order_event", "ix_order_event_order_id_created_at", ["order_id", "created_at"]),
+    ("order_event", "ix_order_event_actor_id_created_at", ["actor_id", "created_at"]),
     ("points_entry", "ix_points_entry_created_at", ["created_at"]),
     ("visit_log", "ix_visit_log_order_id", ["order_id"]),
     ("patrol_run", "ix_patrol_run_due_at", ["due_at"]),
