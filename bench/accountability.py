@@ -258,7 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             prof = cProfile.Profile()
             prof.enable()
-            await timed(url, community, period, 1)
+            await timed(url, None if args.profile == "city" else community, period, 1)
             prof.disable()
             pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
         return result
@@ -278,8 +278,8 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get(
         "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--out", help="also write the JSON report here")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile one indexed community run (to stderr)")
+    parser.add_argument("--profile", choices=("city", "community"),
+                        help="profile one indexed run of the city or the community (stderr)")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     out = json.dumps(result, ensure_ascii=False, indent=2)

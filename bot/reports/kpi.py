@@ -64,6 +64,7 @@ from bot.core.points import standings
 from bot.core.routing import path_ids
 from models import (
     Building,
+    ClockSetting,
     Community,
     Grid,
     Household,
@@ -846,7 +847,11 @@ async def load_duties(
 
 
 async def load_members(
-    session: AsyncSession, scope: Scope, period: Period, visits: Sequence[VisitFact]
+    session: AsyncSession,
+    scope: Scope,
+    period: Period,
+    visits: Sequence[VisitFact],
+    settings: Settings | None = None,
 ) -> list[MemberFigures]:
     """Every member of the subtree with their work in the period (events in the period, any
     order): orders accepted and done, mean rating of the orders they did that were rated in
@@ -863,7 +868,7 @@ async def load_members(
         members.setdefault(pid, MemberFigures(pid, name, gid))
     if not members:
         return []
-    work = await member_work(session, list(members), period.start, period.end)
+    work = await member_work(session, list(members), period.start, period.end, settings)
     for pid, (accepted, done, ratings) in work.items():
         m = members[pid]
         m.accepted, m.done, m.ratings = accepted, done, ratings
@@ -881,15 +886,25 @@ async def load_members(
 
 
 async def member_work(
-    session: AsyncSession, people: Sequence[int], start: datetime, end: datetime
+    session: AsyncSession,
+    people: Sequence[int],
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
 ) -> dict[int, tuple[int, int, list[int]]]:
     """Person → (orders accepted, orders done, stars of ratings) in ``[start, end)``.
 
-    A rating counts for the member whose "done" came last before it on that order."""
+    A rating counts for the member whose "done" came last before it on that order. That
+    "done" is at most the longest rating wait (``rate_days``: the setting or any clock row)
+    before the rating, since an order done and not rated by then is closed: only the orders
+    these people took or did from that long before ``start`` are read."""
     accepted: dict[int, set[int]] = defaultdict(set)
     done: dict[int, set[int]] = defaultdict(set)
     ratings: dict[int, list[int]] = defaultdict(list)
     wanted = set(people)
+    longest = await session.scalar(select(func.max(ClockSetting.rate_days)))
+    settings_days = settings.order_rate_days if settings is not None else 0
+    since = start - timedelta(days=max(longest or 0, settings_days, 7) + 1)
     rows = (
         await session.execute(
             select(OrderEvent.order_id, OrderEvent.actor_id, OrderEvent.action, OrderEvent.note,
@@ -899,6 +914,7 @@ async def member_work(
                 OrderEvent.order_id.in_(
                     select(OrderEvent.order_id).where(
                         OrderEvent.actor_id.in_(list(wanted)),
+                        OrderEvent.created_at >= since,
                         OrderEvent.created_at < end,
                         OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
                     )
@@ -943,7 +959,7 @@ async def exit_list(
         )
     ).all():
         members.setdefault(pid, (name, gid))
-    work = await member_work(session, list(members), start, end)
+    work = await member_work(session, list(members), start, end, settings)
     out = []
     for pid, (name, gid) in members.items():
         _, done, stars = work.get(pid, (0, 0, []))
@@ -1076,7 +1092,7 @@ async def build_report(
             await session.scalars(select(Building).where(Building.id.in_(building_ids)))
         ).all()
     } if building_ids else {}
-    members = await load_members(session, scope, period, current["duties"][1])
+    members = await load_members(session, scope, period, current["duties"][1], settings)
 
     def hot(key_of: Any, name_of: Any) -> list[Hotspot]:
         groups: dict[Any, list[OrderFacts]] = defaultdict(list)
