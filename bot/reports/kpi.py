@@ -87,6 +87,7 @@ from models.orders import (
     CLOSED,
     CONFIRMED,
     DONE,
+    SOURCE_RESIDENT,
 )
 from models.people import ROLE_MEMBER
 
@@ -113,8 +114,6 @@ ESCALATE_ACTIONS = ("escalate", "auto_escalate")
 FINISHED = (DONE, CONFIRMED, CLOSED, AUTO_CLOSED)
 #: Stars that count as satisfied (满意); 3 ★ (基本满意) does not.
 SATISFIED_STARS = 4
-SOURCE_RESIDENT = "resident"
-SOURCE_VISIT = "visit"
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 
@@ -675,6 +674,7 @@ async def load_orders(
                 Order.created_at,
                 Order.room,
                 Order.resident_id,
+                Order.source,
             )
             .where(*cohort)
             .order_by(Order.id)
@@ -701,7 +701,6 @@ async def load_orders(
     ).all():
         events[ev.order_id].append(ev)
     channels: dict[int, str] = {}
-    visit_orders: set[int] = set()
     for chunk in _chunks(order_ids):
         refs = [f"receipt:{i}" for i in chunk]
         for ref, channel in (
@@ -710,10 +709,6 @@ async def load_orders(
             )
         ).all():
             channels[int(str(ref).split(":", 1)[1])] = channel
-        found = await session.scalars(
-            select(VisitLog.order_id).where(VisitLog.order_id.in_(chunk))
-        )
-        visit_orders.update(oid for oid in found.all() if oid is not None)
     cache: dict[Any, Any] = {}
     facts = []
     for o in orders:
@@ -727,7 +722,7 @@ async def load_orders(
             grid_id=o.grid_id,
             handling_grid_id=o.handling_grid_id,
             building_id=o.building_id,
-            source=SOURCE_VISIT if o.id in visit_orders else SOURCE_RESIDENT,
+            source=o.source or SOURCE_RESIDENT,
             channel=channels.get(o.id),
             submitted_at=o.created_at,
             dispatch_minutes=clocks.dispatch_minutes,

@@ -37,7 +37,7 @@ async def test_the_month_of_the_community_by_hand(harness: Harness) -> None:
     f = report.total.figures
     # Received in October (Shanghai): A B C D E F H I. G came at 00:10 on 1 November.
     assert f.received == 8 and f.cancelled == 1
-    assert f.by_category == {"repair": 7, "safety": 1}
+    assert f.by_category == {"repair": 7, "safety": 1} and f.by_source == {"resident": 8}
     # 响应率: a person's first handling within the dispatch clock, out of 8 − D (cancelled
     # before anyone handled it). A 20 ≤ 30, C 10, F 5, I 5 are on time; B escalated at 40 > 30;
     # E was only broadcast by the clock; H's 15 minutes exceed the safety row's 10.

@@ -1,7 +1,7 @@
 """reports: indexes for a period's orders, events, points, visits and patrols of a subtree
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0010
 Create Date: 2026-11-29 02:30:00.000000
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0006"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
