@@ -76,8 +76,9 @@ def bulletin_text(
 def bulletin_parts(
     report: Report, exits: list[ExitEntry], tr: Translator, lang: str, settings: Settings
 ) -> list[str]:
-    """The bulletin in two messages: figures and ranking (1–3), hot spots and the exit list
-    (4–5); each fits a WeChat text for a community of a dozen grids."""
+    """The bulletin in three messages: the figures (1–2), the ranking and the floors (3), hot
+    spots and the exit list (4–5); each fits a WeChat text (2,000 bytes) for a community of
+    a dozen grids."""
     lb = Labels(tr, lang)
 
     def t(key: str, **args: object) -> str:
@@ -112,7 +113,7 @@ def bulletin_parts(
         t("weight_item", name=lb.rate(n), weight=f"{w:g}")
         for n, w in settings.bulletin_weights.items() if w > 0
     )
-    lines += ["", t("ranking_head", weights=weights)]
+    figures, lines = lines, [t("ranking_head", weights=weights)]
     if not report.children:
         lines.append(t("no_children"))
     for row in report.children:
@@ -156,7 +157,7 @@ def bulletin_parts(
             lines.append(t("exit_rating", name=e.name, grid=grid, rating=f"{e.mean_rating:.1f}"))
     if not exits:
         lines.append(t("exit_none"))
-    return ["\n".join(first), "\n".join(lines)]
+    return ["\n".join(figures), "\n".join(first), "\n".join(lines)]
 
 
 def chart_bars(report: Report) -> list[GridBar]:
@@ -228,8 +229,8 @@ class BulletinMaker:
         return self._reports[key]
 
     async def messages(self, scope: Scope, period: Period, lang: str) -> list[Outbound]:
-        """The bulletin's messages: the chart with sections 1–3, sections 4–5, then the
-        ledger document."""
+        """The bulletin's messages: the chart with sections 1–2, section 3, sections 4–5,
+        then the ledger document."""
         key = (scope.path, period.label, lang)
         if key not in self._made:
             report, exits = await self.report(scope, period)

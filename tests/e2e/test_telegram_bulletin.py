@@ -26,8 +26,8 @@ async def test_bulletin_on_request_and_on_day_one(database_url: str, tmp_path: P
         assert len(photos) == 1
         assert svc.tg.file(photos[0].photo or "").startswith(b"\x89PNG\r\n\x1a\n")
         texts = [m.text or "" for m in sent]
-        assert any(t.startswith("📊 新华社区 2026-10 月初通报") and "1. 第一网格：78.3 分" in t
-                   for t in texts)
+        assert any(t.startswith("📊 新华社区 2026-10 月初通报") for t in texts)
+        assert any(t.startswith("三、网格排名") and "1. 第一网格：78.3 分" in t for t in texts)
         assert any(t.startswith("四、热点") and "孙建华" in t for t in texts)
         assert document.document_name == "新华社区 2026-10 台账.xlsx"
         assert document.text == "📎 新华社区 2026-10 台账（Excel）"

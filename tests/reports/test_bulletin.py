@@ -34,10 +34,10 @@ async def test_the_admin_asks_for_october(harness: Harness) -> None:
     await write_history(harness.app.sessionmaker)
     chen = await harness.login("p-chen-shuji")
     await chen.send("/bulletin 2026-10")
-    sending, bulletin, more, ledger = chen.inbox[-4:]
+    sending, bulletin, ranking, more, ledger = chen.inbox[-5:]
     assert sending.text == "📊 正在发送新华社区 2026-10 月初通报……"
-    text = bulletin.text + "\n\n" + more.text
-    assert more.text.startswith("四、热点")
+    text = "\n\n".join((bulletin.text, ranking.text, more.text))
+    assert ranking.text.startswith("三、网格排名") and more.text.startswith("四、热点")
     assert text.startswith("📊 新华社区 2026-10 月初通报")
     assert "受理 8 件（上月 0 件），办结 5 件，取消 1 件。" in text
     assert "主要类别：维修报修 7 件（88%）；安全隐患 1 件（12%）" in text
@@ -64,12 +64,12 @@ async def test_any_subtree_for_the_admin_only_their_own_for_a_head(harness: Harn
     await write_history(harness.app.sessionmaker)
     chen = await harness.login("p-chen-shuji")
     await chen.send("/bulletin 2026年10月 xh-g2")
-    assert chen.inbox[-3].text.startswith("📊 第二网格 2026-10 月初通报")
+    assert chen.inbox[-4].text.startswith("📊 第二网格 2026-10 月初通报")
     assert "1. 第二网格1号微网格：35.0 分" in chen.inbox[-3].text
 
     liu = await harness.login("p-liu-wanggezhang")  # head of 第一网格
     await liu.send("/bulletin 2026-10")
-    assert liu.inbox[-3].text.startswith("📊 第一网格 2026-10 月初通报")
+    assert liu.inbox[-4].text.startswith("📊 第一网格 2026-10 月初通报")
     before = len(liu.inbox)
     await liu.send("/bulletin 2026-10 xh-g2")
     assert len(liu.inbox) == before + 1
@@ -112,9 +112,9 @@ async def test_day_one_every_admin_and_head_once(duty: DutyHarness) -> None:
         assert len(bulletins) == 1, (key, user.texts())
         assert bulletins[0].message.photo
         assert user.last().message.document, key
-    assert users["p-chen-shuji"].inbox[-3].text.startswith("📊 新华社区 2026-10 月初通报")
-    assert users["p-zhou-zhuren"].inbox[-3].text.startswith("📊 新华社区 2026-10 月初通报")
-    assert users["p-luo-jianguo"].inbox[-3].text.startswith("📊 第二网格 2026-10 月初通报")
+    assert users["p-chen-shuji"].inbox[-4].text.startswith("📊 新华社区 2026-10 月初通报")
+    assert users["p-zhou-zhuren"].inbox[-4].text.startswith("📊 新华社区 2026-10 月初通报")
+    assert users["p-luo-jianguo"].inbox[-4].text.startswith("📊 第二网格 2026-10 月初通报")
     assert "孙建华" in users["p-liu-wanggezhang"].inbox[-2].text  # the exit list, to heads
     # A second pass, and a restarted scheduler, send nothing more.
     await h.tick(s)
@@ -139,7 +139,7 @@ async def test_quiet_hours_hold_the_bulletin_until_morning(duty: DutyHarness) ->
     async with h.app.sessionmaker() as session:
         rows = (await session.scalars(select(OutboxMessage).where(
             OutboxMessage.chat_id == chen.chat_id))).all()
-    assert len(rows) == 3  # the chart with the figures, hot spots and exit list, the ledger
+    assert len(rows) == 4  # the chart with the figures, the ranking, hot spots, the ledger
     assert all(r.not_before.astimezone(SH) == datetime(2026, 11, 1, 7, 0, tzinfo=SH)
                for r in rows)
     h.clock.set(2026, 11, 1, 7, 0, 1)

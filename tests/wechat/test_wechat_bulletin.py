@@ -25,10 +25,11 @@ async def test_bulletin_is_a_picture_and_text_on_wechat(wx: WX) -> None:
     assert reply.text == "📊 正在发送新华社区 2026-10 月初通报……"
     await wx.settle()
     sent = [s for s in wx.api.sent if s.touser == CHEN]
-    assert [s.kind for s in sent] == ["image", "text", "text"]
+    assert [s.kind for s in sent] == ["image", "text", "text", "text"]
     assert sent[1].text.startswith("📊 新华社区 2026-10 月初通报")
-    assert "1. 第一网格：78.3 分" in sent[1].text
-    assert sent[2].text.startswith("四、热点")
+    assert "1. 第一网格：78.3 分" in sent[2].text
+    assert sent[3].text.startswith("四、热点")
+    assert all(len(s.text.encode()) < 2000 and not s.text.endswith("…") for s in sent[1:])
     assert len(wx.api.uploads) == 1  # the chart, uploaded as an image
     async with wx.app.sessionmaker() as session:
         rows = (await session.scalars(select(OutboxMessage).where(
