@@ -624,15 +624,6 @@ class Scope:
             (g for g in self.grids.values() if g.parent_id == pid), key=lambda g: (g.code, g.id)
         )
 
-    def child_of(self, grid_id: int) -> int | None:
-        """The child of the root that ``grid_id`` lies under (``None``: the root itself)."""
-        grid = self.grids.get(grid_id)
-        if grid is None:
-            return None
-        ids = path_ids(grid)
-        depth = (len(path_ids(self.root)) if self.root else 0)
-        return ids[depth] if len(ids) > depth else None
-
 
 async def load_scope(session: AsyncSession, code: str | None) -> Scope:
     """The subtree of the grid ``code`` (``None``: the whole tree) with the grids above it (an

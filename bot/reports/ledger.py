@@ -310,9 +310,13 @@ def to_json(report: Report, *, contacts: dict[int, str | None] | None = None) ->
         }
 
     def order(o: OrderFacts) -> dict[str, Any]:
+        grid = report.scope.grids.get(o.grid_id)
+        building = report.buildings_by_id.get(o.building_id)
         data = {
-            "number": o.number, "category": o.category, "grid_id": o.grid_id,
-            "building_id": o.building_id, "channel": o.channel, "source": o.source,
+            "number": o.number, "category": o.category,
+            "grid": grid.code if grid else o.grid_id,
+            "building": building.code if building else o.building_id,
+            "channel": o.channel, "source": o.source,
             "submitted_at": _json_dt(o.submitted_at), "dispatched_at": _json_dt(o.dispatched_at),
             "accepted_at": _json_dt(o.accepted_at), "done_at": _json_dt(o.done_at),
             "rated_at": _json_dt(o.rated_at), "closed_at": _json_dt(o.closed_at),

@@ -57,6 +57,10 @@ async def test_table_json_and_csv(
     assert [c["code"] for c in data["children"]] == ["xh-g1", "xh-g2", "xh-g3"]
     assert data["children"][2]["figures"]["response"]["value"] is None
     assert "phone" not in data["orders"][0] and data["with_contacts"] is False
+    first = data["orders"][0]
+    assert (first["number"], first["grid"], first["building"], first["stars"]) == (
+        first["number"], "xh-g1-m1", "xh-b01", 5)
+    assert first["submitted_at"] == "2026-10-05T02:00:00+00:00"  # 10:00 in Shanghai
 
     out = tmp_path / "summary.csv"
     assert await run(october, "report", "--month", "2026-10", "--grid", "xinhua",
