@@ -5,6 +5,8 @@ orders at all ("—", no division by zero)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 
 from bot.reports.kpi import (
@@ -13,10 +15,24 @@ from bot.reports.kpi import (
     build_report,
     exit_list,
     load_scope,
+    member_work,
     nearest_rank,
     parse_month,
 )
-from models import Person
+from models import (
+    Building,
+    Grid,
+    Household,
+    Order,
+    OrderEvent,
+    PatrolPlan,
+    PatrolRun,
+    Person,
+    VisitLog,
+    VisitPlan,
+    Whistle,
+    WhistleAnswer,
+)
 from tests.conftest import Harness
 from tests.duties.conftest import SH
 from tests.reports.history import local, write_history
@@ -138,3 +154,98 @@ def test_months_and_percentiles() -> None:
         raise AssertionError(bad)
     assert nearest_rank([], 0.5) is None
     assert nearest_rank([4, 1, 3, 2], 0.5) == 2 and nearest_rank([4, 1, 3, 2], 0.9) == 4
+
+
+async def test_patrols_visits_and_whistles_by_hand(harness: Harness) -> None:
+    """第二网格 in October 2026: three patrol runs (on time, late, missed), a weekly visit plan
+    from 1 October (due 1, 8, 15, 22, 29 October) with three visits, a monthly one from
+    15 September (due 15 October) never visited, and a whistle answered by two of three."""
+    async with harness.app.sessionmaker() as session, session.begin():
+        ids = dict((await session.execute(select(Person.key, Person.id))).all())
+        g = dict((await session.execute(select(Grid.code, Grid.id))).all())
+        b = dict((await session.execute(select(Building.code, Building.id))).all())
+        plan = PatrolPlan(grid_id=g["xh-g2-m1"], person_id=ids["p-deng-wei"],
+                          schedule="0 9 * * *", deadline_minutes=120)
+        session.add(plan)
+        await session.flush()
+        for day, status, checked in ((3, "checked_in", 30), (4, "checked_in", 150),
+                                     (5, "missed", None), (1, "checked_in", 10)):
+            due = local(2026, 10 if day > 1 else 11, day, 9, 0)  # the 4th run: November
+            session.add(PatrolRun(
+                plan_id=plan.id, grid_id=g["xh-g2-m1"], person_id=ids["p-deng-wei"],
+                due_at=due, deadline_at=due + timedelta(minutes=120), status=status,
+                checked_in_at=due + timedelta(minutes=checked) if checked else None))
+        households = []
+        for code in ("hh-1", "hh-2"):
+            h = Household(code=code, grid_id=g["xh-g2-m1"], building_id=b["xh-b09"],
+                          kind="elderly_alone", name=f"老人{code}")
+            session.add(h)
+            households.append(h)
+        await session.flush()
+        weekly = VisitPlan(household_id=households[0].id, member_id=ids["p-huang-deming"],
+                           frequency="weekly", starts_at=local(2026, 10, 1, 9, 0))
+        monthly = VisitPlan(household_id=households[1].id, member_id=ids["p-huang-deming"],
+                            frequency="monthly", starts_at=local(2026, 9, 15, 9, 0))
+        session.add_all([weekly, monthly])
+        await session.flush()
+        for day in (1, 8, 16):
+            session.add(VisitLog(plan_id=weekly.id, household_id=households[0].id,
+                                 member_id=ids["p-huang-deming"], outcome="fine",
+                                 created_at=local(2026, 10, day, 10, 0)))
+        called = local(2026, 10, 20, 10, 0)
+        whistle = Whistle(grid_id=g["xh-g2"], caller_id=ids["p-luo-jianguo"], message="集合",
+                          created_at=called)
+        session.add(whistle)
+        await session.flush()
+        for who, answer, after in (("p-deng-wei", "coming", 10), ("p-huang-deming", "cannot", 20),
+                                   ("p-wu-jing", None, None)):
+            session.add(WhistleAnswer(
+                whistle_id=whistle.id, person_id=ids[who], answer=answer,
+                answered_at=called + timedelta(minutes=after) if after else None))
+    async with harness.app.sessionmaker() as session:
+        scope = await load_scope(session, "xh-g2")
+        report = await build_report(session, harness.app.settings, scope,
+                                    Period.month(2026, 10, SH), local(2026, 11, 2))
+    f = report.total.figures
+    # Patrols: 3 due in October (the 1 November run is not), 2 checked in, 1 of them late.
+    assert f.patrol_coverage == Ratio(2, 3) and f.patrols_late == 1 and f.patrols_missed == 1
+    # Visits: weekly due 5 times, logged 3; monthly due once (15 October), logged 0 → 3 / 6;
+    # its household is overdue.
+    assert f.visit_completion == Ratio(3, 6) and f.households_overdue == 1
+    # Whistle: 2 of 3 answered; the one coming took 10 minutes.
+    assert f.whistle_answer == Ratio(2, 3) and f.whistle_median_minutes == 10
+    huang = next(m for m in report.members if m.name == "黄德明")
+    assert (huang.visits_due, huang.visits_logged) == (6, 3)
+    # The child grid with the duties carries them; the others have nothing to count.
+    rows = {r.code: r.figures for r in report.children}
+    assert rows["xh-g2-m1"].patrol_coverage == Ratio(2, 3)
+    assert rows["xh-g2-m2"].patrol_coverage.percent() == "—"
+
+
+async def test_a_rating_in_the_month_counts_for_who_did_it_before(harness: Harness) -> None:
+    """Done by 李党员 on 30 September, rated 2 ★ on 2 October: October's rating, his."""
+    async with harness.app.sessionmaker() as session, session.begin():
+        ids = dict((await session.execute(select(Person.key, Person.id))).all())
+        b = await session.scalar(select(Building).where(Building.code == "xh-b01"))
+        assert b is not None
+        at = local(2026, 9, 29, 9, 0)
+        order = Order(resident_id=ids["p-zhang-ayi"], building_id=b.id, grid_id=b.grid_id,
+                      handling_grid_id=b.grid_id, category="repair", description="x",
+                      status="confirmed", created_at=at, updated_at=at)
+        session.add(order)
+        await session.flush()
+        for when, actor, action, to, note in (
+            (at, "p-zhang-ayi", "submit", "submitted", None),
+            (at + timedelta(hours=1), "p-li-dangyuan", "handle", "accepted", None),
+            (local(2026, 9, 30, 18, 0), "p-li-dangyuan", "done", "done", None),
+            (local(2026, 10, 2, 8, 0), "p-zhang-ayi", "rate", "confirmed", "2"),
+        ):
+            session.add(OrderEvent(order_id=order.id, actor_id=ids[actor], action=action,
+                                   to_status=to, note=note, created_at=when))
+    async with harness.app.sessionmaker() as session:
+        work = await member_work(session, [ids["p-li-dangyuan"]], local(2026, 10, 1),
+                                 local(2026, 11, 1), harness.app.settings)
+        september = await member_work(session, [ids["p-li-dangyuan"]], local(2026, 9, 1),
+                                      local(2026, 10, 1), harness.app.settings)
+    assert work[ids["p-li-dangyuan"]] == (0, 0, [2])
+    assert september[ids["p-li-dangyuan"]] == (1, 1, [])
