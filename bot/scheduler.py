@@ -270,8 +270,7 @@ async def monthly_bulletin(
         return
     from bot.reports.bulletin import monthly
 
-    async with rt.service() as duties:
-        await monthly(duties, due_at)
+    await monthly(rt.service, due_at)
 
 
 #: Jobs whose occurrences may share a transaction: job function → batch function.

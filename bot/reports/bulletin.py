@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -250,40 +251,61 @@ def _fixed(message: Outbound) -> Callable[[str], Outbound]:
     return lambda _lang: message
 
 
-async def recipients(session: AsyncSession) -> list[tuple[int, Grid]]:
-    """(person, grid) for every admin and head role: who gets which subtree's bulletin."""
+async def recipients(session: AsyncSession) -> dict[str, list[int]]:
+    """Grid code → the people holding an admin or head role on it: who gets which subtree's
+    bulletin (top grids first)."""
     rows = await session.execute(
-        select(Role.person_id, Grid)
+        select(Grid.code, Role.person_id)
         .join(Grid, Grid.id == Role.grid_id)
         .where(Role.role.in_((ROLE_ADMIN, ROLE_HEAD)))
         .order_by(Grid.depth, Grid.id, Role.person_id)
     )
-    return list(dict.fromkeys((pid, grid) for pid, grid in rows.all()))
+    out: dict[str, list[int]] = {}
+    for code, pid in rows.all():
+        if pid not in out.setdefault(code, []):
+            out[code].append(pid)
+    return out
 
 
-async def monthly(duties: DutyService, due_at: datetime) -> int:
-    """Day 1: the bulletin of the month before to every admin and head, for each grid they
-    hold that role on; once per person, grid and month (a ``duty_fire`` row written with the
-    messages), quiet hours respected. Returns how many went out."""
-    tz = duties.settings.tz
-    period = month_before(due_at, tz)
+async def monthly_for_grid(
+    duties: DutyService, code: str, people: list[int], due_at: datetime
+) -> int:
+    """The bulletin of the grid ``code`` for the month before ``due_at`` to ``people``; once
+    per person, grid and month (a ``duty_fire`` row written with the messages, in the caller's
+    transaction), quiet hours respected. The figures are computed only if someone still needs
+    them. Returns how many went out."""
+    period = month_before(due_at, duties.settings.tz)
+    scope = await load_scope(duties.session, code)
+    assert scope.root is not None
     maker = BulletinMaker(duties.session, duties.settings, duties.tr, duties.now)
-    month_start = period.end
     sent = 0
-    for person_id, grid in await recipients(duties.session):
-        if not await duties.fire_once("bulletin", f"{person_id}:{grid.id}", month_start):
+    for person_id in people:
+        if not await duties.fire_once("bulletin", f"{person_id}:{scope.root.id}", period.end):
             continue
         if await duties.notify.identity_of(person_id) is None:
             continue
         lang = await duties.notify.locale_of(person_id)
-        scope = await load_scope(duties.session, grid.code)
         rows: list[OutboxMessage] = []
         for message in await maker.messages(scope, period, lang):
             row = await duties.notify.to_person(person_id, _fixed(message))
             if row is not None:
                 row.not_before = duties.now  # the scheduler's clock, not the wall clock
                 rows.append(row)
-        await duties.hold(rows, grid.id)
+        await duties.hold(rows, scope.root.id)
         sent += 1
-    log.info("monthly bulletin %s: %d sent", period.label, sent)
+    return sent
+
+
+async def monthly(runtime_service: Callable[[], Any], due_at: datetime) -> int:
+    """Day 1: the bulletin of the month before to every admin and head, for each grid they
+    hold that role on, one transaction per grid (``runtime_service`` opens one: a
+    :class:`~bot.core.duties.DutyService` context), so each grid's messages go out as soon as
+    they are made and a failure costs one grid. Returns how many went out."""
+    async with runtime_service() as duties:
+        groups = await recipients(duties.session)
+    sent = 0
+    for code, people in groups.items():
+        async with runtime_service() as duties:
+            sent += await monthly_for_grid(duties, code, people, due_at)
+    log.info("monthly bulletin (due %s): %d sent", due_at.isoformat(), sent)
     return sent
