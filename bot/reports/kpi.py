@@ -221,7 +221,7 @@ def nearest_rank(values: Sequence[float], p: float) -> float | None:
 
 
 def fmt_minutes(value: float | None) -> str:
-    """Minutes as people read them: ``45分``-free neutral ``0:45`` / ``26:05`` (h:mm)."""
+    """Minutes as hours and minutes, ``h:mm`` (``0:45``, ``26:05``); ``—`` for none."""
     if value is None:
         return "—"
     total = round(value)

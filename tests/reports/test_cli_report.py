@@ -74,6 +74,18 @@ async def test_table_json_and_csv(
     assert by_grid["第三网格"]["排名"] == "—"
 
 
+async def test_a_span_of_days_against_the_days_before(
+    october: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run(october, "report", "--from", "2026-10-05", "--to", "2026-10-06",
+                     "--format", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["period"]["label"] == "2026-10-05~2026-10-06"
+    assert data["period"]["start"] == "2026-10-05T00:00:00+08:00"
+    assert data["previous"] == "2026-10-03~2026-10-04"
+    assert data["total"]["figures"]["received"] == 2  # A and B
+
+
 async def test_the_excel_ledger(october: Settings, tmp_path: Path) -> None:
     out = tmp_path / "ledger.xlsx"
     assert await run(october, "report", "--month", "2026-10", "--grid", "xinhua",
