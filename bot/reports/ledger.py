@@ -110,7 +110,8 @@ def summary_rows(report: Report, lb: Labels) -> tuple[list[str], list[list[Any]]
                lb("col.score_prev"), lb("col.received"), lb("col.received_prev")]
     for name in SUMMARY_RATES:
         headers += [lb.rate(name), lb("col.prev", what=lb.rate(name))]
-    headers += [lb("col.escalated"), lb("col.auto_closed"), lb("col.revisits_open"),
+    headers += [lb("col.median_dispatch"), lb("col.median_done"), lb("col.p90_done"),
+                lb("col.escalated"), lb("col.auto_closed"), lb("col.revisits_open"),
                 lb("col.below")]
     formats = {col: PERCENT_FORMAT for col in range(8, 8 + 2 * len(SUMMARY_RATES))}
     from bot.reports.kpi import score
@@ -127,7 +128,10 @@ def summary_rows(report: Report, lb: Labels) -> tuple[list[str], list[list[Any]]
         ]
         for name in SUMMARY_RATES:
             values += [_ratio(f.rate(name)), _ratio(p.rate(name))]
-        values += [f.escalated, f.auto_closed, f.revisits_open,
+        values += [fmt_minutes(f.times.get("dispatch", {}).get("median")),
+                   fmt_minutes(f.times.get("done", {}).get("median")),
+                   fmt_minutes(f.times.get("done", {}).get("p90")),
+                   f.escalated, f.auto_closed, f.revisits_open,
                    "、".join(lb.rate(n) for n, _, _ in row.below)]
         return values
 

@@ -101,6 +101,8 @@ async def test_the_excel_ledger(october: Settings, tmp_path: Path) -> None:
     total = summary.cell(row=3, column=col)
     assert total.value == pytest.approx(2 / 3) and total.number_format == "0.0%"
     assert summary.cell(row=3, column=col + 1).value == "—"  # September had nothing
+    # Median submit → dispatch 15 minutes (see test_kpi), as h:mm.
+    assert summary.cell(row=3, column=header.index("派单用时中位数（时:分）") + 1).value == "0:15"
     assert [summary.cell(row=r, column=3).value for r in (4, 5, 6)] == ["第一网格", "第二网格",
                                                                          "第三网格"]
     assert summary.column_dimensions["C"].width >= 10
