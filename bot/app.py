@@ -169,6 +169,11 @@ class Gridbot:
 
                     for path in DEMO_DUTIES:
                         log.info("demo duties loaded: %s", await import_duties(session, path))
+                if self.settings.demo_history:
+                    from bot.reports.demo_history import load_demo_history
+
+                    made = await load_demo_history(session, self.clock(), self.settings.tz)
+                    log.info("demo history: %d orders of last month", made)
             categories = await session.scalar(select(func.count()).select_from(Category))
             if not categories:
                 for sort, spec in enumerate(default_categories()):

@@ -12,6 +12,7 @@ from bot.admin.cli_admin import add_admin_commands
 from bot.admin.cli_clocks import add_clock_commands
 from bot.admin.cli_duties import add_duty_commands
 from bot.admin.cli_points import add_points_commands
+from bot.admin.cli_report import add_report_commands
 from bot.admin.cli_wechat import add_wechat_commands
 from bot.config import Settings, load_settings, settings_help
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_duty_commands(sub)
     add_clock_commands(sub)
     add_points_commands(sub)
+    add_report_commands(sub)
     return parser
 
 

@@ -232,6 +232,52 @@ class Settings(BaseSettings):
         2, ge=0, le=1000, description="Points for answering a whistle with 报到 (once per whistle)"
     )
 
+    demo_history: bool = Field(
+        True,
+        description="With the demo community, an invented month of orders before the current"
+        " one (so reports and /bulletin have figures)",
+    )
+    bulletin_time: str = Field(
+        "09:00", description="Local time of the monthly bulletin (月初通报) on the 1st"
+    )
+    bulletin_weights: dict[str, float] = Field(
+        {"response": 30.0, "resolution": 35.0, "satisfaction": 35.0},
+        description="Weights of the grid score, JSON: response, resolution, satisfaction,"
+        " on_time_completion, completion, on_time_acceptance",
+    )
+    bulletin_floors: dict[str, float] = Field(
+        {"satisfaction": 85.0, "on_time_completion": 90.0},
+        description="Floors in percent, JSON: grids below one are named in the bulletin",
+    )
+    exit_idle_months: int = Field(
+        3, description="Exit list: members with no completed order in this many months"
+    )
+    exit_min_rating: float = Field(
+        3.0, description="Exit list: members whose mean rating (same months) is below this"
+    )
+
+    @field_validator("bulletin_time")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        hours, _, minutes = value.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError(f"bulletin_time must be HH:MM, not {value!r}")
+        return value
+
+    @field_validator("bulletin_weights", "bulletin_floors")
+    @classmethod
+    def _known_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        from bot.reports.kpi import RATE_NAMES
+
+        unknown = set(value) - set(RATE_NAMES)
+        if unknown:
+            raise ValueError(
+                f"unknown rate {', '.join(sorted(unknown))}; known: {', '.join(RATE_NAMES)}"
+            )
+        if any(v < 0 for v in value.values()):
+            raise ValueError("weights and floors cannot be negative")
+        return value
+
     @field_validator("wechat_templates")
     @classmethod
     def _template_shapes(

@@ -9,7 +9,9 @@ import secrets
 from pathlib import Path
 
 PREFIX = "media:"
-NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp)")
+NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp|xlsx)")
+#: Files other than images the store keeps (documents sent to officials: the ledger).
+DOCUMENT_TYPES = {"xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
 MAX_BYTES = 10 * 1024 * 1024
 
 
@@ -37,6 +39,14 @@ class MediaStore:
         ext = sniff_image(data)
         if ext is None or len(data) > MAX_BYTES:
             return None
+        name = f"{secrets.token_hex(16)}.{ext}"
+        await asyncio.to_thread(self._write, name, data)
+        return PREFIX + name
+
+    async def save_document(self, data: bytes, ext: str) -> str:
+        """Store a document of a kind in :data:`DOCUMENT_TYPES` (made by us, not uploaded)."""
+        if ext not in DOCUMENT_TYPES or len(data) > MAX_BYTES:
+            raise ValueError(f"not a document the store keeps: .{ext}, {len(data)} bytes")
         name = f"{secrets.token_hex(16)}.{ext}"
         await asyncio.to_thread(self._write, name, data)
         return PREFIX + name

@@ -39,6 +39,11 @@ class Outbound:
     menu: list[list[str]] | None = None
     remove_menu: bool = False
     ask_location: str | None = None
+    #: A file to send after (or instead of) the text: a media-store reference
+    #: (``media:<name>.xlsx``) and the file name people see. Platforms that cannot send files
+    #: (WeChat) skip a message that carries one.
+    document: str | None = None
+    document_name: str | None = None
     #: What kind of push this is (``menu``, ``offer``, ``accepted``, ``rate``, ``reminder``):
     #: platforms with push rules (WeChat) pick a template by it, or drop a bare menu.
     kind: str | None = None
@@ -58,6 +63,9 @@ class Outbound:
             data["ask_location"] = self.ask_location
         if self.kind:
             data["kind"] = self.kind
+        if self.document:
+            data["document"] = self.document
+            data["document_name"] = self.document_name or self.document.rsplit(":", 1)[-1]
         return data
 
     @classmethod
@@ -74,6 +82,8 @@ class Outbound:
             remove_menu=bool(data.get("remove_menu")),
             ask_location=data.get("ask_location"),
             kind=data.get("kind"),
+            document=data.get("document"),
+            document_name=data.get("document_name"),
         )
 
     def all_buttons(self) -> list[Button]:

@@ -260,6 +260,19 @@ async def month_end(*, rt: DutyRuntime | None = None, due_at: datetime | None = 
             await duties.month_end(local)
 
 
+async def monthly_bulletin(
+    *, rt: DutyRuntime | None = None, due_at: datetime | None = None
+) -> None:
+    """Runs daily at ``bulletin_time``; on day 1 of a month, the bulletin (月初通报) of the
+    month before to every admin and head (:func:`bot.reports.bulletin.monthly`)."""
+    assert rt is not None and due_at is not None, "run by LoopExecutor"
+    if due_at.astimezone(rt.settings.tz).day != 1:
+        return
+    from bot.reports.bulletin import monthly
+
+    await monthly(rt.service, due_at)
+
+
 #: Jobs whose occurrences may share a transaction: job function → batch function.
 BATCHED: dict[Callable[..., Any], Callable[..., Awaitable[None]]] = {
     patrol_reminder: patrol_reminders,
@@ -986,6 +999,12 @@ class DutyScheduler:
             (),
         )
         wanted[f"month-end:{tz.key}"] = ("month_end", (10, 0, tz.key), ())
+        at = parse_hhmm(self.settings.bulletin_time)
+        wanted[f"bulletin:{at.hour:02d}{at.minute:02d}:{tz.key}"] = (
+            "bulletin",
+            (at.hour, at.minute, tz.key),
+            (),
+        )
         return wanted
 
     def _plan_version(self, session: Session) -> tuple[Any, ...]:
@@ -1133,4 +1152,5 @@ JOB_KINDS: dict[str, tuple[Callable[..., Any], Callable[..., BaseTrigger]]] = {
     "sweep": (sweep, sweep_trigger),
     "digest": (daily_digest, daily_trigger),
     "month_end": (month_end, daily_trigger),
+    "bulletin": (monthly_bulletin, daily_trigger),
 }

@@ -81,7 +81,7 @@ class PatrolRun(Base):
     plan_id: Mapped[int] = mapped_column(ForeignKey("patrol_plan.id", ondelete="CASCADE"))
     grid_id: Mapped[int] = mapped_column(ForeignKey("grid.id", ondelete="CASCADE"), index=True)
     person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
-    due_at: Mapped[datetime] = mapped_column()
+    due_at: Mapped[datetime] = mapped_column(index=True)
     deadline_at: Mapped[datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default=RUN_DUE)
     checked_in_at: Mapped[datetime | None] = mapped_column()
@@ -144,7 +144,9 @@ class VisitLog(Base):
     member_id: Mapped[int] = mapped_column(ForeignKey("person.id"))
     outcome: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
-    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

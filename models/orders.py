@@ -38,6 +38,8 @@ class Order(Base):
     """A resident's request for help and where it stands."""
 
     __tablename__ = "orders"
+    #: Reports read a period's orders of a subtree (bot/reports/kpi.py).
+    __table_args__ = (Index("ix_orders_grid_id_created_at", "grid_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     resident_id: Mapped[int] = mapped_column(ForeignKey("person.id"), index=True)
@@ -60,7 +62,7 @@ class Order(Base):
     done_note: Mapped[str | None] = mapped_column(Text)
     done_photo: Mapped[str | None] = mapped_column(String(300))
     version: Mapped[int] = mapped_column(default=1)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -68,6 +70,11 @@ class OrderEvent(Base):
     """One transition of an order: who, when, from which state to which, and a note."""
 
     __tablename__ = "order_event"
+    #: Reports replay an order's events up to a period's end, and find a period's work.
+    __table_args__ = (
+        Index("ix_order_event_order_id_created_at", "order_id", "created_at"),
+        Index("ix_order_event_actor_id_created_at", "actor_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
@@ -76,7 +83,7 @@ class OrderEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 OFFER_OPEN = "open"

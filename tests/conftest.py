@@ -48,6 +48,9 @@ def _no_wall_clock_quiet_hours(monkeypatch: pytest.MonkeyPatch) -> None:
     drive a clock must not depend on the hour they run at. Quiet-hour tests pass
     ``quiet_hours`` explicitly (an override beats the environment)."""
     monkeypatch.setenv("GRIDBOT_QUIET_HOURS", "00:00-00:00")
+    # The demo's invented month of orders is for people trying the product; tests write
+    # the orders they count themselves (tests/reports/test_demo_history.py turns it on).
+    monkeypatch.setenv("GRIDBOT_DEMO_HISTORY", "false")
 
 
 @pytest.fixture(scope="session")

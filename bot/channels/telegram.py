@@ -602,11 +602,13 @@ class TelegramChannel:
         Texts over 4096 units go out in parts, paced by ``limits.per_chat_interval``; a photo
         whose caption exceeds 1024 units is sent bare, followed by the text.
         """
-        if not message.text.strip() and not message.photo:
+        if not message.text.strip() and not message.photo and not message.document:
             raise DeliveryError("empty message", permanent=True)
         bot = self.application.bot
         target = _chat_ref(chat_id)
         markup = render_markup(message)
+        if message.document:
+            return await self._send_document(target, message, markup)
         photo = await self._photo(message.photo)
         if photo is not None and _utf16_len(message.text) <= CAPTION_LIMIT:
             sent = await self._call(
@@ -627,6 +629,25 @@ class TelegramChannel:
         for number in range(1, len(parts)):
             # Something is out already: finish rather than fail, or a retry would repeat it.
             sent = await self._continue(functools.partial(send_part, number))
+        return str(sent.message_id)
+
+    async def _send_document(self, target: int | str, message: Outbound, markup: Any) -> str:
+        """sendDocument of a media-store file, the text as its caption (cut to the limit)."""
+        assert message.document is not None
+        path = self._media.path(message.document) if self._media else None
+        if path is None:
+            raise DeliveryError(f"document {message.document} is not in the media store",
+                                permanent=True)
+        data = await asyncio.to_thread(path.read_bytes)
+        sent = await self._call(
+            self.application.bot.send_document(
+                target,
+                data,
+                filename=message.document_name or path.name,
+                caption=_truncate(message.text, CAPTION_LIMIT) or None,
+                reply_markup=markup,
+            )
+        )
         return str(sent.message_id)
 
     async def edit(self, chat_id: str, message_id: str, message: Outbound) -> str:

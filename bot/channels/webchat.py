@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from bot.aio import wait_event
 from bot.channels.base import DeliveryError, Limits
-from bot.media import sniff_image
+from bot.media import DOCUMENT_TYPES, sniff_image
 from bot.ports import MAX_PAYLOAD_BYTES, Inbound, Intake, Outbound
 from models.base import utcnow
 from models.messaging import WebChatMessage
@@ -61,8 +61,14 @@ DEMO_LOCATION = (31.2096, 107.4680)
 _MAX_JSON_BYTES = 64 * 1024
 _VISITOR_ID = re.compile(r"v[0-9a-f]{10}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_MEDIA_NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp)")
-_MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
+_MEDIA_NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp|xlsx)")
+_MEDIA_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    **DOCUMENT_TYPES,
+}
 _LANG_TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?")
 _SHOWABLE_PHOTO_PREFIXES = ("https://", "http://", "data:image/")
 _STATIC = Path(__file__).parent / "static" / "chat.html"
@@ -561,6 +567,12 @@ class WebChatChannel:
             "menu": payload.get("menu"),
             "remove_menu": bool(payload.get("remove_menu")),
             "photo": photo,
+            "document": (
+                "media/" + str(payload["document"]).removeprefix("media:")
+                if str(payload.get("document") or "").startswith("media:")
+                else None
+            ),
+            "document_name": payload.get("document_name"),
             "ask_location": payload.get("ask_location"),
             "version": row.version,
             "created_at": row.created_at.isoformat(),

@@ -793,6 +793,10 @@ class WeChatChannel:
         kind = push_kind(row)
         if kind == "menu" or row.edit_ref:
             return SKIPPED
+        if message.document:
+            # WeChat cannot send files: what went before (the picture and the text) stands.
+            log.info("outbox %s carries a document; WeChat cannot send files: skipped", row.id)
+            return SKIPPED
         identity, lang = await self._identity(row.chat_id)
         now = self.clock()
         stranger = self._strangers.get(row.chat_id)

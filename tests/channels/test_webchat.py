@@ -481,3 +481,19 @@ async def test_a_photo_that_cannot_be_stored_still_reaches_the_core(
     assert call.photo is None and call.photo_lost  # the core tells the resident
     messages, _ = await _poll(client, "p-resident")
     assert messages[0]["photo"] is None and messages[0]["text"] == "📷"
+
+async def test_a_document_is_a_download_link(
+    client: httpx.AsyncClient, channel: WebChatChannel
+) -> None:
+    from bot.media import MediaStore
+
+    data = b"PK\x03\x04 a workbook"
+    ref = await MediaStore(channel.media_dir).save_document(data, "xlsx")
+    await channel.send("p-worker", Outbound("📎 台账", document=ref, document_name="台账.xlsx"))
+    messages, _ = await _poll(client, "p-worker")
+    assert messages[0]["document"] == "media/" + ref.removeprefix("media:")
+    assert messages[0]["document_name"] == "台账.xlsx"
+    served = await client.get("/chat/" + messages[0]["document"])
+    assert served.status_code == 200 and served.content == data
+    assert served.headers["content-type"].startswith(
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")

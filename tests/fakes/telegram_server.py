@@ -122,6 +122,9 @@ class SentMessage:
     photo: str | None = None
     reply_markup: JSON | None = None
     edited: bool = False
+    #: sendDocument: the uploaded file's id and the name it was sent under.
+    document: str | None = None
+    document_name: str | None = None
 
     @property
     def chat_id(self) -> int:
@@ -305,6 +308,7 @@ class FakeTelegramServer:
         self._msg_ids: dict[int, int] = defaultdict(int)
         self._messages: dict[int, dict[int, SentMessage]] = defaultdict(dict)
         self._files: dict[str, bytes] = {}
+        self._file_names: dict[str, str] = {}
         self._file_paths: dict[str, str] = {}
         self._open_queries: set[str] = set()
         self._last_send: dict[int, float] = {}
@@ -315,8 +319,9 @@ class FakeTelegramServer:
         self._failing: dict[str, list[int]] = {}
         self._methods: dict[str, Callable[[JSON], Awaitable[Any]]] = {
             name.lower(): getattr(self, f"_api_{name}") for name in (
-                "getMe", "getUpdates", "sendMessage", "sendPhoto", "editMessageText",
-                "editMessageCaption", "editMessageReplyMarkup", "answerCallbackQuery",
+                "getMe", "getUpdates", "sendMessage", "sendPhoto", "sendDocument",
+                "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
+                "answerCallbackQuery",
                 "getFile", "setWebhook", "deleteWebhook", "getWebhookInfo", "setMyCommands",
                 "getMyCommands", "deleteMyCommands", "sendChatAction", "close", "logOut")}
 
@@ -504,6 +509,7 @@ class FakeTelegramServer:
                 if filename is not None:  # an upload: keep it as a new file_id
                     file_id = f"upload-{next(self._ids)}"
                     self.add_file(file_id, value)
+                    self._file_names[file_id] = filename
                     params[key] = file_id
                 else:
                     params[key] = _coerce(key, value.decode())
@@ -643,6 +649,23 @@ class FakeTelegramServer:
         if caption and len(caption.encode("utf-16-le")) // 2 > 1024:
             raise ApiError(400, "Bad Request: message caption is too long")
         return self._store(chat_id, p, text=caption, photo=photo)
+
+    async def _api_sendDocument(self, p: JSON) -> JSON:
+        chat_id = self._check_chat(p)
+        document = p.get("document")
+        if not isinstance(document, str) or document not in self._files:
+            raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        caption = p.get("caption")
+        if caption and len(caption.encode("utf-16-le")) // 2 > 1024:
+            raise ApiError(400, "Bad Request: message caption is too long")
+        result = self._store(chat_id, p, text=caption, photo=None)
+        msg = self._messages[chat_id][result["message_id"]]
+        msg.document, msg.document_name = document, self._file_names.get(document)
+        return result
+
+    def file(self, file_id: str) -> bytes:
+        """The content of a file the bot uploaded (a photo or a document)."""
+        return self._files[file_id]
 
     def _editable(self, p: JSON) -> SentMessage:
         chat_id = self._check_chat(p)
