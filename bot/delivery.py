@@ -2,10 +2,22 @@
 
 Rows are written in the same transaction as the state change they report, so a crash between
 commit and send loses nothing: a row is claimed with a lease (``claimed_until``) and a row whose
-lease ran out is claimed again. On PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` so several
-instances can drain one outbox. Limits: per chat (Telegram ~1 msg/s), global (~30 msg/s), per
-group (20/min); ``RetryAfter`` from the platform pauses that chat (and, being a flood signal,
-the whole channel) for the time asked.
+lease ran out is claimed again. On PostgreSQL several instances drain one outbox.
+
+Limits — per chat (Telegram ~1 msg/s), global (~30 msg/s), per group (20/min), and a pause when
+the platform answers 429 ``retry_after`` — are a bot's, not a process's: each channel has one
+:class:`~bot.send_budget.SendBudget`, shared by every instance through PostgreSQL (this
+process's own on SQLite, which is single-instance). See :mod:`bot.send_budget`.
+
+Per-chat order across instances: a chat's rows are sent by one deliverer at a time, in id order.
+A PostgreSQL claim (:meth:`Deliverer._claim_shared`) first takes a transaction-scoped advisory
+lock (``pg_try_advisory_xact_lock``) on each chat of the first due rows, skipping chats that
+another claim is locking; then a second statement — whose snapshot is taken after the locks
+were granted, so it sees every claim committed before — claims the due rows of those chats
+unless anyone holds an unexpired claim (``sending``) of the chat. Two concurrent claims thus
+never split a chat's rows, and a chat being sent to by one instance is left to it until its
+rows are recorded sent or handed back. Both statements use indexes (``ix_outbox_status_due``
+and the primary key for the due rows, ``ix_outbox_chat`` for a chat's rows).
 """
 
 from __future__ import annotations
