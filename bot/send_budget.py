@@ -45,6 +45,9 @@ UNLIMITED = 10_000
 IN_FLIGHT_BOUND = 30.0
 #: Seconds to wait before asking again when only requests in flight fill the window.
 IN_FLIGHT_POLL = 0.01
+#: Seconds to wait before asking again for a chat with a request in flight elsewhere (another
+#: instance handing the chat over, or one that died mid-request: then up to IN_FLIGHT_BOUND).
+CHAT_IN_FLIGHT_POLL = 0.25
 #: Shared slots older than this are deleted (the longest window is a group's minute).
 SLOT_KEEP = 120.0
 #: One take in this many also deletes a channel's old slots.
@@ -99,7 +102,7 @@ class LocalBudget:
     def _chat_wait(self, chat_id: str, now: float) -> float:
         wait = max(self.paused_until - now, self.next_chat[chat_id] - now, 0.0)
         if self.in_flight.get(chat_id):
-            wait = max(wait, IN_FLIGHT_POLL)
+            wait = max(wait, CHAT_IN_FLIGHT_POLL)
         if self._is_group(chat_id):
             window = self.group_sent[chat_id]
             while window and now - window[0] >= 60.0:
@@ -178,7 +181,7 @@ WITH b AS MATERIALIZED (
 ), w AS MATERIALIZED (
   SELECT s.now, greatest(
       s.paused - s.now,
-      CASE WHEN s.chat_in_flight > 0 THEN {f8('poll')} ELSE 0 END,
+      CASE WHEN s.chat_in_flight > 0 THEN {f8('chat_poll')} ELSE 0 END,
       coalesce(s.chat_last + {f8('interval')} - s.now, 0),
       CASE WHEN CAST(:is_group AS boolean) AND s.group_count >= CAST(:group_limit AS int)
            THEN coalesce(s.group_oldest, s.now) + 60 - s.now ELSE 0 END
@@ -198,7 +201,8 @@ WITH b AS MATERIALIZED (
   WHERE w.chat_wait <= 0 AND w.global_wait <= 0
   RETURNING id
 )
-SELECT CASE WHEN w.chat_wait > 0 THEN w.chat_wait ELSE greatest(w.global_wait, 0) END AS wait
+SELECT CASE WHEN w.chat_wait > 0 THEN w.chat_wait ELSE greatest(w.global_wait, 0) END AS wait,
+  (SELECT id FROM ins) AS slot
 FROM w"""
     )
 
@@ -211,13 +215,7 @@ _TAKE = _state_sql(take=True)
 _CREATE = text(
     "INSERT INTO send_budget (channel) VALUES (:channel) ON CONFLICT (channel) DO NOTHING"
 )
-_RECORD = text(
-    """
-UPDATE send_slot SET done_at = clock_timestamp() WHERE id = (
-  SELECT id FROM send_slot WHERE channel = :channel AND chat_id = :chat AND done_at IS NULL
-  ORDER BY started_at LIMIT 1)
-"""
-)
+_RECORD = text("UPDATE send_slot SET done_at = clock_timestamp() WHERE id = :slot")
 _PAUSE = text(
     """
 UPDATE send_budget SET paused_until = greatest(coalesce(paused_until, clock_timestamp()),
@@ -256,6 +254,8 @@ class PostgresBudget:
         self._is_group = is_group
         self._created = False
         self._takes = 0
+        #: Slots taken by this process and not yet recorded, by chat (oldest first).
+        self._taken: dict[str, list[int]] = defaultdict(list)
 
     def _params(self, chat_id: str) -> dict[str, object]:
         limits = self.limits
@@ -265,6 +265,7 @@ class PostgresBudget:
             "bound": IN_FLIGHT_BOUND,
             "window": 1.0 + WINDOW_MARGIN,
             "poll": IN_FLIGHT_POLL,
+            "chat_poll": CHAT_IN_FLIGHT_POLL,
             "interval": float(limits.per_chat_interval),
             "is_group": self._is_group(chat_id),
             "group_limit": int(limits.group_per_minute),
@@ -291,12 +292,21 @@ class PostgresBudget:
             await conn.execute(_LOCK, {"channel": self.channel})
             if self._takes % PRUNE_EVERY == 1:
                 await conn.execute(_PRUNE, {"channel": self.channel, "keep": SLOT_KEEP})
-            return float((await conn.execute(_TAKE, self._params(chat_id))).scalar_one())
+            row = (await conn.execute(_TAKE, self._params(chat_id))).one()
+        if row.slot is not None:
+            self._taken[chat_id].append(int(row.slot))
+        return float(row.wait)
 
     async def record(self, chat_id: str) -> None:
         """See :meth:`SendBudget.record`."""
+        taken = self._taken.get(chat_id)
+        if not taken:
+            return
+        slot = taken.pop(0)
+        if not taken:
+            del self._taken[chat_id]
         async with self.autocommit.connect() as conn:
-            await conn.execute(_RECORD, {"channel": self.channel, "chat": chat_id})
+            await conn.execute(_RECORD, {"slot": slot})
 
     async def pause(self, seconds: float) -> None:
         """See :meth:`SendBudget.pause`."""
