@@ -26,15 +26,19 @@ count every request made (a refused one too: the platform may count it).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from sqlalchemy import TextClause, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.channels.base import Limits
+
+log = logging.getLogger(__name__)
 
 #: Seconds added to each one-second window, for jitter between our clock and the platform's.
 WINDOW_MARGIN = 0.04
@@ -216,6 +220,11 @@ _CREATE = text(
     "INSERT INTO send_budget (channel) VALUES (:channel) ON CONFLICT (channel) DO NOTHING"
 )
 _RECORD = text("UPDATE send_slot SET done_at = clock_timestamp() WHERE id = :slot")
+_RECORD_MANY = text(
+    "UPDATE send_slot SET done_at = clock_timestamp() WHERE id = ANY(CAST(:slots AS int[]))"
+)
+#: Stands for a slot taken from the local fallback (the database was out of reach).
+LOCAL_SLOT = -1
 _PAUSE = text(
     """
 UPDATE send_budget SET paused_until = greatest(coalesce(paused_until, clock_timestamp()),
@@ -236,6 +245,10 @@ class PostgresBudget:
     instances for one bot go one at a time — then, in one statement, reads the slots of the
     windows and, when every limit allows, inserts a slot. A process that dies
     mid-request leaves a slot that counts as in flight for :data:`IN_FLIGHT_BOUND` seconds.
+
+    While the database is out of reach the process paces itself (:attr:`local`): sending goes
+    on at one instance's limits (several instances may then exceed the bot's limit together,
+    and a 429 pauses them one by one) rather than stopping until the database is back.
     """
 
     def __init__(
@@ -256,6 +269,12 @@ class PostgresBudget:
         self._takes = 0
         #: Slots taken by this process and not yet recorded, by chat (oldest first).
         self._taken: dict[str, list[int]] = defaultdict(list)
+        #: Slots whose request finished while the database was out of reach.
+        self._unrecorded: list[int] = []
+        #: This process's own pacing, used while the database is out of reach (and its
+        #: pauses, which are always kept here too).
+        self.local = LocalBudget(limits, is_group=is_group)
+        self._degraded = False
 
     def _params(self, chat_id: str) -> dict[str, object]:
         limits = self.limits
@@ -278,18 +297,56 @@ class PostgresBudget:
                 await conn.execute(_CREATE, {"channel": self.channel})
             self._created = True
 
+    def _unreachable(self, err: Exception) -> None:
+        if not self._degraded:
+            log.warning(
+                "send budget of %s: database unreachable (%r); pacing this process alone "
+                "until it is back", self.channel, err,
+            )
+        self._degraded = True
+
+    def _reached(self) -> None:
+        if self._degraded:
+            log.info("send budget of %s: shared again", self.channel)
+        self._degraded = False
+
     async def chat_wait(self, chat_id: str) -> float:
         """See :meth:`SendBudget.chat_wait`."""
-        await self._create()
-        async with self.autocommit.connect() as conn:
-            return float((await conn.execute(_PEEK, self._params(chat_id))).scalar_one())
+        try:
+            await self._create()
+            async with self.autocommit.connect() as conn:
+                wait = float((await conn.execute(_PEEK, self._params(chat_id))).scalar_one())
+        except (SQLAlchemyError, OSError) as err:
+            self._unreachable(err)
+            return await self.local.chat_wait(chat_id)
+        self._reached()
+        return max(wait, await self.local.chat_wait(chat_id))
 
     async def take(self, chat_id: str) -> float:
-        """See :meth:`SendBudget.take`."""
+        """See :meth:`SendBudget.take`. With the database out of reach, this process paces
+        itself (:attr:`local`) rather than stop sending."""
+        paused = self.local.paused_until - time.monotonic()
+        if paused > 0:  # this process was told to wait (even if the database did not hear)
+            return paused
+        try:
+            wait = await self._take_shared(chat_id)
+        except (SQLAlchemyError, OSError) as err:
+            self._unreachable(err)
+            wait = await self.local.take(chat_id)
+            if wait <= 0:
+                self._taken[chat_id].append(LOCAL_SLOT)
+            return wait
+        self._reached()
+        return wait
+
+    async def _take_shared(self, chat_id: str) -> float:
         await self._create()
         self._takes += 1
         async with self.engine.connect() as conn, conn.begin():
             await conn.execute(_LOCK, {"channel": self.channel})
+            if self._unrecorded:  # finished while the database was away: close them now
+                await conn.execute(_RECORD_MANY, {"slots": list(self._unrecorded)})
+                self._unrecorded.clear()
             if self._takes % PRUNE_EVERY == 1:
                 await conn.execute(_PRUNE, {"channel": self.channel, "keep": SLOT_KEEP})
             row = (await conn.execute(_TAKE, self._params(chat_id))).one()
@@ -305,11 +362,22 @@ class PostgresBudget:
         slot = taken.pop(0)
         if not taken:
             del self._taken[chat_id]
-        async with self.autocommit.connect() as conn:
-            await conn.execute(_RECORD, {"slot": slot})
+        if slot == LOCAL_SLOT:
+            await self.local.record(chat_id)
+            return
+        try:
+            async with self.autocommit.connect() as conn:
+                await conn.execute(_RECORD, {"slot": slot})
+        except (SQLAlchemyError, OSError) as err:
+            self._unreachable(err)
+            self._unrecorded.append(slot)
 
     async def pause(self, seconds: float) -> None:
         """See :meth:`SendBudget.pause`."""
-        await self._create()
-        async with self.autocommit.connect() as conn:
-            await conn.execute(_PAUSE, {"channel": self.channel, "seconds": float(seconds)})
+        await self.local.pause(seconds)
+        try:
+            await self._create()
+            async with self.autocommit.connect() as conn:
+                await conn.execute(_PAUSE, {"channel": self.channel, "seconds": float(seconds)})
+        except (SQLAlchemyError, OSError) as err:
+            self._unreachable(err)

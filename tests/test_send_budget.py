@@ -151,3 +151,20 @@ async def test_takes_racing_from_two_instances_never_pass_the_limit(
         await budget.record(f"warm-up {n}")
     waits = await asyncio.gather(*(budgets[n % 2].take(str(n)) for n in range(24)))
     assert sum(1 for w in waits if w == 0) == 10 - 2
+
+
+async def test_with_the_database_out_of_reach_an_instance_paces_itself() -> None:
+    """Sending goes on at one instance's limits rather than stopping (or losing the rows'
+    claims to an exception) until PostgreSQL is back."""
+    engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")  # nobody listens
+    try:
+        budget = PostgresBudget(engine, "telegram", LIMITS)
+        assert await budget.take("1") == 0
+        assert await budget.take("1") > 0  # in flight
+        await budget.record("1")
+        assert 0 < await budget.chat_wait("1") <= LIMITS.per_chat_interval
+        assert await budget.take("2") == 0
+        await budget.pause(5)
+        assert await budget.take("3") > 4
+    finally:
+        await engine.dispose()
