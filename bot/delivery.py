@@ -2,10 +2,22 @@
 
 Rows are written in the same transaction as the state change they report, so a crash between
 commit and send loses nothing: a row is claimed with a lease (``claimed_until``) and a row whose
-lease ran out is claimed again. On PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` so several
-instances can drain one outbox. Limits: per chat (Telegram ~1 msg/s), global (~30 msg/s), per
-group (20/min); ``RetryAfter`` from the platform pauses that chat (and, being a flood signal,
-the whole channel) for the time asked.
+lease ran out is claimed again. On PostgreSQL several instances drain one outbox.
+
+Limits — per chat (Telegram ~1 msg/s), global (~30 msg/s), per group (20/min), and a pause when
+the platform answers 429 ``retry_after`` — are a bot's, not a process's: each channel has one
+:class:`~bot.send_budget.SendBudget`, shared by every instance through PostgreSQL (this
+process's own on SQLite, which is single-instance). See :mod:`bot.send_budget`.
+
+Per-chat order across instances: a chat's rows are sent by one deliverer at a time, in id order.
+A PostgreSQL claim (:meth:`Deliverer._claim_shared`) first takes a transaction-scoped advisory
+lock (``pg_try_advisory_xact_lock``) on each chat of the first due rows, skipping chats that
+another claim is locking; then a second statement — whose snapshot is taken after the locks
+were granted, so it sees every claim committed before — claims the due rows of those chats
+unless anyone holds an unexpired claim (``sending``) of the chat. Two concurrent claims thus
+never split a chat's rows, and a chat being sent to by one instance is left to it until its
+rows are recorded sent or handed back. Both statements use indexes (``ix_outbox_status_due``
+and the primary key for the due rows, ``ix_outbox_chat`` for a chat's rows).
 """
 
 from __future__ import annotations
@@ -16,17 +28,30 @@ import contextlib
 import functools
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, not_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from bot.aio import wait_event
 from bot.channels.base import Channel, DeliveryError, RetryAfter, Unreachable
 from bot.instance import holder_is_gone, new_holder
 from bot.ports import Outbound
+from bot.send_budget import UNLIMITED, LocalBudget, PostgresBudget, SendBudget
 from models import OutboxMessage, utcnow
 from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
 
@@ -39,91 +64,13 @@ MAX_ATTEMPTS = 8
 BATCH = 200
 #: Recorded as the platform id of an edit skipped because a newer one was already shown.
 SUPERSEDED = "superseded"
-#: Seconds added to each one-second window, for jitter between our clock and the platform's.
-WINDOW_MARGIN = 0.04
 #: Seconds between two delivery passes at the most (each pass is one transaction).
 PASS_INTERVAL = 0.02
-#: A global rate at or above this is no limit at all (in-memory and local channels).
-UNLIMITED = 10_000
 #: Chats served at once per channel, at most, in seconds of its global limit (a chat gets one
 #: message a second: 2 × 30 chats keep Telegram's 30/s busy). Claiming rows for more chats only
 #: parks them in senders waiting for the global limit, and each claim then sorts the whole
 #: backlog: at 65,000 reminders, ~100 ms a claim on the loop and 75 % of the limit sent.
 SENDER_SECONDS = 2
-
-
-class _Pacer:
-    """In-process pacing for one channel: global rate, per-chat gap, group window."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.global_done: deque[float] = deque()
-        self.in_flight = 0
-        self.next_chat: dict[str, float] = defaultdict(float)
-        self.group_sent: dict[str, deque[float]] = defaultdict(deque)
-        self.paused_until = 0.0
-        self._slots: asyncio.Semaphore | None = None
-
-    def wait_for(self, chat_id: str, now: float) -> float:
-        """Seconds to wait before this chat may get its next message."""
-        limits = self.channel.limits
-        wait = max(self.paused_until - now, self.next_chat[chat_id] - now, 0.0)
-        if self.channel.is_group(chat_id):
-            window = self.group_sent[chat_id]
-            while window and now - window[0] >= 60.0:
-                window.popleft()
-            if len(window) >= limits.group_per_minute:
-                wait = max(wait, 60.0 - (now - window[0]))
-        return wait
-
-    async def take_global(self) -> None:
-        """Wait until a send may start without breaking the global per-second limit.
-
-        Counted: sends still in flight plus sends that *completed* within the last second. A
-        request reaches the platform no later than it completes, so whatever the platform counts
-        in its window ending at our request's arrival, we counted too, even when the HTTP pool
-        or an event-loop hiccup delayed requests. ``WINDOW_MARGIN`` absorbs clock jitter.
-        At most ``max_in_flight`` sends run at once.
-        """
-        if self._slots is None:  # made on first use: the limits are set before sending starts
-            self._slots = asyncio.Semaphore(self.channel.limits.max_in_flight)
-        await self._slots.acquire()
-        try:
-            await self._take_window()
-        except BaseException:  # cancelled while waiting: the slot was never used
-            self._slots.release()
-            raise
-
-    async def _take_window(self) -> None:
-        limit = self.channel.limits.global_per_second
-        if limit >= UNLIMITED:
-            return
-        window = self.global_done
-        while True:
-            now = time.monotonic()
-            while window and now - window[0] >= 1.0 + WINDOW_MARGIN:
-                window.popleft()
-            if len(window) + self.in_flight < limit:
-                self.in_flight += 1
-                return
-            wake = window[0] + 1.0 + WINDOW_MARGIN - now if window else 0.01
-            await asyncio.sleep(max(wake, 0.001))
-
-    def release_global(self) -> None:
-        """A send taken with :meth:`take_global` finished (whatever its outcome)."""
-        assert self._slots is not None
-        self._slots.release()
-        if self.channel.limits.global_per_second >= UNLIMITED:
-            return
-        self.in_flight -= 1
-        self.global_done.append(time.monotonic())
-
-    def sent(self, chat_id: str) -> None:
-        """Record a send to ``chat_id``."""
-        now = time.monotonic()
-        self.next_chat[chat_id] = now + self.channel.limits.per_chat_interval
-        if self.channel.is_group(chat_id):
-            self.group_sent[chat_id].append(now)
 
 
 class Deliverer:
@@ -149,7 +96,13 @@ class Deliverer:
         self._held: dict[str, dict[str, int]] = defaultdict(dict)
         self.channels = dict(channels)
         self.clock = clock
-        self.pacers = {name: _Pacer(ch) for name, ch in self.channels.items()}
+        #: Each channel's send budget (made on first use: limits are set before sending starts).
+        self.budgets: dict[str, SendBudget] = {}
+        #: Requests in flight per channel, at most ``limits.max_in_flight`` (this process's pool).
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        #: One sender per channel at a time asks the budget for a slot (the others would only
+        #: poll the same window).
+        self._gates: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sent_count = 0
@@ -163,7 +116,7 @@ class Deliverer:
     def add_channel(self, channel: Channel) -> None:
         """Register a channel started after the deliverer."""
         self.channels[channel.name] = channel
-        self.pacers[channel.name] = _Pacer(channel)
+        self.budgets.pop(channel.name, None)
 
     def hold(self, channel: str, chat_id: str) -> None:
         """Leave this chat's rows alone until :meth:`release` (WeChat answers the event that
@@ -340,8 +293,8 @@ class Deliverer:
         for channel_name, _ in self._busy:
             busy[channel_name] += 1
         full = set()
-        for name, pacer in self.pacers.items():
-            rate = pacer.channel.limits.global_per_second
+        for name, channel in self.channels.items():
+            rate = channel.limits.global_per_second
             if rate < UNLIMITED and busy[name] >= SENDER_SECONDS * rate:
                 full.add(name)
         return full
@@ -377,18 +330,9 @@ class Deliverer:
 
     async def _claim_rows(self, session: AsyncSession, channels: list[str]) -> list[OutboxMessage]:
         now = self.clock()
-        stmt = (
-            select(OutboxMessage)
-            .where(
-                OutboxMessage.channel.in_(channels),
-                or_(
-                    (OutboxMessage.status == OUT_PENDING) & (OutboxMessage.not_before <= now),
-                    (OutboxMessage.status == OUT_SENDING)
-                    & (OutboxMessage.claimed_until < now),
-                ),
-            )
-            .order_by(OutboxMessage.id)
-            .limit(BATCH)
+        due = or_(
+            (OutboxMessage.status == OUT_PENDING) & (OutboxMessage.not_before <= now),
+            (OutboxMessage.status == OUT_SENDING) & (OutboxMessage.claimed_until < now),
         )
         # Chats held for a passive reply, or being served by a sender, are left alone.
         excluded: dict[str, set[str]] = defaultdict(set)
@@ -396,19 +340,21 @@ class Deliverer:
             excluded[channel_name].update(held)
         for channel_name, chat_id in self._busy:
             excluded[channel_name].add(chat_id)
-        for channel_name, chats in excluded.items():
-            if chats:
-                stmt = stmt.where(
-                    not_(
-                        and_(
-                            OutboxMessage.channel == channel_name,
-                            OutboxMessage.chat_id.in_(list(chats)),
-                        )
-                    )
-                )
+        left_alone = [
+            not_(and_(OutboxMessage.channel == name, OutboxMessage.chat_id.in_(list(chats))))
+            for name, chats in excluded.items()
+            if chats
+        ]
         if session.bind and session.bind.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = list((await session.scalars(stmt)).all())
+            rows = await self._claim_shared(session, channels, due, left_alone, now)
+        else:  # SQLite: one instance, one writer
+            stmt = (
+                select(OutboxMessage)
+                .where(OutboxMessage.channel.in_(channels), due, *left_alone)
+                .order_by(OutboxMessage.id)
+                .limit(BATCH)
+            )
+            rows = list((await session.scalars(stmt)).all())
         if rows:
             await session.execute(
                 update(OutboxMessage)
@@ -416,6 +362,66 @@ class Deliverer:
                 .values(status=OUT_SENDING, claimed_until=now + LEASE, claimed_by=self.holder)
             )
         return rows
+
+    async def _claim_shared(
+        self,
+        session: AsyncSession,
+        channels: list[str],
+        due: ColumnElement[bool],
+        left_alone: list[ColumnElement[bool]],
+        now: datetime,
+    ) -> list[OutboxMessage]:
+        """PostgreSQL: claim due rows of chats that no other deliverer is sending to.
+
+        1. The chats of the first due rows, none of whose rows another deliverer holds, are
+           locked with ``pg_try_advisory_xact_lock`` (held until this transaction ends); a chat
+           another claim is locking right now is skipped.
+        2. A second statement, whose snapshot is taken after those locks were granted, claims
+           the due rows of the locked chats — unless a row of the chat is claimed (``sending``,
+           unexpired) by anyone: a claim that committed just before is seen.
+
+        So a chat's rows are sent by one deliverer at a time, in id order, and two concurrent
+        claims never split a chat's due rows between them.
+        """
+        other = aliased(OutboxMessage)
+        nobody_sending = ~exists().where(
+            other.channel == OutboxMessage.channel,
+            other.chat_id == OutboxMessage.chat_id,
+            other.status == OUT_SENDING,
+            other.claimed_until >= now,
+        )
+        first = (
+            select(OutboxMessage.channel, OutboxMessage.chat_id)
+            .where(OutboxMessage.channel.in_(channels), due, nobody_sending, *left_alone)
+            .order_by(OutboxMessage.id)
+            .limit(BATCH)
+            .subquery()
+        )
+        chats = select(first.c.channel, first.c.chat_id).distinct().subquery()
+        key = func.hashtextextended(chats.c.channel + literal(":") + chats.c.chat_id, 0)
+        locked = (
+            await session.execute(
+                select(chats.c.channel, chats.c.chat_id).where(
+                    func.pg_try_advisory_xact_lock(key)
+                )
+            )
+        ).all()
+        if not locked:
+            return []
+        stmt = (
+            select(OutboxMessage)
+            .where(
+                tuple_(OutboxMessage.channel, OutboxMessage.chat_id).in_(
+                    [(c, chat) for c, chat in locked]
+                ),
+                due,
+                nobody_sending,
+            )
+            .order_by(OutboxMessage.id)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await session.scalars(stmt)).all())
 
     async def drain_once(self) -> int:
         """Claim due rows and send them, chat by chat in order; return how many were handled."""
@@ -438,38 +444,90 @@ class Deliverer:
         self, key: tuple[str, str], rows: list[OutboxMessage], deadline: float
     ) -> None:
         channel_name, chat_id = key
-        pacer = self.pacers[channel_name]
         for index, row in enumerate(rows):
-            wait = pacer.wait_for(chat_id, time.monotonic())
-            if time.monotonic() + wait > deadline:
+            if not await self._take_slot(channel_name, chat_id, deadline):
                 # Pacing would keep these rows past half their lease, and another instance
                 # could then claim and send them too: hand them back for a later pass.
                 await self._release(rows[index:], timedelta(0), None)
                 return
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await pacer.take_global()
             try:
                 message_id = await self._deliver(row)
             except RetryAfter as err:
-                pacer.release_global()
+                await self._end_slot(channel_name, chat_id)
                 self.counts[(channel_name, "retry_after")] += 1
-                pause = time.monotonic() + err.seconds
-                pacer.paused_until = max(pacer.paused_until, pause)
+                await self.budget(channel_name).pause(err.seconds)
                 await self._release(rows[index:], timedelta(seconds=err.seconds), str(err))
                 return
             except DeliveryError as err:
-                pacer.release_global()
+                await self._end_slot(channel_name, chat_id)
                 await self._failed(row, err)
                 continue
-            except Exception as err:  # an adapter bug must not lose the row
-                pacer.release_global()
+            except BaseException as err:
+                await self._end_slot(channel_name, chat_id)
+                if not isinstance(err, Exception):
+                    raise
+                # An adapter bug must not lose the row.
                 log.exception("channel %s raised while sending", channel_name)
                 await self._failed(row, DeliveryError(repr(err)))
                 continue
-            pacer.release_global()
-            pacer.sent(chat_id)
+            await self._end_slot(channel_name, chat_id)
             self._mark_sent(row, message_id)
+
+    def budget(self, name: str) -> SendBudget:
+        """The send budget of channel ``name``: shared by every instance on PostgreSQL, this
+        process's own on SQLite (one instance) and for channels without limits."""
+        budget = self.budgets.get(name)
+        if budget is None:
+            channel = self.channels[name]
+            bind = self.sessionmaker.kw.get("bind")
+            shared = isinstance(bind, AsyncEngine) and bind.dialect.name == "postgresql"
+            if isinstance(bind, AsyncEngine) and shared and (
+                channel.limits.global_per_second < UNLIMITED
+            ):
+                budget = PostgresBudget(bind, name, channel.limits, is_group=channel.is_group)
+            else:
+                budget = LocalBudget(channel.limits, is_group=channel.is_group)
+            self.budgets[name] = budget
+        return budget
+
+    async def _take_slot(self, name: str, chat_id: str, deadline: float) -> bool:
+        """Wait until the budget gives ``chat_id`` a send slot (True), or give up (False) when
+        waiting would pass ``deadline``. A slot also holds one of the channel's in-flight
+        places; :meth:`_end_slot` gives both back."""
+        budget = self.budget(name)
+        slots = self._slots.get(name)
+        if slots is None:
+            slots = self._slots[name] = asyncio.Semaphore(self.channels[name].limits.max_in_flight)
+        gate = self._gates.setdefault(name, asyncio.Lock())
+        while True:
+            await slots.acquire()
+            try:
+                async with gate:
+                    while (wait := await budget.take(chat_id)) > 0:
+                        if await budget.chat_wait(chat_id) > 0 or (
+                            time.monotonic() + wait > deadline
+                        ):
+                            break  # this chat must wait: leave the gate to the others
+                        # The channel is full: wait for the window holding the gate, so
+                        # that this process's other senders do not poll the same window.
+                        await asyncio.sleep(wait)
+                    else:
+                        return True
+            except BaseException:  # cancelled or failed while waiting: the place is unused
+                slots.release()
+                raise
+            slots.release()
+            if time.monotonic() + wait > deadline:
+                return False
+            await asyncio.sleep(wait)
+
+    async def _end_slot(self, name: str, chat_id: str) -> None:
+        """The request of a slot taken by :meth:`_take_slot` finished, whatever its outcome."""
+        self._slots[name].release()
+        try:
+            await self.budget(name).record(chat_id)
+        except Exception:  # the slot then counts as in flight until IN_FLIGHT_BOUND
+            log.exception("could not record a send on %s", name)
 
     async def _deliver(self, row: OutboxMessage) -> str:
         channel = self.channels[row.channel]

@@ -23,6 +23,8 @@ from models.messaging import (
     OfferedChoices,
     OutboxMessage,
     ProcessedUpdate,
+    SendBudgetState,
+    SendSlot,
     WebChatMessage,
 )
 from models.open311 import CityRequest
@@ -61,6 +63,8 @@ __all__ = [
     "Role",
     "SchedulerJob",
     "SchedulerLease",
+    "SendBudgetState",
+    "SendSlot",
     "VisitLog",
     "VisitPlan",
     "WeChatCallback",

@@ -23,7 +23,11 @@ class OutboxMessage(Base):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_due", "status", "not_before"),)
+    __table_args__ = (
+        Index("ix_outbox_status_due", "status", "not_before"),
+        #: A chat's rows: the claim's "nobody else is sending to this chat" test.
+        Index("ix_outbox_chat", "channel", "chat_id", "status"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
@@ -118,3 +122,33 @@ __all__ = [
     "ProcessedUpdate",
     "WebChatMessage",
 ]
+
+
+class SendBudgetState(Base):
+    """A channel's shared send budget (``bot.send_budget.PostgresBudget``): its pause, and the
+    row every take locks so that the takes of all instances for one bot go one at a time."""
+
+    __tablename__ = "send_budget"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    #: Nobody sends on this channel before this (the platform answered 429 ``retry_after``).
+    paused_until: Mapped[datetime | None] = mapped_column()
+
+
+class SendSlot(Base):
+    """One request to a platform, counted against the shared limits until it is old enough
+    to count in no window (``bot.send_budget.SLOT_KEEP``)."""
+
+    __tablename__ = "send_slot"
+    __table_args__ = (
+        Index("ix_send_slot_done", "channel", "done_at"),
+        Index("ix_send_slot_chat", "channel", "chat_id", "started_at"),
+        Index("ix_send_slot_started", "channel", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column()
+    #: When the request finished (whatever its outcome); NULL while it is in flight.
+    done_at: Mapped[datetime | None] = mapped_column()
