@@ -1,0 +1,540 @@
+"""Gridbot at city scale on PostgreSQL (see bench/README.md, section "City scale").
+
+On a generated Yunfu-sized tree (``bench/citygen.py``) in a fresh database (dropped after):
+
+* generation time per table (COPY), and the real importer (``gridbot import``) timed on the
+  same kind of files at one or two small scales, extrapolated;
+* routing of a new order: ``route_new_order`` alone and the whole ``OrderService.submit``
+  transaction (as the handler runs it: role, building, submit, commit) for N random residents,
+  cold (new engine, first touch) and warm (the same residents again); the slowest statements;
+* the database's size and its largest tables;
+* the memory of one ``gridbot run`` (production settings, scheduler on) after start-up and
+  after 1,000 more orders placed through the core;
+* optionally ``bench/order_intake.py`` (echo and gridbot-lifted) against that database.
+
+    .venv/bin/python bench/city_scale.py --scale 0.05                  # a few minutes
+    nice -n 10 .venv/bin/python bench/city_scale.py --scale 1 --intake  # the full city
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from sqlalchemy import event, func, select, text  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
+
+from bench.citygen import CityKeys, fresh_database, generate, plan_city, write_files  # noqa: E402
+from bot.core.notify import Notifier  # noqa: E402
+from bot.core.orders import NewOrder, OrderService  # noqa: E402
+from bot.core.routing import route_new_order  # noqa: E402
+from bot.i18n import Translator  # noqa: E402
+from models import Building, Grid, Order, Person, Role  # noqa: E402
+from models.db import make_engine, make_sessionmaker  # noqa: E402
+from models.people import ROLE_RESIDENT  # noqa: E402
+
+RESULTS_DIR = ROOT / "bench" / "results"
+GRIDBOT = ROOT / ".venv" / "bin" / "gridbot"
+JSON = dict[str, Any]
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def summary_ms(values: Sequence[float]) -> JSON:
+    """min / p50 / p90 / p99 / max of durations given in seconds, in milliseconds."""
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "min": round(min(ms), 2),
+        "p50": round(statistics.median(ms), 2),
+        "p90": round(pct(ms, 90), 2),
+        "p99": round(pct(ms, 99), 2),
+        "max": round(max(ms), 2),
+    }
+
+
+class StatementLog:
+    """Times every statement the engine runs (while ``on``), by SQL text."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.on = False
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.count = 0
+        sync = engine.sync_engine
+
+        @event.listens_for(sync, "before_cursor_execute")
+        def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            conn.info["t0"] = time.perf_counter()
+
+        @event.listens_for(sync, "after_cursor_execute")
+        def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if self.on:
+                self.times[statement].append(time.perf_counter() - conn.info.pop("t0"))
+                self.count += 1
+
+    def slowest(self, top: int = 6) -> list[JSON]:
+        """The statements with the highest p99."""
+        rows = [
+            {"sql": " ".join(sql.split())[:220], **summary_ms(ts)}
+            for sql, ts in self.times.items()
+        ]
+        return sorted(rows, key=lambda r: r["p99"], reverse=True)[:top]
+
+
+async def _route_pass(
+    engine: AsyncEngine, sample: list[tuple[int, int, str]], keys: CityKeys
+) -> list[float]:
+    maker = make_sessionmaker(engine)
+    times = []
+    for _, building_id, _ in sample:
+        async with maker() as session:
+            grid = await session.get(Grid, keys.building_grid[building_id])
+            assert grid is not None
+            t0 = time.perf_counter()
+            target = await route_new_order(session, grid)
+            times.append(time.perf_counter() - t0)
+            assert target is not None
+    return times
+
+
+async def _submit_pass(
+    engine: AsyncEngine, tr: Translator, sample: list[tuple[int, int, str]], tag: str
+) -> tuple[list[float], list[int]]:
+    """One order per resident, each in its own transaction as the intake handler runs it."""
+    maker = make_sessionmaker(engine)
+    times, handlers = [], []
+    for i, (person_id, _, _) in enumerate(sample):
+        t0 = time.perf_counter()
+        async with maker() as session, session.begin():
+            person = await session.get(Person, person_id)
+            role = await session.scalar(
+                select(Role).where(Role.person_id == person_id, Role.role == ROLE_RESIDENT)
+            )
+            assert person is not None and role is not None and role.building_id is not None
+            building = await session.get(Building, role.building_id)
+            assert building is not None
+            now = datetime.now(UTC)
+            notifier = Notifier(session, tr, "zh_CN")
+            order = await OrderService(session, notifier, tr, now).submit(
+                person,
+                building,
+                role.room,
+                NewOrder(category="repair", description=f"楼道灯不亮了 {tag}{i}"),
+            )
+            handlers.append(order.handling_grid_id)
+        times.append(time.perf_counter() - t0)
+    return times, handlers
+
+
+async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
+    """EXPLAIN ANALYZE of routing's statements on one micro-grid, literal values inlined."""
+    from bot.core.routing import ROLE_HEAD, ROLE_WORKER
+
+    micro = keys.grid_ids[-1][len(keys.grid_ids[-1]) // 2]
+    statements = {
+        "people_with_role(micro-grid, worker)": select(Role.person_id)
+        .where(Role.grid_id == micro, Role.role.in_((ROLE_WORKER,)))
+        .order_by(Role.person_id),
+        "people_with_role(top grid, head)": select(Role.person_id)
+        .where(Role.grid_id == keys.grid_ids[0][0], Role.role.in_((ROLE_HEAD,)))
+        .order_by(Role.person_id),
+    }
+    out = []
+    async with engine.connect() as conn:
+        for label, stmt in statements.items():
+            sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            plan = (await conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql))).scalars().all()
+            out.append({"what": label, "plan": list(plan)})
+    return out
+
+
+async def routing(url: str, keys: CityKeys, samples: int, seed: int) -> JSON:
+    """(a): route_new_order and the whole submit transaction, cold then warm."""
+    rng = random.Random(seed)
+    sample = rng.sample(keys.residents, min(samples, len(keys.residents)))
+    tr = Translator.load(ROOT / "locales", "zh_CN")
+    result: JSON = {"residents": len(sample)}
+    engine = make_engine(url)
+    log = StatementLog(engine)
+    try:
+        log.on = True
+        result["route_cold"] = summary_ms(await _route_pass(engine, sample, keys))
+        result["route_warm"] = summary_ms(await _route_pass(engine, sample, keys))
+        statements0 = log.count
+        cold, handlers = await _submit_pass(engine, tr, sample, "c")
+        result["submit_cold"] = summary_ms(cold)
+        result["statements_per_submit"] = round((log.count - statements0) / len(sample), 1)
+        log.times.clear()
+        warm, _ = await _submit_pass(engine, tr, sample, "w")
+        result["submit_warm"] = summary_ms(warm)
+        result["slowest_statements_warm_submit"] = log.slowest()
+        log.on = False
+        micro = set(keys.grid_ids[-1])
+        result["handled_at_micro_grid"] = sum(1 for h in handlers if h in micro)
+        result["explain"] = await explain(engine, keys)
+    finally:
+        await engine.dispose()
+    return result
+
+
+async def db_size(url: str) -> JSON:
+    """(b): the database's size and its largest tables (with their indexes)."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("CHECKPOINT"))
+            total = await conn.scalar(text("SELECT pg_database_size(current_database())"))
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid),"
+                        " c.reltuples::bigint FROM pg_class c JOIN pg_namespace n"
+                        " ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'"
+                        " ORDER BY 2 DESC LIMIT 8"
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    mb = 2**20
+    return {
+        "database_mb": round(int(total or 0) / mb, 1),
+        "tables": [
+            {
+                "table": name,
+                "total_mb": round(t / mb, 1),
+                "heap_mb": round(h / mb, 1),
+                "rows": int(n),
+            }
+            for name, t, h, n in rows
+        ],
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss(pid: int) -> JSON:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": fields.get("VmRSS"), "peak_rss_mb": fields.get("VmHWM")}
+
+
+async def instance_memory(url: str, keys: CityKeys, orders: int, seed: int) -> JSON:
+    """(c): RSS of one ``gridbot run`` after start-up and after ``orders`` more orders."""
+    port = _free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="gridbot-city-"))
+    env = {
+        **os.environ,
+        "GRIDBOT_DATABASE_URL": url,
+        "GRIDBOT_DEMO": "false",
+        "GRIDBOT_WEBCHAT_ENABLED": "false",
+        "GRIDBOT_SCHEDULER_ENABLED": "true",
+        "GRIDBOT_WEB_PORT": str(port),
+        "GRIDBOT_SECRET_KEY": "city-bench",
+        "GRIDBOT_MEDIA_DIR": str(tmp / "media"),
+        "GRIDBOT_QR_DIR": str(tmp / "qr"),
+        "GRIDBOT_LOG_LEVEL": "WARNING",
+    }
+    for name in ("GRIDBOT_TELEGRAM_TOKEN", "GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_TOKEN"):
+        env.pop(name, None)
+    log_path = tmp / "gridbot.log"
+    result: JSON = {"settings": "GRIDBOT_DEMO=false, web chat off, scheduler on, no tokens"}
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(GRIDBOT), "run", env=env, stdout=log, stderr=log
+        )
+    try:
+        t0 = time.perf_counter()
+        async with httpx.AsyncClient() as client:
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"gridbot run exited: {log_path.read_text()[-2000:]}")
+                try:
+                    r = await client.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.perf_counter() - t0 > 300:
+                    raise RuntimeError("gridbot run not healthy after 300 s")
+                await asyncio.sleep(0.25)
+        result["healthy_after_s"] = round(time.perf_counter() - t0, 2)
+        await asyncio.sleep(10)  # let the scheduler's first passes settle
+        result["after_startup"] = _rss(proc.pid)
+        rng = random.Random(seed + 1)
+        sample = [rng.choice(keys.residents) for _ in range(orders)]
+        tr = Translator.load(ROOT / "locales", "zh_CN")
+        engine = make_engine(url)
+        try:
+            times, _ = await _submit_pass(engine, tr, sample, "m")
+        finally:
+            await engine.dispose()
+        result["orders_placed"] = len(times)
+        await asyncio.sleep(15)  # the instance's deliverer and clocks see them
+        result["after_orders"] = _rss(proc.pid)
+        warnings = [
+            line
+            for line in log_path.read_text(errors="replace").splitlines()
+            if " ERROR " in line or "Traceback" in line
+        ]
+        result["log_errors"] = warnings[:5]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    return result
+
+
+async def importer_timing(scale: float, seed: int) -> JSON:
+    """The real importer (``gridbot import``) on generated files, in a fresh database."""
+    plan = plan_city(scale, seed=seed)
+    tmp = Path(tempfile.mkdtemp(prefix="gridbot-city-files-"))
+    files = write_files(plan, tmp)
+    result: JSON = {
+        "scale": scale,
+        "grids": len(plan.grids),
+        "buildings": len(plan.buildings),
+        "people": len(plan.people),
+        "files_mb": round(sum(f.stat().st_size for f in files) / 2**20, 2),
+    }
+    async with fresh_database(label="cityimp") as url:
+        env = {**os.environ, "GRIDBOT_DATABASE_URL": url, "GRIDBOT_DEMO": "false"}
+        await asyncio.to_thread(
+            subprocess.run, [str(GRIDBOT), "migrate"], env=env, check=True, capture_output=True
+        )
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(GRIDBOT), "import", *map(str, files)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["cpu_s"] = round(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+        )
+        result["peak_rss_mb_children"] = round(after.ru_maxrss / 1024, 1)
+        if done.returncode != 0:
+            result["error"] = (done.stderr or done.stdout)[-1000:]
+        # The same plan through the generator, in a database of its own, for comparison.
+    async with fresh_database(label="citygen") as url:
+        engine = make_engine(url)
+        try:
+            keys = await generate(engine, plan)
+        finally:
+            await engine.dispose()
+        result["generator_seconds"] = keys.timings["total"] - keys.timings.get("migrate", 0)
+    shutil.rmtree(tmp)
+    return result
+
+
+async def import_demo(url: str) -> None:
+    """The demo community (xh-g1-m1 …) next to the city, for ``bench/order_intake.py``."""
+    from bot.admin.importer import import_community
+
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            demo = ROOT / "bot" / "demo"
+            for name in ("community.yaml", "buildings.csv", "members.csv"):
+                await import_community(session, demo / name)
+    finally:
+        await engine.dispose()
+
+
+def order_intake(url: str, residents: int) -> JSON:
+    """(d): ``bench/order_intake.py`` (echo, gridbot-lifted) with the bot on ``url``."""
+    before = set(RESULTS_DIR.glob("order_intake-*.json")) if RESULTS_DIR.exists() else set()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "order_intake.py"),
+            "--phases",
+            "echo,gridbot-lifted",
+            "--residents",
+            str(residents),
+            "--database-url",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    new = sorted(set(RESULTS_DIR.glob("order_intake-*.json")) - before)
+    out: JSON = {"exit": done.returncode, "report": done.stdout[-3000:]}
+    if new:
+        data = json.loads(new[-1].read_text())
+        out["json"] = str(new[-1].relative_to(ROOT))
+        out["summary"] = data.get("summary")
+        out["phases"] = [
+            {
+                k: r.get(k)
+                for k in ("phase", "updates_per_s", "step_latency_ms", "cpu_ms_per_update")
+            }
+            | {"rss_mb": (r.get("bot") or {}).get("max_rss_mb")}
+            for r in data.get("results", [])
+        ]
+    return out
+
+
+async def run(args: argparse.Namespace) -> JSON:
+    """Every part, in order; the database is dropped at the end unless ``--keep``."""
+    out: JSON = {
+        "stamp": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "scale": args.scale,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "load_average": {"start": list(os.getloadavg())},
+    }
+    for s in args.importer_scales:
+        print(f"… importer at scale {s}", flush=True)
+        out.setdefault("importer", []).append(await importer_timing(s, args.seed))
+    async with fresh_database(keep=args.keep) as url:
+        print(f"… generating scale {args.scale} into {url}", flush=True)
+        t0 = time.perf_counter()
+        plan = plan_city(args.scale, seed=args.seed)
+        plan_s = time.perf_counter() - t0
+        engine = make_engine(url)
+        try:
+            keys = await generate(engine, plan)
+        finally:
+            await engine.dispose()
+        keys.timings["plan"] = round(plan_s, 2)
+        del plan
+        out["generate"] = {"counts": keys.counts, "seconds": keys.timings}
+        out["db_size_generated"] = await db_size(url)
+        print("… routing", flush=True)
+        out["routing"] = await routing(url, keys, args.samples, args.seed)
+        out["load_average"]["after_routing"] = list(os.getloadavg())
+        print("… instance memory", flush=True)
+        out["memory"] = await instance_memory(url, keys, args.orders, args.seed)
+        if args.intake:
+            print("… order intake on this database", flush=True)
+            await import_demo(url)
+            out["intake"] = order_intake(url, args.intake_residents)
+        out["db_size_end"] = await db_size(url)
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                out["orders_in_db"] = int(
+                    await session.scalar(select(func.count()).select_from(Order)) or 0
+                )
+        finally:
+            await engine.dispose()
+    out["load_average"]["end"] = list(os.getloadavg())
+    return out
+
+
+def report(out: JSON) -> None:
+    """A short human summary of ``out``."""
+    g = out["generate"]
+    print(f"\nscale {out['scale']}: " + ", ".join(f"{k} {v:,}" for k, v in g["counts"].items()))
+    print("generate s: " + ", ".join(f"{k} {v}" for k, v in g["seconds"].items()))
+    for imp in out.get("importer", []):
+        print(
+            f"importer at {imp['scale']}: {imp['people']:,} people, {imp['grids']:,} grids, "
+            f"{imp['buildings']:,} buildings: {imp.get('seconds')} s "
+            f"(cpu {imp.get('cpu_s')} s, generator {imp.get('generator_seconds'):.2f} s)"
+            + (f" ERROR {imp['error']}" if imp.get("error") else "")
+        )
+    r = out["routing"]
+    for k in ("route_cold", "route_warm", "submit_cold", "submit_warm"):
+        v = r[k]
+        print(
+            f"{k:<12} ms: min {v['min']} p50 {v['p50']} p90 {v['p90']} "
+            f"p99 {v['p99']} max {v['max']}"
+        )
+    print(f"statements per submit: {r['statements_per_submit']}")
+    for s in r["slowest_statements_warm_submit"][:3]:
+        print(f"  p99 {s['p99']} ms ×{s['n']}: {s['sql'][:120]}")
+    for label in ("db_size_generated", "db_size_end"):
+        d = out[label]
+        tables = ", ".join(f"{t['table']} {t['total_mb']}" for t in d["tables"][:5])
+        print(f"{label}: {d['database_mb']} MB ({tables})")
+    m = out["memory"]
+    print(
+        f"gridbot run: healthy after {m.get('healthy_after_s')} s, {m.get('after_startup')}, "
+        f"after {m.get('orders_placed')} orders {m.get('after_orders')}"
+    )
+    if "intake" in out:
+        print("intake:", json.dumps(out["intake"].get("summary"), ensure_ascii=False)[:600])
+    print("load average:", out["load_average"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(description="Gridbot at city scale on PostgreSQL.")
+    parser.add_argument("--scale", type=float, default=0.05, help="fraction of Yunfu (0.05)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=2000, help="residents routed (2000)")
+    parser.add_argument("--orders", type=int, default=1000, help="orders for the memory step")
+    parser.add_argument(
+        "--importer-scales",
+        default="",
+        help="comma-separated scales to time `gridbot import` at (e.g. 0.01,0.05); none default",
+    )
+    parser.add_argument("--intake", action="store_true", help="also run bench/order_intake.py")
+    parser.add_argument("--intake-residents", type=int, default=100)
+    parser.add_argument("--keep", action="store_true", help="keep the database")
+    args = parser.parse_args(argv)
+    try:
+        args.importer_scales = [float(s) for s in args.importer_scales.split(",") if s.strip()]
+    except ValueError:
+        parser.error("--importer-scales: numbers separated by commas")
+    if not 0 < args.scale <= 10 or any(not 0 < s <= 1 for s in args.importer_scales):
+        parser.error("scales must be in (0, 10] (importer: (0, 1])")
+    if args.samples < 1 or args.orders < 0:
+        parser.error("--samples must be positive, --orders not negative")
+    out = asyncio.run(run(args))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"city_scale-{out['stamp']}.json"
+    path.write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    report(out)
+    print(f"\nJSON: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
