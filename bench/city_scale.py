@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from sqlalchemy import event, func, select, text  # noqa: E402
+from sqlalchemy import event, func, select, text, update  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from bench.citygen import CityKeys, fresh_database, generate, plan_city, write_files  # noqa: E402
@@ -86,6 +86,8 @@ class StatementLog:
         self.on = False
         self.times: dict[str, list[float]] = defaultdict(list)
         self.count = 0
+        #: Seconds spent in statements (sent, executed, answered) while ``on``.
+        self.elapsed = 0.0
         sync = engine.sync_engine
 
         @event.listens_for(sync, "before_cursor_execute")
@@ -95,7 +97,9 @@ class StatementLog:
         @event.listens_for(sync, "after_cursor_execute")
         def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             if self.on:
-                self.times[statement].append(time.perf_counter() - conn.info.pop("t0"))
+                spent = time.perf_counter() - conn.info.pop("t0")
+                self.times[statement].append(spent)
+                self.elapsed += spent
                 self.count += 1
 
     def slowest(self, top: int = 6) -> list[JSON]:
@@ -107,29 +111,35 @@ class StatementLog:
         return sorted(rows, key=lambda r: r["p99"], reverse=True)[:top]
 
 
-async def _route_pass(
-    engine: AsyncEngine, sample: list[tuple[int, int, str]], keys: CityKeys
-) -> list[float]:
-    maker = make_sessionmaker(engine)
-    times = []
-    for _, building_id, _ in sample:
-        async with maker() as session:
-            grid = await session.get(Grid, keys.building_grid[building_id])
-            assert grid is not None
-            t0 = time.perf_counter()
-            target = await route_new_order(session, grid)
-            times.append(time.perf_counter() - t0)
-            assert target is not None
-    return times
+async def _route_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str]) -> float:
+    """``route_new_order`` for a resident's micro-grid, in a fresh session (seconds)."""
+    async with maker() as session:
+        grid = await session.get(Grid, keys.building_grid[resident[1]])
+        assert grid is not None
+        t0 = time.perf_counter()
+        target = await route_new_order(session, grid)
+        spent = time.perf_counter() - t0
+        assert target is not None
+    return spent
 
 
 async def _submit_pass(
-    engine: AsyncEngine, tr: Translator, sample: list[tuple[int, int, str]], tag: str
+    engine: AsyncEngine,
+    tr: Translator,
+    sample: list[tuple[int, int, str]],
+    tag: str,
+    log: StatementLog | None = None,
+    parts: dict[str, list[float]] | None = None,
 ) -> tuple[list[float], list[int]]:
-    """One order per resident, each in its own transaction as the intake handler runs it."""
+    """One order per resident, each in its own transaction as the intake handler runs it.
+
+    With ``log`` and ``parts``: per order, the time in statements (``db``, from sending to the
+    answer, commit included) and this process's CPU time (``cpu``)."""
     maker = make_sessionmaker(engine)
     times, handlers = [], []
     for i, (person_id, _, _) in enumerate(sample):
+        db0 = log.elapsed if log else 0.0
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         async with maker() as session, session.begin():
             person = await session.get(Person, person_id)
@@ -149,6 +159,9 @@ async def _submit_pass(
             )
             handlers.append(order.handling_grid_id)
         times.append(time.perf_counter() - t0)
+        if log is not None and parts is not None:
+            parts["db"].append(log.elapsed - db0)
+            parts["cpu"].append(time.process_time() - cpu0)
     return times, handlers
 
 
@@ -174,32 +187,102 @@ async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
     return out
 
 
-async def routing(url: str, keys: CityKeys, samples: int, seed: int) -> JSON:
-    """(a): route_new_order and the whole submit transaction, cold then warm."""
-    rng = random.Random(seed)
-    sample = rng.sample(keys.residents, min(samples, len(keys.residents)))
-    tr = Translator.load(ROOT / "locales", "zh_CN")
-    result: JSON = {"residents": len(sample)}
+#: Indexes tried by ``--try-indexes`` (routing's role lookups by grid and role).
+CANDIDATE_INDEXES = {
+    "ix_role_grid_role": "CREATE INDEX ix_role_grid_role ON role (grid_id, role, person_id)",
+}
+
+
+async def create_candidates(url: str) -> None:
+    """Create the candidate indexes and refresh the statistics."""
     engine = make_engine(url)
-    log = StatementLog(engine)
     try:
-        log.on = True
-        result["route_cold"] = summary_ms(await _route_pass(engine, sample, keys))
-        result["route_warm"] = summary_ms(await _route_pass(engine, sample, keys))
-        statements0 = log.count
-        cold, handlers = await _submit_pass(engine, tr, sample, "c")
-        result["submit_cold"] = summary_ms(cold)
-        result["statements_per_submit"] = round((log.count - statements0) / len(sample), 1)
-        log.times.clear()
-        warm, _ = await _submit_pass(engine, tr, sample, "w")
-        result["submit_warm"] = summary_ms(warm)
-        result["slowest_statements_warm_submit"] = log.slowest()
-        log.on = False
-        micro = set(keys.grid_ids[-1])
-        result["handled_at_micro_grid"] = sum(1 for h in handlers if h in micro)
-        result["explain"] = await explain(engine, keys)
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for sql in CANDIDATE_INDEXES.values():
+                await conn.execute(text(sql))
+            await conn.execute(text("ANALYZE role"))
     finally:
         await engine.dispose()
+
+
+class Subject:
+    """One database under test, with its statement log and its figures."""
+
+    def __init__(self, label: str, url: str, keys: CityKeys, sample: list[Any]) -> None:
+        self.label = label
+        self.keys = keys
+        self.sample = sample
+        self.engine = make_engine(url)
+        self.maker = make_sessionmaker(self.engine)
+        self.log = StatementLog(self.engine)
+        self.log.on = True
+        self.figures: dict[str, list[float]] = defaultdict(list)
+        self.handlers: list[int] = []
+
+
+async def routing(
+    url: str, keys: CityKeys, samples: int, seed: int, baseline: tuple[str, CityKeys] | None
+) -> JSON:
+    """(a): route_new_order and the whole submit transaction, cold then warm.
+
+    With ``baseline`` (a tiny city in a database of its own), every step is run on it right
+    after the same step on the city, resident by resident: both see the same machine load,
+    so the difference is what the city's size costs."""
+    rng = random.Random(seed)
+    tr = Translator.load(ROOT / "locales", "zh_CN")
+    n = min(samples, len(keys.residents))
+    subjects = [Subject("city", url, keys, rng.sample(keys.residents, n))]
+    if baseline is not None:
+        small = baseline[1]
+        subjects.append(
+            Subject("tiny", baseline[0], small, [rng.choice(small.residents) for _ in range(n)])
+        )
+    result: JSON = {"residents": n}
+    try:
+        for phase in ("cold", "warm"):  # cold: new engine, first touch of each resident's rows
+            for i in range(n):
+                for sub in subjects:
+                    sub.figures[f"route_{phase}"].append(
+                        await _route_one(sub.maker, sub.keys, sub.sample[i])
+                    )
+        for sub in subjects:
+            sub.log.times.clear()
+            sub.figures["statements0"] = [sub.log.count]
+        for phase in ("cold", "warm"):
+            for i in range(n):
+                for sub in subjects:
+                    parts: dict[str, list[float]] = defaultdict(list)
+                    wall, handlers = await _submit_pass(
+                        sub.engine, tr, [sub.sample[i]], f"{phase[0]}{i}-", sub.log, parts
+                    )
+                    sub.figures[f"submit_{phase}"] += wall
+                    sub.figures[f"submit_{phase}_in_statements"] += parts["db"]
+                    sub.figures[f"submit_{phase}_client_cpu"] += parts["cpu"]
+                    sub.handlers += handlers
+            if phase == "cold":
+                for sub in subjects:
+                    sub.figures["statements_per_submit"] = [
+                        (sub.log.count - sub.figures["statements0"][0]) / n
+                    ]
+                    sub.log.times.clear()
+        for sub in subjects:
+            out: JSON = {
+                k: summary_ms(v)
+                for k, v in sub.figures.items()
+                if k not in ("statements0", "statements_per_submit")
+            }
+            out["statements_per_submit"] = round(sub.figures["statements_per_submit"][0], 1)
+            out["slowest_statements_warm_submit"] = sub.log.slowest()
+            micro = set(sub.keys.grid_ids[-1])
+            out["handled_at_micro_grid_share"] = round(
+                sum(1 for h in sub.handlers if h in micro) / len(sub.handlers), 3
+            )
+            out["explain"] = await explain(sub.engine, sub.keys)
+            result[sub.label] = out
+    finally:
+        for sub in subjects:
+            await sub.engine.dispose()
     return result
 
 
@@ -369,12 +452,22 @@ async def importer_timing(scale: float, seed: int) -> JSON:
 
 
 async def import_demo(url: str) -> None:
-    """The demo community (xh-g1-m1 …) next to the city, for ``bench/order_intake.py``."""
+    """The demo community (xh-g1-m1 …) next to the city, for ``bench/order_intake.py``.
+
+    The earlier steps' orders left their cards pending in the outbox, addressed to generated
+    Telegram users: they are marked sent, or the intake's bot would spend its time sending
+    them to the fake Bot API (which knows none of those chats)."""
     from bot.admin.importer import import_community
+    from models.messaging import OUT_PENDING, OUT_SENT, OutboxMessage
 
     engine = make_engine(url)
     try:
         async with make_sessionmaker(engine)() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.status == OUT_PENDING)
+                .values(status=OUT_SENT)
+            )
             demo = ROOT / "bot" / "demo"
             for name in ("community.yaml", "buildings.csv", "members.csv"):
                 await import_community(session, demo / name)
@@ -382,8 +475,9 @@ async def import_demo(url: str) -> None:
         await engine.dispose()
 
 
-def order_intake(url: str, residents: int) -> JSON:
-    """(d): ``bench/order_intake.py`` (echo, gridbot-lifted) with the bot on ``url``."""
+def order_intake(url: str | None, residents: int) -> JSON:
+    """(d): ``bench/order_intake.py`` (echo, gridbot-lifted) with the bot on ``url`` (``None``:
+    a fresh PostgreSQL database with the demo community only, the benchmark's own setting)."""
     before = set(RESULTS_DIR.glob("order_intake-*.json")) if RESULTS_DIR.exists() else set()
     done = subprocess.run(
         [
@@ -393,8 +487,7 @@ def order_intake(url: str, residents: int) -> JSON:
             "echo,gridbot-lifted",
             "--residents",
             str(residents),
-            "--database-url",
-            url,
+            *(["--database-url", url] if url else ["--db", "postgresql"]),
         ],
         capture_output=True,
         text=True,
@@ -446,7 +539,21 @@ async def run(args: argparse.Namespace) -> JSON:
         out["generate"] = {"counts": keys.counts, "seconds": keys.timings}
         out["db_size_generated"] = await db_size(url)
         print("… routing", flush=True)
-        out["routing"] = await routing(url, keys, args.samples, args.seed)
+        async with fresh_database(label="citytiny") as tiny_url:
+            tiny_engine = make_engine(tiny_url)
+            try:
+                tiny = await generate(tiny_engine, plan_city(0.001, seed=args.seed))
+            finally:
+                await tiny_engine.dispose()
+            out["routing"] = await routing(url, keys, args.samples, args.seed, (tiny_url, tiny))
+            if args.try_indexes:
+                print("… routing again with the candidate indexes", flush=True)
+                for u in (url, tiny_url):
+                    await create_candidates(u)
+                out["candidate_indexes"] = CANDIDATE_INDEXES
+                out["routing_with_indexes"] = await routing(
+                    url, keys, args.samples, args.seed + 7, (tiny_url, tiny)
+                )
         out["load_average"]["after_routing"] = list(os.getloadavg())
         print("… instance memory", flush=True)
         out["memory"] = await instance_memory(url, keys, args.orders, args.seed)
@@ -454,6 +561,8 @@ async def run(args: argparse.Namespace) -> JSON:
             print("… order intake on this database", flush=True)
             await import_demo(url)
             out["intake"] = order_intake(url, args.intake_residents)
+            print("… order intake on a fresh demo database", flush=True)
+            out["intake_demo_only"] = order_intake(None, args.intake_residents)
         out["db_size_end"] = await db_size(url)
         engine = make_engine(url)
         try:
@@ -479,16 +588,30 @@ def report(out: JSON) -> None:
             f"(cpu {imp.get('cpu_s')} s, generator {imp.get('generator_seconds'):.2f} s)"
             + (f" ERROR {imp['error']}" if imp.get("error") else "")
         )
-    r = out["routing"]
-    for k in ("route_cold", "route_warm", "submit_cold", "submit_warm"):
-        v = r[k]
-        print(
-            f"{k:<12} ms: min {v['min']} p50 {v['p50']} p90 {v['p90']} "
-            f"p99 {v['p99']} max {v['max']}"
-        )
-    print(f"statements per submit: {r['statements_per_submit']}")
-    for s in r["slowest_statements_warm_submit"][:3]:
-        print(f"  p99 {s['p99']} ms ×{s['n']}: {s['sql'][:120]}")
+    for label in ("city", "tiny", "city+index", "tiny+index"):
+        section = "routing_with_indexes" if "+" in label else "routing"
+        r = out.get(section, {}).get(label.split("+")[0])
+        if r is None:
+            continue
+        print(f"{label}: (ms)")
+        for k in (
+            "route_cold",
+            "route_warm",
+            "submit_cold",
+            "submit_cold_in_statements",
+            "submit_cold_client_cpu",
+            "submit_warm",
+            "submit_warm_in_statements",
+            "submit_warm_client_cpu",
+        ):
+            v = r[k]
+            print(
+                f"  {k:<26} min {v['min']:>6} p50 {v['p50']:>6} p90 {v['p90']:>6} "
+                f"p99 {v['p99']:>6} max {v['max']:>7}"
+            )
+        print(f"  statements per submit: {r['statements_per_submit']}")
+        for s in r["slowest_statements_warm_submit"][:3]:
+            print(f"  p99 {s['p99']} ms ×{s['n']}: {s['sql'][:110]}")
     for label in ("db_size_generated", "db_size_end"):
         d = out[label]
         tables = ", ".join(f"{t['table']} {t['total_mb']}" for t in d["tables"][:5])
@@ -498,8 +621,12 @@ def report(out: JSON) -> None:
         f"gridbot run: healthy after {m.get('healthy_after_s')} s, {m.get('after_startup')}, "
         f"after {m.get('orders_placed')} orders {m.get('after_orders')}"
     )
-    if "intake" in out:
-        print("intake:", json.dumps(out["intake"].get("summary"), ensure_ascii=False)[:600])
+    for label in ("intake", "intake_demo_only"):
+        if label in out:
+            print(f"{label}:")
+            for ph in out[label].get("phases", []):
+                print(f"  {json.dumps(ph, ensure_ascii=False)[:300]}")
+            print(f"  {json.dumps(out[label].get('summary'), ensure_ascii=False)[:300]}")
     print("load average:", out["load_average"])
 
 
@@ -518,6 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--intake", action="store_true", help="also run bench/order_intake.py")
     parser.add_argument("--intake-residents", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument(
+        "--try-indexes",
+        action="store_true",
+        help="after routing, create the candidate indexes and measure routing again",
+    )
     args = parser.parse_args(argv)
     try:
         args.importer_scales = [float(s) for s in args.importer_scales.split(",") if s.strip()]

@@ -782,8 +782,9 @@ def summarise(results: list[JSON]) -> JSON:
 def report(results: list[JSON], summary: JSON, opts: Options, load: JSON) -> None:
     timed = [r for r in results if not r.get("tracemalloc")]
     print()
+    db = "given database" if opts.database_url else opts.db
     print(
-        f"Order intake benchmark {opts.stamp}: {os.cpu_count()} CPUs, db={opts.db}, "
+        f"Order intake benchmark {opts.stamp}: {os.cpu_count()} CPUs, db={db}, "
         f"load average before/after {load['before']:.2f}/{load['after']:.2f}"
     )
     if max(load["before"], load["after"]) > 0.5:
