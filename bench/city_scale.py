@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,9 @@ from bot.core.notify import Notifier  # noqa: E402
 from bot.core.orders import NewOrder, OrderService  # noqa: E402
 from bot.core.routing import route_new_order  # noqa: E402
 from bot.i18n import Translator  # noqa: E402
-from models import Building, Grid, Order, Person, Role  # noqa: E402
+from models import Building, Grid, Order, OrderEvent, Person, Role  # noqa: E402
 from models.db import make_engine, make_sessionmaker  # noqa: E402
+from models.orders import CLOSED, OPEN_STATES  # noqa: E402
 from models.people import ROLE_RESIDENT  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -130,6 +131,7 @@ async def _submit_pass(
     tag: str,
     log: StatementLog | None = None,
     parts: dict[str, list[float]] | None = None,
+    age: timedelta = timedelta(0),
 ) -> tuple[list[float], list[int]]:
     """One order per resident, each in its own transaction as the intake handler runs it.
 
@@ -149,7 +151,7 @@ async def _submit_pass(
             assert person is not None and role is not None and role.building_id is not None
             building = await session.get(Building, role.building_id)
             assert building is not None
-            now = datetime.now(UTC)
+            now = datetime.now(UTC) - age
             notifier = Notifier(session, tr, "zh_CN")
             order = await OrderService(session, notifier, tr, now).submit(
                 person,
@@ -166,24 +168,43 @@ async def _submit_pass(
 
 
 async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
-    """EXPLAIN ANALYZE of routing's statements on one micro-grid, literal values inlined."""
-    from bot.core.routing import ROLE_HEAD, ROLE_WORKER
+    """EXPLAIN (ANALYZE, BUFFERS) of the statements that routing a new order and listing the
+    members who can take it run, as the product sends them (same SQL, same parameters): on a
+    micro-grid, and the member list of a whole top-level grid (the largest subtree)."""
+    from bot.core.routing import members_in_subtree
 
+    captured: list[tuple[str, str, Any]] = []
+    what = ""
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if what and statement.lstrip().upper().startswith("SELECT"):
+            captured.append((what, statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
     micro = keys.grid_ids[-1][len(keys.grid_ids[-1]) // 2]
-    statements = {
-        "people_with_role(micro-grid, worker)": select(Role.person_id)
-        .where(Role.grid_id == micro, Role.role.in_((ROLE_WORKER,)))
-        .order_by(Role.person_id),
-        "people_with_role(top grid, head)": select(Role.person_id)
-        .where(Role.grid_id == keys.grid_ids[0][0], Role.role.in_((ROLE_HEAD,)))
-        .order_by(Role.person_id),
-    }
+    try:
+        async with make_sessionmaker(engine)() as session:
+            grid = await session.get(Grid, micro)
+            top = await session.get(Grid, keys.grid_ids[0][0])
+            assert grid is not None and top is not None
+            what = "route_new_order(micro-grid)"
+            await route_new_order(session, grid)
+            what = "members_in_subtree(micro-grid)"
+            await members_in_subtree(session, grid)
+            what = "members_in_subtree(top grid)"
+            await members_in_subtree(session, top)
+            what = ""
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
     out = []
     async with engine.connect() as conn:
-        for label, stmt in statements.items():
-            sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-            plan = (await conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql))).scalars().all()
-            out.append({"what": label, "plan": list(plan)})
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        for label, sql, params in captured:
+            rows = await driver.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *(params or ()))
+            out.append(
+                {"what": label, "sql": " ".join(sql.split())[:300], "plan": [r[0] for r in rows]}
+            )
     return out
 
 
@@ -320,6 +341,44 @@ async def db_size(url: str) -> JSON:
     }
 
 
+async def scans(url: str) -> dict[str, tuple[int, int, int]]:
+    """Per table: sequential scans, rows they read, index scans (``pg_stat_user_tables``)."""
+    await asyncio.sleep(1.5)  # backends flush their counters about once a second
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0)"
+                        " FROM pg_stat_user_tables"
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    return {name: (int(a), int(b), int(c)) for name, a, b, c in rows}
+
+
+def scan_delta(
+    before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
+) -> list[JSON]:
+    """Tables read sequentially between two :func:`scans`, most rows read first."""
+    out: list[JSON] = []
+    for name, (seq, tup, idx) in after.items():
+        s0, t0, i0 = before.get(name, (0, 0, 0))
+        if tup - t0 > 0:
+            out.append(
+                {
+                    "table": name,
+                    "seq_scans": seq - s0,
+                    "rows_read": tup - t0,
+                    "idx_scans": idx - i0,
+                }
+            )
+    return sorted(out, key=lambda r: r["rows_read"], reverse=True)[:8]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -350,11 +409,27 @@ async def instance_memory(url: str, keys: CityKeys, orders: int, seed: int) -> J
         "GRIDBOT_MEDIA_DIR": str(tmp / "media"),
         "GRIDBOT_QR_DIR": str(tmp / "qr"),
         "GRIDBOT_LOG_LEVEL": "WARNING",
+        # The order clocks act within the run: a sweep every 10 s, broadcast after a minute.
+        "GRIDBOT_SCHEDULER_SWEEP_SECONDS": "10",
+        "GRIDBOT_ORDER_DISPATCH_MINUTES": "1",
+        "GRIDBOT_QUIET_HOURS": "00:00-00:00",
     }
     for name in ("GRIDBOT_TELEGRAM_TOKEN", "GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_TOKEN"):
         env.pop(name, None)
     log_path = tmp / "gridbot.log"
-    result: JSON = {"settings": "GRIDBOT_DEMO=false, web chat off, scheduler on, no tokens"}
+    result: JSON = {
+        "settings": "GRIDBOT_DEMO=false, web chat off, scheduler on (sweep 10 s, orders "
+        "broadcast after 1 min, no quiet hours), no tokens"
+    }
+    # The earlier steps' orders are closed: the clocks would broadcast those too.
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(Order).where(Order.status.in_(OPEN_STATES)).values(status=CLOSED)
+            )
+    finally:
+        await engine.dispose()
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             str(GRIDBOT), "run", env=env, stdout=log, stderr=log
@@ -382,12 +457,31 @@ async def instance_memory(url: str, keys: CityKeys, orders: int, seed: int) -> J
         tr = Translator.load(ROOT / "locales", "zh_CN")
         engine = make_engine(url)
         try:
-            times, _ = await _submit_pass(engine, tr, sample, "m")
+            # Placed two minutes ago: the instance's next sweep broadcasts every one of them
+            # to the members of its micro-grid (members_in_subtree, offers, outbox rows).
+            times, _ = await _submit_pass(engine, tr, sample, "m", age=timedelta(minutes=2))
+            result["orders_placed"] = len(times)
+            result["after_orders"] = _rss(proc.pid)
+            t1 = time.perf_counter()
+            broadcast = 0
+            while time.perf_counter() - t1 < 600:
+                await asyncio.sleep(2)
+                async with engine.connect() as conn:
+                    broadcast = int(
+                        await conn.scalar(
+                            select(func.count())
+                            .select_from(OrderEvent)
+                            .where(OrderEvent.action.in_(("auto_broadcast", "auto_escalate")))
+                        )
+                        or 0
+                    )
+                if broadcast >= len(times):
+                    break
+            result["clocks_acted_on"] = broadcast
+            result["clocks_seconds"] = round(time.perf_counter() - t1, 1)
         finally:
             await engine.dispose()
-        result["orders_placed"] = len(times)
-        await asyncio.sleep(15)  # the instance's deliverer and clocks see them
-        result["after_orders"] = _rss(proc.pid)
+        result["after_clocks"] = _rss(proc.pid)
         warnings = [
             line
             for line in log_path.read_text(errors="replace").splitlines()
@@ -539,6 +633,7 @@ async def run(args: argparse.Namespace) -> JSON:
         out["generate"] = {"counts": keys.counts, "seconds": keys.timings}
         out["db_size_generated"] = await db_size(url)
         print("… routing", flush=True)
+        seen = await scans(url)
         async with fresh_database(label="citytiny") as tiny_url:
             tiny_engine = make_engine(tiny_url)
             try:
@@ -552,15 +647,21 @@ async def run(args: argparse.Namespace) -> JSON:
                     await create_candidates(u)
                 out["candidate_indexes"] = CANDIDATE_INDEXES
                 out["routing_with_indexes"] = await routing(
-                    url, keys, args.samples, args.seed + 7, (tiny_url, tiny)
+                    url, keys, max(1, args.samples // 4), args.seed + 7, (tiny_url, tiny)
                 )
         out["load_average"]["after_routing"] = list(os.getloadavg())
+        seen, before = await scans(url), seen
+        out["seq_scans_routing"] = scan_delta(before, seen)
         print("… instance memory", flush=True)
         out["memory"] = await instance_memory(url, keys, args.orders, args.seed)
+        seen, before = await scans(url), seen
+        out["seq_scans_instance"] = scan_delta(before, seen)
         if args.intake:
             print("… order intake on this database", flush=True)
             await import_demo(url)
+            seen = await scans(url)
             out["intake"] = order_intake(url, args.intake_residents)
+            out["seq_scans_intake"] = scan_delta(seen, await scans(url))
             print("… order intake on a fresh demo database", flush=True)
             out["intake_demo_only"] = order_intake(None, args.intake_residents)
         out["db_size_end"] = await db_size(url)
@@ -619,7 +720,9 @@ def report(out: JSON) -> None:
     m = out["memory"]
     print(
         f"gridbot run: healthy after {m.get('healthy_after_s')} s, {m.get('after_startup')}, "
-        f"after {m.get('orders_placed')} orders {m.get('after_orders')}"
+        f"after {m.get('orders_placed')} orders {m.get('after_orders')}, after the clocks "
+        f"acted on {m.get('clocks_acted_on')} ({m.get('clocks_seconds')} s) "
+        f"{m.get('after_clocks')}"
     )
     for label in ("intake", "intake_demo_only"):
         if label in out:
@@ -627,6 +730,9 @@ def report(out: JSON) -> None:
             for ph in out[label].get("phases", []):
                 print(f"  {json.dumps(ph, ensure_ascii=False)[:300]}")
             print(f"  {json.dumps(out[label].get('summary'), ensure_ascii=False)[:300]}")
+    for label in ("seq_scans_routing", "seq_scans_instance", "seq_scans_intake"):
+        if out.get(label):
+            print(f"{label}: {out[label]}")
     print("load average:", out["load_average"])
 
 
@@ -648,7 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--try-indexes",
         action="store_true",
-        help="after routing, create the candidate indexes and measure routing again",
+        help="after routing, create the candidate indexes and measure routing again "
+        "(a quarter of --samples)",
     )
     args = parser.parse_args(argv)
     try:
