@@ -112,6 +112,19 @@ class StatementLog:
         return sorted(rows, key=lambda r: r["p99"], reverse=True)[:top]
 
 
+async def _members_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str]) -> float:
+    """``members_in_subtree`` of a resident's micro-grid (the assign list, the clocks'
+    broadcast), in a fresh session (seconds)."""
+    from bot.core.routing import members_in_subtree
+
+    async with maker() as session:
+        grid = await session.get(Grid, keys.building_grid[resident[1]])
+        assert grid is not None
+        t0 = time.perf_counter()
+        await members_in_subtree(session, grid)
+        return time.perf_counter() - t0
+
+
 async def _route_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str]) -> float:
     """``route_new_order`` for a resident's micro-grid, in a fresh session (seconds)."""
     async with maker() as session:
@@ -208,21 +221,21 @@ async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
     return out
 
 
-#: Indexes tried by ``--try-indexes`` (routing's role lookups by grid and role).
-CANDIDATE_INDEXES = {
-    "ix_role_grid_role": "CREATE INDEX ix_role_grid_role ON role (grid_id, role, person_id)",
-}
+#: The index ``--compare-index`` measures without, then with (migration 0015).
+INDEX_NAME = "ix_grid_path_prefix"
+INDEX_SQL = "CREATE INDEX ix_grid_path_prefix ON grid (path varchar_pattern_ops)"
 
 
-async def create_candidates(url: str) -> None:
-    """Create the candidate indexes and refresh the statistics."""
+async def set_index(url: str, present: bool) -> None:
+    """Drop or (re)create the index under test, and refresh the statistics."""
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            for sql in CANDIDATE_INDEXES.values():
-                await conn.execute(text(sql))
-            await conn.execute(text("ANALYZE role"))
+            await conn.execute(text(f"DROP INDEX IF EXISTS {INDEX_NAME}"))
+            if present:
+                await conn.execute(text(INDEX_SQL))
+            await conn.execute(text("ANALYZE grid"))
     finally:
         await engine.dispose()
 
@@ -266,6 +279,9 @@ async def routing(
                 for sub in subjects:
                     sub.figures[f"route_{phase}"].append(
                         await _route_one(sub.maker, sub.keys, sub.sample[i])
+                    )
+                    sub.figures[f"members_{phase}"].append(
+                        await _members_one(sub.maker, sub.keys, sub.sample[i])
                     )
         for sub in subjects:
             sub.log.times.clear()
@@ -640,15 +656,17 @@ async def run(args: argparse.Namespace) -> JSON:
                 tiny = await generate(tiny_engine, plan_city(0.001, seed=args.seed))
             finally:
                 await tiny_engine.dispose()
-            out["routing"] = await routing(url, keys, args.samples, args.seed, (tiny_url, tiny))
-            if args.try_indexes:
-                print("… routing again with the candidate indexes", flush=True)
+            if args.compare_index:
+                print(f"… routing without {INDEX_NAME}", flush=True)
                 for u in (url, tiny_url):
-                    await create_candidates(u)
-                out["candidate_indexes"] = CANDIDATE_INDEXES
-                out["routing_with_indexes"] = await routing(
+                    await set_index(u, False)
+                out["routing_without_index"] = await routing(
                     url, keys, max(1, args.samples // 4), args.seed + 7, (tiny_url, tiny)
                 )
+                for u in (url, tiny_url):
+                    await set_index(u, True)
+                print(f"… routing with {INDEX_NAME}", flush=True)
+            out["routing"] = await routing(url, keys, args.samples, args.seed, (tiny_url, tiny))
         out["load_average"]["after_routing"] = list(os.getloadavg())
         seen, before = await scans(url), seen
         out["seq_scans_routing"] = scan_delta(before, seen)
@@ -689,15 +707,17 @@ def report(out: JSON) -> None:
             f"(cpu {imp.get('cpu_s')} s, generator {imp.get('generator_seconds'):.2f} s)"
             + (f" ERROR {imp['error']}" if imp.get("error") else "")
         )
-    for label in ("city", "tiny", "city+index", "tiny+index"):
-        section = "routing_with_indexes" if "+" in label else "routing"
-        r = out.get(section, {}).get(label.split("+")[0])
+    for label in ("city-index", "tiny-index", "city", "tiny"):
+        section = "routing_without_index" if "-" in label else "routing"
+        r = out.get(section, {}).get(label.split("-")[0])
         if r is None:
             continue
         print(f"{label}: (ms)")
         for k in (
             "route_cold",
             "route_warm",
+            "members_cold",
+            "members_warm",
             "submit_cold",
             "submit_cold_in_statements",
             "submit_cold_client_cpu",
@@ -752,10 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--intake-residents", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument(
-        "--try-indexes",
+        "--compare-index",
         action="store_true",
-        help="after routing, create the candidate indexes and measure routing again "
-        "(a quarter of --samples)",
+        help=f"measure routing without {INDEX_NAME} first (a quarter of --samples), then with",
     )
     args = parser.parse_args(argv)
     try:
