@@ -20,7 +20,8 @@ from bot.core.orders import NewOrder, OrderService
 from bot.i18n import Translator
 from models import Building, Category, Grid, Identity, OutboxMessage, Person, Role
 from models.db import make_engine, make_sessionmaker, upgrade
-from tests.conftest import PG_ADMIN_URL, _pg_available
+from tests.conftest import _pg_available
+from tests.support.pg import PG_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
