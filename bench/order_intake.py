@@ -546,6 +546,7 @@ class Options:
     stamp: str
     phases: Sequence[str]
     pairs: int = 1
+    database_url: str | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -582,8 +583,12 @@ async def run_phase(name: str, opts: Options, *, traced: bool = False) -> JSON:
     fake: Any = _fake_class()(enforce_limits=paced)
     async with (
         fake as tg,
-        database(opts.db if kind == "gridbot" else "sqlite", label.replace("-", "_")) as db_url,
+        database(
+            opts.db if kind == "gridbot" and not opts.database_url else "sqlite",
+            label.replace("-", "_"),
+        ) as fresh_url,
     ):
+        db_url = opts.database_url if kind == "gridbot" else fresh_url
         cfg: JSON = {
             "token": tg.token,
             "base_url": tg.base_url,
@@ -777,8 +782,9 @@ def summarise(results: list[JSON]) -> JSON:
 def report(results: list[JSON], summary: JSON, opts: Options, load: JSON) -> None:
     timed = [r for r in results if not r.get("tracemalloc")]
     print()
+    db = "given database" if opts.database_url else opts.db
     print(
-        f"Order intake benchmark {opts.stamp}: {os.cpu_count()} CPUs, db={opts.db}, "
+        f"Order intake benchmark {opts.stamp}: {os.cpu_count()} CPUs, db={db}, "
         f"load average before/after {load['before']:.2f}/{load['after']:.2f}"
     )
     if max(load["before"], load["after"]) > 0.5:
@@ -979,6 +985,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", default="", help="comma-separated phases whose bot runs under cProfile"
     )
     parser.add_argument("--step-timeout", type=float, default=60.0, help="seconds per answer")
+    parser.add_argument(
+        "--database-url",
+        help="run the gridbot phases on this existing database (kept; it must hold the demo "
+        "community, e.g. bench/city_scale.py --intake imports it next to a generated city)",
+    )
     parser.add_argument("--child", choices=("echo", "gridbot"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1001,6 +1012,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stamp=datetime.now().strftime("%Y%m%d-%H%M%S"),
         phases=phases,
         pairs=args.pairs,
+        database_url=args.database_url,
     )
     return asyncio.run(parent_main(opts))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -28,9 +28,14 @@ class Grid(Base):
     """A node of the grid tree (district, street, community, grid, micro-grid, ...).
 
     ``path`` is the materialised path of ids (``/1/4/17/``) so a subtree is one LIKE query.
+    ``ix_grid_path_prefix`` serves that LIKE 'prefix%' on PostgreSQL whatever the database's
+    collation (a plain b-tree index does so only under "C").
     """
 
     __tablename__ = "grid"
+    __table_args__ = (
+        Index("ix_grid_path_prefix", "path", postgresql_ops={"path": "varchar_pattern_ops"}),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     community_id: Mapped[int] = mapped_column(ForeignKey("community.id", ondelete="CASCADE"))
