@@ -14,14 +14,13 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: (table, index name, columns)
+#: (table, index name, columns); points_entry.created_at is indexed by 0007.
 INDEXES = (
     ("orders", "ix_orders_created_at", ["created_at"]),
     ("orders", "ix_orders_grid_id_created_at", ["grid_id", "created_at"]),
     ("order_event", "ix_order_event_created_at", ["created_at"]),
     ("order_event", "ix_order_event_order_id_created_at", ["order_id", "created_at"]),
     ("order_event", "ix_order_event_actor_id_created_at", ["actor_id", "created_at"]),
-    ("points_entry", "ix_points_entry_created_at", ["created_at"]),
     ("visit_log", "ix_visit_log_order_id", ["order_id"]),
     ("patrol_run", "ix_patrol_run_due_at", ["due_at"]),
 )
