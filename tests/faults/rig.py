@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 from sqlalchemy import func, select
@@ -391,8 +390,3 @@ async def kill_and_restart(rig: Rig, service: Service, *, after_replies: int,
     except TimeoutError:
         pass  # nothing was left to send: the figures say so
     return fresh
-
-
-def describe(service: Service) -> Any:
-    """For assertion messages: the end of the service's log."""
-    return service.tail()
