@@ -569,8 +569,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Delivery under Telegram's limits (real PTB against the fake server).
         for i in range(args.grids + args.visits // 5):
             tg.user(10**6 + i, f"u{i}")
-        app.enable_telegram()
-        limit = app.telegram.limits.global_per_second
+        limit = app.enable("telegram").limits.global_per_second
         await app.start()
         t0 = time.perf_counter()
         await asyncio.sleep(args.deliver_seconds)

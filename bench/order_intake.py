@@ -239,6 +239,7 @@ async def _db_counts(app: Any) -> JSON:
 async def child_gridbot(cfg: JSON) -> None:
     """Gridbot as ``gridbot run`` would wire it for Telegram polling, minus the web server."""
     from bot.app import Gridbot
+    from bot.channels.telegram import TelegramChannel
     from bot.config import Settings, load_settings
 
     with tempfile.TemporaryDirectory(prefix="gridbot-bench-") as tmp:
@@ -262,17 +263,17 @@ async def child_gridbot(cfg: JSON) -> None:
         try:
             await app.prepare()
             invites = await _invites(app)
-            app.enable_telegram()
+            app.enable("telegram")
             if cfg["limits"] == "lifted":
                 # The platform's rate limits are lifted; the channel's own cap on requests in
                 # flight (an HTTP client setting, not a Telegram limit) stays.
-                app.telegram.limits = dataclasses.replace(
-                    app.telegram.limits,
+                app.channel(TelegramChannel).limits = dataclasses.replace(
+                    app.channel(TelegramChannel).limits,
                     per_chat_interval=0.0,
                     global_per_second=100000,
                     group_per_minute=10**9,
                 )
-            limits = app.telegram.limits
+            limits = app.channel(TelegramChannel).limits
             await app.start()
             started = True
             meter = _Meter(cfg.get("profile"))

@@ -11,20 +11,20 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from sqlalchemy import func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from bot.admin.importer import default_categories, import_community
-from bot.channels.base import Channel
+from bot.channels import registry
+from bot.channels.base import Adapter, ChannelHost, FileSource, PushPolicy
 from bot.config import Settings
 from bot.delivery import Deliverer
 from bot.i18n import Translator
@@ -36,10 +36,12 @@ from bot.open311 import PREFIX as OPEN311_PREFIX
 from bot.open311 import Open311
 from bot.ports import Inbound
 from handlers.router import Router
-from models import Category, Grid, Identity, OutboxMessage, Person, Role, utcnow
+from models import Category, Grid, OutboxMessage, utcnow
 from models.db import make_engine, make_sessionmaker, startup_lock, upgrade
 
 log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Adapter)
 
 DEMO_FILE = Path(__file__).parent / "demo" / "community.yaml"
 #: Demo duty lists (``gridbot duties import`` format), loaded with the demo community.
@@ -47,16 +49,10 @@ DEMO_DUTIES = tuple(
     Path(__file__).parent / "demo" / f"duty_{name}.csv"
     for name in ("households", "visits", "patrols")
 )
-TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
-WECHAT_PATH = "/wechat"
-MAX_WEBHOOK_BODY = 1 << 20
-
-#: Seconds each part of :meth:`Gridbot.stop` may take: 8 s in all, 10 s with the web server's
-#: 2 s of graceful shutdown, the bound promised for SIGTERM.
-STOP_BUDGETS = {
-    "set-up": 0.5, "scheduler": 2.5, "telegram": 1.5, "wechat": 1.0, "delivery": 2.0,
-    "database": 0.5,
-}
+#: Seconds each part of :meth:`Gridbot.stop` may take besides the channels (each adapter
+#: has its own ``stop_budget``): 8 s in all with Telegram and WeChat, 10 s with the web
+#: server's 2 s of graceful shutdown, the bound promised for SIGTERM.
+STOP_BUDGETS = {"set-up": 0.5, "scheduler": 2.5, "delivery": 2.0, "database": 0.5}
 
 #: Seconds between two set-up attempts of a channel in trouble, at the most.
 SETUP_RETRY_MAX = 60.0
@@ -65,25 +61,6 @@ SETUP_RETRY_FIRST = 1.0
 #: Seconds a health check waits for the database.
 HEALTH_DB_SECONDS = 3.0
 
-#: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
-BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
-
-
-async def read_capped(request: Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` when it is larger than ``limit`` bytes: a larger
-    Content-Length is refused before anything is read, and a body that streams in without one
-    (or lies about it) is dropped as soon as it passes the limit, so it is never held whole."""
-    declared = request.headers.get("content-length", "")
-    if declared.strip().isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class Gridbot:
@@ -99,6 +76,8 @@ class Gridbot:
             self.sessionmaker, {}, clock=clock, on_unreachable=self.report_unreachable
         )
         self.media = MediaStore(settings.media_dir)
+        #: Channel name → its push rules (filled as adapters are added).
+        self.push_policies: dict[str, PushPolicy] = {}
         self.router = Router(
             self.sessionmaker,
             settings,
@@ -106,32 +85,66 @@ class Gridbot:
             clock=clock,
             on_commit=self.deliverer.wake,
             import_photo=self.import_photo,
+            push_policies=self.push_policies,
         )
         self.metrics = Metrics()
         #: What channels call with each inbound update: the router, timed for /metrics.
         self.intake = self.metrics.timed(self.router)
-        self.channels: dict[str, Channel] = {}
+        #: Channel name → its adapter, in the order they were added.
+        self.channels: dict[str, Adapter] = {}
         #: Channel name → "ready" or "retrying: <why>" (shown by ``/readyz``).
         self.setup_state: dict[str, str] = {}
         self._setup_tasks: dict[str, asyncio.Task[None]] = {}
         self.duties: Any = None  # bot.scheduler.DutyScheduler once started
-        self.telegram: Any = None
-        self.webchat: Any = None
-        self.wechat: Any = None
 
-    def add_channel(self, channel: Channel) -> None:
-        """Deliver through ``channel`` from now on."""
+    def add_channel(self, channel: Adapter) -> None:
+        """Talk through ``channel`` from now on: deliver through it, serve its routes (when
+        added before :meth:`web_app`), start and stop it with the service."""
         self.channels[channel.name] = channel
         self.deliverer.add_channel(channel)
+        if isinstance(channel, PushPolicy):
+            self.push_policies[channel.name] = channel
+
+    def enable_channels(self) -> None:
+        """Build every platform the settings configure (:mod:`bot.channels.registry`)."""
+        for spec in registry.configured(self.settings):
+            self.enable(spec.name)
+
+    def enable(self, name: str) -> Adapter:
+        """Build channel ``name`` (``web``, ``telegram``, ``wechat`` …) from its settings and
+        add it."""
+        host = ChannelHost(
+            settings=self.settings,
+            sessionmaker=self.sessionmaker,
+            tr=self.tr,
+            intake=self.intake,
+            media=self.media,
+            clock=self.clock,
+            holder=self.deliverer.holder,
+            deliverer=self.deliverer,
+        )
+        adapter = registry.spec_named(name).build(host)
+        self.add_channel(adapter)
+        return adapter
+
+    def channel(self, kind: type[A]) -> A:
+        """The adapter of type ``kind`` (for tests and benchmarks that drive one platform)."""
+        for adapter in self.channels.values():
+            if isinstance(adapter, kind):
+                return adapter
+        raise LookupError(f"no {kind.__name__} is enabled")
 
     async def import_photo(self, event: Inbound) -> str | None:
         """Copy a photo from its platform into the media store; ``None`` if that fails."""
         channel = self.channels.get(event.channel)
-        fetch = getattr(channel, "fetch_file", None)
-        if fetch is None or not event.photo or event.photo.startswith(MEDIA_PREFIX):
+        if (
+            not isinstance(channel, FileSource)
+            or not event.photo
+            or event.photo.startswith(MEDIA_PREFIX)
+        ):
             return None
         try:
-            data = await fetch(event.photo)
+            data = await channel.fetch_file(event.photo)
         except Exception as err:
             log.warning("could not fetch a %s photo: %s", event.channel, type(err).__name__)
             return None
@@ -187,116 +200,6 @@ class Gridbot:
                         )
                     )
 
-    # ---- channels ---------------------------------------------------------------------------
-
-    async def personas(self) -> list[Any]:
-        """Everyone the local web chat may play (people with a role). Reads only: a web
-        identity is made when a persona first sends something (:meth:`web_identity`)."""
-        from bot.channels.webchat import Persona
-
-        async with self.sessionmaker() as session:
-            people = (await session.scalars(select(Person).order_by(Person.id))).all()
-            roles = (await session.execute(select(Role.person_id, Role.role))).all()
-        by_person: dict[int, list[str]] = {}
-        for pid, role in roles:
-            label = self.tr.t(self.settings.default_locale, f"role.{role}")
-            if label not in by_person.setdefault(pid, []):
-                by_person[pid].append(label)
-        return [
-            Persona(f"p{person.id}", person.name, by_person[person.id], person.locale)
-            for person in people
-            if person.id in by_person
-        ]
-
-    async def web_identity(self, chat_id: str) -> None:
-        """Make sure the persona ``chat_id`` (``p<person id>``) has its web identity; called
-        by the web chat before a persona's first message is handled."""
-        if not chat_id.startswith("p") or not chat_id[1:].isdigit():
-            return
-        person_id = int(chat_id[1:])
-        async with self.sessionmaker() as session, session.begin():
-            known = await session.scalar(
-                select(Identity.id).where(
-                    Identity.channel == "web", Identity.external_id == chat_id
-                )
-            )
-            if known is not None or await session.get(Person, person_id) is None:
-                return
-            dialect = session.bind.dialect.name if session.bind else "sqlite"
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            await session.execute(
-                insert(Identity)
-                .values(
-                    person_id=person_id,
-                    channel="web",
-                    external_id=chat_id,
-                    chat_id=chat_id,
-                    created_at=self.clock(),
-                )
-                .on_conflict_do_nothing()
-            )
-
-    def enable_webchat(self) -> None:
-        """Serve the local web chat at /chat."""
-        from bot.channels.webchat import WebChatChannel
-
-        self.webchat = WebChatChannel(
-            self.sessionmaker,
-            self.intake,
-            self.personas,
-            title="Gridbot 社区网格",
-            on_first_use=self.web_identity,
-            media_dir=self.settings.media_dir,
-        )
-        self.add_channel(self.webchat)
-
-    def enable_telegram(self) -> None:
-        """Talk to Telegram (polling or webhook) with the configured Bot API server."""
-        from bot.channels.telegram import TelegramChannel
-
-        s = self.settings
-        assert s.telegram_token
-        self.telegram = TelegramChannel(
-            s.telegram_token,
-            self.intake,
-            base_url=s.telegram_api_url,
-            base_file_url=s.telegram_file_url,
-            mode=s.telegram_mode,
-            webhook_url=s.telegram_webhook_url,
-            webhook_secret=s.telegram_webhook_secret,
-            connections=s.telegram_connections,
-            media=self.media,
-        )
-        self.add_channel(self.telegram)
-
-    def enable_wechat(self) -> None:
-        """Serve a WeChat Official Account at /wechat (plain or safe mode)."""
-        from bot.channels.wechat import WeChatChannel
-
-        s = self.settings
-        assert s.wechat_appid and s.wechat_token
-        self.wechat = WeChatChannel(
-            appid=s.wechat_appid,
-            secret=s.wechat_secret or "",
-            token=s.wechat_token,
-            aes_key=s.wechat_aes_key or None,
-            api_url=s.wechat_api_url,
-            intake=self.intake,
-            sessionmaker=self.sessionmaker,
-            tr=self.tr,
-            deliverer=self.deliverer,
-            default_locale=s.default_locale,
-            media=self.media,
-            clock=self.clock,
-            reply_deadline=s.wechat_reply_deadline,
-            timestamp_skew=s.wechat_timestamp_skew,
-            push_quota=s.wechat_push_quota,
-            msgmenu=s.wechat_msgmenu,
-            templates=s.wechat_templates,
-            timezone=s.tz,
-        )
-        self.add_channel(self.wechat)
-
     # ---- web server -------------------------------------------------------------------------
 
     async def _database_answers(self) -> bool:
@@ -329,39 +232,6 @@ class Gridbot:
             body["scheduler"] = "leader" if self.duties.is_leader else "standby"
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    async def telegram_webhook(self, request: Request) -> Response:
-        """Telegram's webhook: the secret is checked before the body is read, the body is
-        capped while it streams in, and the update is stored (handled) before we answer 200."""
-        if self.telegram is None or self.settings.telegram_mode != "webhook":
-            return Response(status_code=404)
-        secret = request.headers.get("x-telegram-bot-api-secret-token")
-        if not self.telegram.secret_ok(secret):
-            return Response(status_code=403)
-        body = await read_capped(request, MAX_WEBHOOK_BODY)
-        if body is None:
-            return Response(status_code=413)
-        status = await self.telegram.process_webhook(body, secret)
-        return Response(status_code=status)
-
-    async def wechat_webhook(self, request: Request) -> Response:
-        """WeChat's callback URL: GET is the admin console's check, POST a message or event.
-        A POST's timestamp and signature are checked before its body is read, and the body is
-        capped while it streams in."""
-        if self.wechat is None:
-            return Response(status_code=404)
-        params = dict(request.query_params)
-        if request.method == "GET":
-            status, body = self.wechat.process_get(params)
-            return Response(body, status_code=status, media_type="text/plain")
-        if not self.wechat.query_ok(params):
-            return Response(status_code=403)
-        data = await read_capped(request, MAX_WEBHOOK_BODY)
-        if data is None:
-            return Response(status_code=413)
-        status, body = await self.wechat.process_post(params, data)
-        media = "application/xml" if body.startswith("<") else "text/plain"
-        return Response(body, status_code=status, media_type=media)
-
     def open311(self) -> Open311:
         """The Open311 GeoReport v2 endpoints (the city platform), see ``bot.open311``."""
         return Open311(
@@ -385,20 +255,16 @@ class Gridbot:
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     def web_app(self) -> Starlette:
-        """The one web server: health, webhooks, Open311 and (when enabled) the local web chat."""
-        routes: list[Any] = [
+        """The one web server: health, Open311 and every channel's routes (webhooks, the
+        local web chat)."""
+        routes: list[BaseRoute] = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics_page),
-            Route(TELEGRAM_WEBHOOK_PATH, self.telegram_webhook, methods=["POST"]),
-            Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
+            Mount(OPEN311_PREFIX, routes=self.open311().routes()),
         ]
-        routes.append(Mount(OPEN311_PREFIX, routes=self.open311().routes()))
-        if self.webchat is not None:
-            routes.append(Mount("/chat", routes=self.webchat.routes()))
-            routes.append(
-                Route("/", lambda r: Response(status_code=307, headers={"location": "/chat/"}))
-            )
+        for channel in self.channels.values():
+            routes += channel.routes()
         return Starlette(routes=routes)
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -411,17 +277,17 @@ class Gridbot:
         background with back-off while the rest serves, its outbox rows wait, and ``/readyz``
         says what is pending."""
         await self.deliverer.start()
-        if self.telegram is not None:
-            await self._set_up("telegram", self._start_telegram)
+        for channel in self.channels.values():
+            await self._set_up(channel.name, channel.start)
 
-    async def _start_telegram(self) -> None:
-        assert self.telegram is not None
-        await self.telegram.start()
-        await self.remember_bot_username()
-        lang = self.settings.default_locale
-        await self.telegram.set_commands(
-            [(c, self.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
-        )
+    async def claim_channels(self) -> str | None:
+        """Let every channel take what it needs for itself alone (Telegram's polling lease);
+        the first refusal, or ``None``."""
+        for channel in self.channels.values():
+            refusal = await channel.claim()
+            if refusal:
+                return refusal
+        return None
 
     async def _set_up(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run a channel's set-up now; if it fails, hold the channel's outbox rows and retry
@@ -455,60 +321,6 @@ class Gridbot:
                 log.warning("%s set up after retrying", name)
                 return
 
-    async def hold_poller_lease(self) -> str | None:
-        """Polling: take the lease ``telegram-poll:<bot id>`` and keep renewing it; the reason
-        to refuse when another live instance polls this bot (two pollers each get some updates
-        and Telegram answers them 409 Conflict), None when this one may poll."""
-        assert self.telegram is not None
-        from bot.lease import Lease
-
-        lease = Lease(
-            self.sessionmaker,
-            f"telegram-poll:{self.telegram.bot_id}",
-            self.deliverer.holder,
-            timedelta(seconds=self.settings.scheduler_lease_seconds),
-            self.clock,
-        )
-        if not await lease.acquire():
-            row = await lease.current()
-            who = f"{row.holder} until {row.expires_at.isoformat()}" if row else "?"
-            return (
-                f"another gridbot ({who}) polls this Telegram bot already; two pollers lose "
-                "and repeat updates. Run one instance in polling mode, or use webhook mode "
-                "(GRIDBOT_TELEGRAM_MODE=webhook) for several."
-            )
-
-        async def renew() -> None:
-            try:
-                while True:
-                    await asyncio.sleep(max(lease.ttl.total_seconds() / 3, 0.5))
-                    try:
-                        if not await lease.acquire():
-                            log.error("the Telegram polling lease was taken by another "
-                                      "instance: two pollers now share this bot")
-                    except Exception:
-                        log.exception("could not renew the Telegram polling lease")
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(lease.release())
-
-        self._setup_tasks["telegram-poll-lease"] = asyncio.create_task(renew())
-        return None
-
-    async def remember_bot_username(self) -> None:
-        """Keep the bot's username (from ``getMe``) in the database: the admin command line
-        prints ``t.me`` links with it."""
-        from bot.core.invites import remember_bot_username
-
-        username = self.telegram.username if self.telegram is not None else None
-        if not username:
-            return
-        try:
-            async with self.sessionmaker() as session, session.begin():
-                await remember_bot_username(session, self.telegram.bot_id, username)
-        except Exception:  # a convenience for the CLI: never a reason to stop Telegram
-            log.exception("could not keep the bot's username")
-
     async def start_duties(self, *, manual: bool = False) -> Any:
         """Start the duty scheduler (patrols, visits, order clocks, digests); one per database,
         see ``bot.scheduler``. Raises ``SchedulerRefused`` on SQLite when another runs."""
@@ -540,13 +352,11 @@ class Gridbot:
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.duties is not None:
             parts.append(("scheduler", self.duties.stop))
-        if self.telegram is not None:
-            parts.append(("telegram", self.telegram.stop))
-        if self.wechat is not None:
-            parts.append(("wechat", self.wechat.stop))
+        parts += [(c.name, c.stop) for c in self.channels.values()]
         parts += [("delivery", self.deliverer.stop), ("database", self.engine.dispose)]
+        budgets = {c.name: c.stop_budget for c in self.channels.values()} | STOP_BUDGETS
         for name, step in parts:
-            budget = STOP_BUDGETS.get(name, 2.0)
+            budget = budgets.get(name, 2.0)
             try:
                 async with asyncio.timeout(budget):
                     await step()
@@ -585,19 +395,13 @@ class Gridbot:
             raise SystemExit(2)
         sock = self.listen()
         await self.prepare()
-        if self.settings.webchat_on:
-            self.enable_webchat()
-        if self.settings.telegram_token:
-            self.enable_telegram()
-        if self.settings.wechat_appid and self.settings.wechat_token:
-            self.enable_wechat()
-        if self.telegram is not None and self.settings.telegram_mode == "polling":
-            refusal = await self.hold_poller_lease()
-            if refusal:
-                print(f"error: {refusal}", file=sys.stderr, flush=True)
-                await self.stop()
-                sock.close()
-                raise SystemExit(1)
+        self.enable_channels()
+        refusal = await self.claim_channels()
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr, flush=True)
+            await self.stop()
+            sock.close()
+            raise SystemExit(1)
         await self.start()
         if self.settings.scheduler_enabled:
             from bot.scheduler import SchedulerRefused
@@ -623,15 +427,11 @@ class Gridbot:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         where = f"http://{self.settings.web_host}:{self.settings.web_port}"
-        if self.webchat is not None:
-            print(f"Gridbot is running. Local web chat: {where}/chat/", flush=True)
-        else:
-            print(f"Gridbot is running on {where}", flush=True)
-        if self.telegram is not None:
-            print(f"Telegram: {self.settings.telegram_mode} mode", flush=True)
-        if self.wechat is not None:
-            mode = "safe (AES)" if self.settings.wechat_aes_key else "plain"
-            print(f"WeChat: callback URL {where}{WECHAT_PATH}, {mode} mode", flush=True)
+        print(f"Gridbot is running on {where}", flush=True)
+        for channel in self.channels.values():
+            line = channel.banner(where)
+            if line:
+                print(line, flush=True)
         try:
             await server.serve(sockets=[sock])
         finally:

@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from bot.aio import wait_event
-from bot.channels.base import Channel, DeliveryError, RetryAfter, Unreachable
+from bot.channels.base import Channel, DeliveryError, RetryAfter, RowSender, Unreachable
 from bot.instance import holder_is_gone, new_holder
 from bot.ports import Outbound
 from bot.send_budget import UNLIMITED, LocalBudget, PostgresBudget, SendBudget
@@ -532,11 +532,9 @@ class Deliverer:
     async def _deliver(self, row: OutboxMessage) -> str:
         channel = self.channels[row.channel]
         message = Outbound.from_payload(row.payload)
-        deliver_row = getattr(channel, "deliver_row", None)
-        if deliver_row is not None:
+        if isinstance(channel, RowSender):
             # Channels with push rules (WeChat) need the row itself: its kind, ref and person.
-            sent: str = await deliver_row(row, message)
-            return sent
+            return await channel.deliver_row(row, message)
         if not row.edit_ref:
             return await channel.send(row.chat_id, message)
         just_sent = self._sent_refs.get((row.channel, row.chat_id, row.edit_ref))

@@ -9,6 +9,8 @@ several instances and on SQLite.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -97,3 +99,22 @@ class Lease:
                 .where(SchedulerLease.name == self.name, SchedulerLease.holder == self.holder)
                 .values(expires_at=self.clock() - timedelta(seconds=1))
             )
+
+    def keep(self, *, on_lost: Callable[[], None], name: str) -> asyncio.Task[None]:
+        """Renew the (held) lease every third of its TTL until the task is cancelled, then
+        release it. ``on_lost`` is called each time a renewal finds another holder."""
+
+        async def renew() -> None:
+            try:
+                while True:
+                    await asyncio.sleep(max(self.ttl.total_seconds() / 3, 0.5))
+                    try:
+                        if not await self.acquire():
+                            on_lost()
+                    except Exception:
+                        log.exception("could not renew the %s lease", self.name)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.release())
+
+        return asyncio.create_task(renew(), name=name)

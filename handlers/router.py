@@ -8,7 +8,7 @@ refuse oversized text, then route to a button, a command, the user's current flo
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.channels.base import PushPolicy
 from bot.config import Settings
 from bot.core import payloads
 from bot.core.duties import hold_order_pushes
@@ -46,6 +47,7 @@ class Router:
         clock: Clock = utcnow,
         on_commit: Callable[[], None] | None = None,
         import_photo: Callable[[Inbound], Awaitable[str | None]] | None = None,
+        push_policies: Mapping[str, PushPolicy] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
@@ -53,6 +55,8 @@ class Router:
         self.clock = clock
         self.on_commit = on_commit or (lambda: None)
         self.import_photo = import_photo
+        #: Channel name → its push rules, told of every message stored (WeChat's window).
+        self.push_policies = push_policies if push_policies is not None else {}
 
     async def __call__(self, event: Inbound) -> HandleResult:
         """Handle one event; never raises for bad input (the user gets a polite answer).
@@ -154,8 +158,9 @@ class Router:
             # A group is never the person's chat: their pushes (offers, a resident's phone)
             # keep going to the private chat, and a group message opens no WeChat window.
             identity.last_inbound_at = now
-            # A new 48-hour window (WeChat) with its quota of pushes starts with every message.
-            identity.window_pushes = 0
+            policy = self.push_policies.get(event.channel)
+            if policy is not None:
+                policy.on_inbound(identity, now)
             identity.chat_id = event.chat_id
             if event.locale:
                 identity.locale = normalize_locale(event.locale, self.settings.default_locale)

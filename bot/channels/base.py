@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bot.ports import Outbound
+from bot.ports import Intake, Outbound
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from starlette.routing import BaseRoute
+
+    from bot.config import Settings
+    from bot.i18n import Translator
+    from bot.media import MediaStore
+    from models import Identity, OutboxMessage
+
 
 
 @dataclass(frozen=True)
@@ -66,3 +78,91 @@ class Channel(Protocol):
     async def edit(self, chat_id: str, message_id: str, message: Outbound) -> str:
         """Replace a sent message (or send a new one where the platform cannot edit)."""
         ...
+
+
+class Adapter(Channel, Protocol):
+    """A platform adapter as the composition root (:mod:`bot.app`) sees it: the deliverer's
+    :class:`Channel` plus a lifecycle and the adapter's own web routes. The root holds a list
+    of them, built by :mod:`bot.channels.registry`, and treats every one the same way."""
+
+    #: Seconds :meth:`stop` may take before the service leaves it behind.
+    stop_budget: float
+
+    def routes(self) -> list[BaseRoute]:
+        """The adapter's web routes (webhooks, pages), mounted on the service's one server."""
+        ...
+
+    async def claim(self) -> str | None:
+        """Take what this adapter needs for itself alone before it starts (a polling lease);
+        return why it must not run here (the service then exits), or ``None``."""
+        ...
+
+    async def start(self) -> None:
+        """Set-up calls to the platform. Safe to call again after it raised: the service
+        retries it with back-off while everything else serves, and holds the channel's
+        outbox rows meanwhile."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop; release what :meth:`claim` took."""
+        ...
+
+    def banner(self, base_url: str) -> str | None:
+        """One line for the operator when the service is up (where to point the platform)."""
+        ...
+
+
+@runtime_checkable
+class FileSource(Protocol):
+    """An adapter whose inbound files (photos, voice) are fetched from the platform by ref."""
+
+    async def fetch_file(self, ref: str) -> bytes:
+        """The bytes of an inbound file; raises when the platform cannot give them."""
+        ...
+
+
+@runtime_checkable
+class RowSender(Protocol):
+    """An adapter with push rules that needs the outbox row itself (its kind, ref and person),
+    not only the message: the deliverer hands it the row instead of calling ``send``."""
+
+    async def deliver_row(self, row: OutboxMessage, message: Outbound) -> str:
+        """Send the row's message by the platform's rules; the platform's message id."""
+        ...
+
+
+@runtime_checkable
+class PushPolicy(Protocol):
+    """An adapter whose pushes depend on when the person last wrote (WeChat's 48-hour
+    window with its quota); the intake calls it in the transaction that stores a message."""
+
+    def on_inbound(self, identity: Identity, now: datetime) -> None:
+        """A message from ``identity`` is being stored at ``now``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChannelHost:
+    """What the composition root gives every adapter it builds."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    tr: Translator
+    intake: Intake
+    media: MediaStore
+    clock: Callable[[], datetime]
+    #: This process as the holder of leases and claims (``host:pid:start:nonce``).
+    holder: str
+    #: The deliverer, for adapters that answer within the platform's HTTP response (WeChat's
+    #: passive reply) and must hold and release a chat's outbox rows.
+    deliverer: ChatHold
+
+
+class ChatHold(Protocol):
+    """The deliverer as an adapter with passive replies sees it."""
+
+    def hold(self, channel: str, chat_id: str) -> None: ...
+
+    def release(self, channel: str, chat_id: str) -> None: ...
+
+    async def claim_for_passive(self, ids: list[int]) -> list[int]: ...

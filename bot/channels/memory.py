@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
+from starlette.routing import BaseRoute
+
 from bot.channels.base import DeliveryError, Limits
 from bot.ports import Button, Inbound, Intake, Outbound
 
@@ -48,9 +50,29 @@ class MemoryChannel:
     unreachable: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    stop_budget: float = 0.5
+
     def is_group(self, chat_id: str) -> bool:
         """Memory chats are private."""
         return False
+
+    def routes(self) -> list[BaseRoute]:
+        """No web routes: tests act as users directly (:class:`MemoryUser`)."""
+        return []
+
+    async def claim(self) -> str | None:
+        """Nothing to take."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing to set up."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    def banner(self, base_url: str) -> str | None:
+        """Nothing to tell an operator."""
+        return None
 
     async def send(self, chat_id: str, message: Outbound) -> str:
         """Record a message."""

@@ -26,9 +26,12 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 from telegram import (
     Bot,
     BotCommand,
@@ -55,7 +58,8 @@ from telegram.error import RetryAfter as TelegramRetryAfter
 from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
-from bot.channels.base import DeliveryError, Limits, RetryAfter
+from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter
+from bot.channels.webhooks import read_capped
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
 from bot.ports import HandleResult, Inbound, Intake, IntakeUnavailable, Outbound
@@ -71,6 +75,10 @@ ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 POLL_BACKOFF_FIRST = 1.0
 POLL_BACKOFF_MAX = 30.0
 DEFAULT_BASE_URL = "https://api.telegram.org/bot"
+#: Where Telegram posts updates in webhook mode.
+WEBHOOK_PATH = "/telegram/webhook"
+#: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
+BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 #: Attempts for the 2nd.. parts of a split message (the first part's errors go to the caller).
 _CONTINUATION_ATTEMPTS = 3
@@ -321,6 +329,7 @@ class TelegramChannel:
 
     name = "telegram"
     limits = Limits(per_chat_interval=1.0, global_per_second=30, group_per_minute=20)
+    stop_budget = 1.5
 
     def __init__(
         self,
@@ -335,6 +344,7 @@ class TelegramChannel:
         poll_timeout: float = 10.0,
         connections: int = 12,
         media: MediaStore | None = None,
+        host: ChannelHost | None = None,
     ) -> None:
         if mode not in ("polling", "webhook"):
             raise ValueError(f"unknown Telegram mode {mode!r}")
@@ -352,7 +362,9 @@ class TelegramChannel:
         self._webhook_secret = webhook_secret
         self._poll_timeout = poll_timeout
         self._media = media
+        self._host = host
         self._bot_username: str | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
         if base_file_url is None:
             base_file_url = (
                 base_url[: -len("/bot")] + "/file/bot"
@@ -390,6 +402,12 @@ class TelegramChannel:
             await self._start()
         except TelegramError as exc:
             raise map_error(exc) from exc
+        if self._host is not None:
+            await self._remember_username(self._host)
+            lang = self._host.settings.default_locale
+            await self.set_commands(
+                [(c, self._host.tr.t(lang, f"command.{c}")) for c in BOT_COMMANDS]
+            )
 
     async def _start(self) -> None:
         app = self.application
@@ -411,13 +429,82 @@ class TelegramChannel:
             )
         log.info("telegram channel started (%s)", self.mode)
 
+    async def _remember_username(self, host: ChannelHost) -> None:
+        """Keep the bot's username (from ``getMe``) in the database: the admin command line
+        prints ``t.me`` links with it."""
+        from bot.core.invites import remember_bot_username
+
+        if not self._bot_username:
+            return
+        try:
+            async with host.sessionmaker() as session, session.begin():
+                await remember_bot_username(session, self.bot_id, self._bot_username)
+        except Exception:  # a convenience for the CLI: never a reason to stop Telegram
+            log.exception("could not keep the bot's username")
+
+    async def claim(self) -> str | None:
+        """Polling: take the lease ``telegram-poll:<bot id>`` and keep renewing it; the reason
+        to refuse when another live instance polls this bot (two pollers each get some updates
+        and Telegram answers them 409 Conflict). Webhook mode takes nothing: any number of
+        instances may serve the webhook."""
+        if self.mode != "polling" or self._host is None or self._lease_keeper is not None:
+            return None
+        from bot.lease import Lease
+
+        host = self._host
+        lease = Lease(
+            host.sessionmaker,
+            f"telegram-poll:{self.bot_id}",
+            host.holder,
+            timedelta(seconds=host.settings.scheduler_lease_seconds),
+            host.clock,
+        )
+        if not await lease.acquire():
+            row = await lease.current()
+            who = f"{row.holder} until {row.expires_at.isoformat()}" if row else "?"
+            return (
+                f"another gridbot ({who}) polls this Telegram bot already; two pollers lose "
+                "and repeat updates. Run one instance in polling mode, or use webhook mode "
+                "(GRIDBOT_TELEGRAM_MODE=webhook) for several."
+            )
+        self._lease_keeper = lease.keep(
+            on_lost=lambda: log.error(
+                "the Telegram polling lease was taken by another instance: two pollers now "
+                "share this bot"
+            ),
+            name="gridbot-telegram-poll-lease",
+        )
+        return None
+
+    def banner(self, base_url: str) -> str | None:
+        """The mode, for the operator."""
+        return f"Telegram: {self.mode} mode"
+
+    def routes(self) -> list[BaseRoute]:
+        """The webhook (``POST /telegram/webhook``); in polling mode it answers 404."""
+        return [Route(WEBHOOK_PATH, self._webhook_endpoint, methods=["POST"])]
+
+    async def _webhook_endpoint(self, request: Request) -> Response:
+        """The secret is checked before the body is read, the body is capped while it streams
+        in, and the update is stored (handled) before we answer 200."""
+        if self.mode != "webhook":
+            return Response(status_code=404)
+        secret = request.headers.get("x-telegram-bot-api-secret-token")
+        if not self.secret_ok(secret):
+            return Response(status_code=403)
+        body = await read_capped(request)
+        if body is None:
+            return Response(status_code=413)
+        return Response(status_code=await self.process_webhook(body, secret))
+
     @property
     def username(self) -> str | None:
         """The bot's username (without ``@``) as ``getMe`` told it at start-up."""
         return self._bot_username
 
     async def stop(self) -> None:
-        """Stop polling and PTB; the webhook stays registered (other instances may serve it)."""
+        """Stop polling and PTB; the webhook stays registered (other instances may serve it).
+        The polling lease is released last thing before PTB stops."""
         app = self.application
         if self._poll_task is not None:
             self._poll_task.cancel()
@@ -431,6 +518,11 @@ class TelegramChannel:
                 except TelegramError as exc:
                     log.warning("could not confirm handled updates at stop: %s",
                                 type(exc).__name__)
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_keeper
+            self._lease_keeper = None
         if app.running:
             await app.stop()
         await app.shutdown()
@@ -722,3 +814,21 @@ def _chat_ref(chat_id: str) -> int | str:
     """Numeric chat ids as ints; ``@channelname`` stays a string."""
     stripped = chat_id.strip()
     return int(stripped) if stripped.lstrip("-").isdigit() else stripped
+
+
+def build(host: ChannelHost) -> TelegramChannel:
+    """Telegram from the ``telegram_*`` settings (polling or webhook)."""
+    s = host.settings
+    assert s.telegram_token
+    return TelegramChannel(
+        s.telegram_token,
+        host.intake,
+        base_url=s.telegram_api_url,
+        base_file_url=s.telegram_file_url,
+        mode=s.telegram_mode,
+        webhook_url=s.telegram_webhook_url,
+        webhook_secret=s.telegram_webhook_secret,
+        connections=s.telegram_connections,
+        media=host.media,
+        host=host,
+    )

@@ -16,6 +16,7 @@ processes notice new rows within ``poll_interval`` seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import importlib.util
 import json
@@ -30,16 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from bot.aio import wait_event
-from bot.channels.base import DeliveryError, Limits
+from bot.channels.base import ChannelHost, DeliveryError, Limits
 from bot.media import DOCUMENT_TYPES, sniff_image
 from bot.ports import MAX_PAYLOAD_BYTES, Inbound, Intake, Outbound
+from models import Identity, Person, Role
 from models.base import utcnow
 from models.messaging import WebChatMessage
 
@@ -173,7 +176,23 @@ class WebChatChannel:
         self._events: dict[str, asyncio.Event] = {}
         self._page = _STATIC.read_text(encoding="utf-8")
 
-    # -- the Channel protocol -------------------------------------------------------------------
+    # -- the Adapter protocol -------------------------------------------------------------------
+
+    stop_budget = 0.5
+
+    async def claim(self) -> str | None:
+        """Nothing to take: any number of instances may serve the page."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing to set up: the page is served by the service's web server."""
+
+    async def stop(self) -> None:
+        """Nothing to stop: long polls end with the web server's graceful shutdown."""
+
+    def banner(self, base_url: str) -> str | None:
+        """Where to open the page."""
+        return f"Local web chat: {base_url}/chat/"
 
     def is_group(self, chat_id: str) -> bool:
         """Web chats are always one person's."""
@@ -246,7 +265,14 @@ class WebChatChannel:
     # -- web routes -----------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
-        """The page and its API, to be mounted at ``/chat``."""
+        """The page and its API at ``/chat``, and ``/`` sending a visitor there."""
+        return [
+            Mount("/chat", routes=self.chat_routes()),
+            Route("/", lambda r: Response(status_code=307, headers={"location": "/chat/"})),
+        ]
+
+    def chat_routes(self) -> list[BaseRoute]:
+        """The page and its API, relative to ``/chat``."""
         return [
             Route("/", self._page_endpoint, methods=["GET"]),
             Route("/api/personas", self._personas_endpoint, methods=["GET"]),
@@ -580,3 +606,64 @@ class WebChatChannel:
 
 
 __all__ = ["DEMO_LOCATION", "MAX_PHOTO_BYTES", "MAX_TEXT_CHARS", "Persona", "WebChatChannel"]
+
+
+# -- built by the composition root ------------------------------------------------------------
+
+
+def build(host: ChannelHost) -> WebChatChannel:
+    """The local web chat, offering every person with a role as a persona."""
+    return WebChatChannel(
+        host.sessionmaker,
+        host.intake,
+        functools.partial(personas, host),
+        title="Gridbot 社区网格",
+        on_first_use=functools.partial(web_identity, host),
+        media_dir=host.settings.media_dir,
+    )
+
+
+async def personas(host: ChannelHost) -> list[Persona]:
+    """Everyone the local web chat may play (people with a role). Reads only: a web identity
+    is made when a persona first sends something (:func:`web_identity`)."""
+    async with host.sessionmaker() as session:
+        people = (await session.scalars(select(Person).order_by(Person.id))).all()
+        roles = (await session.execute(select(Role.person_id, Role.role))).all()
+    lang = host.settings.default_locale
+    by_person: dict[int, list[str]] = {}
+    for pid, role in roles:
+        label = host.tr.t(lang, f"role.{role}")
+        if label not in by_person.setdefault(pid, []):
+            by_person[pid].append(label)
+    return [
+        Persona(f"p{person.id}", person.name, by_person[person.id], person.locale)
+        for person in people
+        if person.id in by_person
+    ]
+
+
+async def web_identity(host: ChannelHost, chat_id: str) -> None:
+    """Make sure the persona ``chat_id`` (``p<person id>``) has its web identity; awaited
+    before a persona's first message is handled."""
+    if not chat_id.startswith("p") or not chat_id[1:].isdigit():
+        return
+    person_id = int(chat_id[1:])
+    async with host.sessionmaker() as session, session.begin():
+        known = await session.scalar(
+            select(Identity.id).where(Identity.channel == "web", Identity.external_id == chat_id)
+        )
+        if known is not None or await session.get(Person, person_id) is None:
+            return
+        dialect = session.bind.dialect.name if session.bind else "sqlite"
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await session.execute(
+            insert(Identity)
+            .values(
+                person_id=person_id,
+                channel="web",
+                external_id=chat_id,
+                chat_id=chat_id,
+                created_at=host.clock(),
+            )
+            .on_conflict_do_nothing()
+        )

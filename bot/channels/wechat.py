@@ -43,11 +43,15 @@ import xmltodict
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 from wechatpy import parse_message
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.replies import TextReply
 
-from bot.channels.base import DeliveryError, Limits, Unreachable
+from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
+from bot.channels.webhooks import read_capped
 from bot.channels.wechat_templates import TemplateSpec, template_specs
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore
@@ -69,6 +73,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.weixin.qq.com"
 CHANNEL = "wechat"
+#: The callback URL's path (entered in the account's admin console).
+CALLBACK_PATH = "/wechat"
 TOKEN_KV_KEY = "wechat_access_token"
 #: pg_advisory_xact_lock key of the token refresher ("wxtk").
 TOKEN_LOCK_KEY = 0x7778746B
@@ -410,6 +416,7 @@ class WeChatChannel:
 
     name = CHANNEL
     limits = Limits(per_chat_interval=0.0, global_per_second=100, group_per_minute=10**9)
+    stop_budget = 1.0
 
     def __init__(
         self,
@@ -420,7 +427,7 @@ class WeChatChannel:
         intake: Intake,
         sessionmaker: async_sessionmaker[AsyncSession],
         tr: Translator,
-        deliverer: Any,
+        deliverer: ChatHold,
         aes_key: str | None = None,
         api_url: str = DEFAULT_API_URL,
         default_locale: str = "zh_CN",
@@ -460,6 +467,42 @@ class WeChatChannel:
     def is_group(self, chat_id: str) -> bool:
         """Official Accounts talk to people one by one."""
         return False
+
+    async def claim(self) -> str | None:
+        """Nothing to take: any number of instances may serve the callback URL."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing to set up: WeChat calls us; the access token is fetched when first needed."""
+
+    def banner(self, base_url: str) -> str | None:
+        """The callback URL to enter in the account's admin console."""
+        mode = "safe (AES)" if self.crypto is not None else "plain"
+        return f"WeChat: callback URL {base_url}{CALLBACK_PATH}, {mode} mode"
+
+    def routes(self) -> list[BaseRoute]:
+        """The callback URL: GET is the admin console's check, POST a message or event."""
+        return [Route(CALLBACK_PATH, self._callback_endpoint, methods=["GET", "POST"])]
+
+    async def _callback_endpoint(self, request: Request) -> Response:
+        """A POST's timestamp and signature are checked before its body is read, and the body
+        is capped while it streams in."""
+        params = dict(request.query_params)
+        if request.method == "GET":
+            status, body = self.process_get(params)
+            return Response(body, status_code=status, media_type="text/plain")
+        if not self.query_ok(params):
+            return Response(status_code=403)
+        data = await read_capped(request)
+        if data is None:
+            return Response(status_code=413)
+        status, body = await self.process_post(params, data)
+        media = "application/xml" if body.startswith("<") else "text/plain"
+        return Response(body, status_code=status, media_type=media)
+
+    def on_inbound(self, identity: Identity, now: datetime) -> None:
+        """A new 48-hour window with its quota of pushes starts with every message."""
+        identity.window_pushes = 0
 
     async def stop(self) -> None:
         """Let late handlers finish, then close the HTTP client."""
@@ -1082,3 +1125,29 @@ __all__ = [
     "sanitize_cdata",
     "to_inbound",
 ]
+
+
+def build(host: ChannelHost) -> WeChatChannel:
+    """A WeChat Official Account from the ``wechat_*`` settings (plain or safe mode)."""
+    s = host.settings
+    assert s.wechat_appid and s.wechat_token
+    return WeChatChannel(
+        appid=s.wechat_appid,
+        secret=s.wechat_secret or "",
+        token=s.wechat_token,
+        aes_key=s.wechat_aes_key or None,
+        api_url=s.wechat_api_url,
+        intake=host.intake,
+        sessionmaker=host.sessionmaker,
+        tr=host.tr,
+        deliverer=host.deliverer,
+        default_locale=s.default_locale,
+        media=host.media,
+        clock=host.clock,
+        reply_deadline=s.wechat_reply_deadline,
+        timestamp_skew=s.wechat_timestamp_skew,
+        push_quota=s.wechat_push_quota,
+        msgmenu=s.wechat_msgmenu,
+        templates=s.wechat_templates,
+        timezone=s.tz,
+    )

@@ -126,7 +126,7 @@ async def test_the_running_service_teaches_the_cli_the_username(
         )
         app = Gridbot(settings)
         await app.prepare()
-        app.enable_telegram()
+        app.enable("telegram")
         await app.start()
         await app.stop()
 

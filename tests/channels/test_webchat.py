@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from bot.channels.base import DeliveryError
 from bot.channels.webchat import MAX_TEXT_CHARS, Persona, WebChatChannel
@@ -109,7 +108,7 @@ def channel(
 
 @pytest.fixture
 async def client(channel: WebChatChannel) -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=[Mount("/chat", routes=channel.routes())])
+    app = Starlette(routes=channel.routes())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c
@@ -260,7 +259,7 @@ async def test_long_poll_sees_rows_written_by_another_process(
 ) -> None:
     reader = _channel(sessionmaker, core, tmp_path, poll_interval=0.05)
     writer = _channel(sessionmaker, StubCore(), tmp_path)  # another process, same database
-    app = Starlette(routes=[Mount("/chat", routes=reader.routes())])
+    app = Starlette(routes=reader.routes())
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as c:

@@ -65,7 +65,7 @@ async def test_listing_personas_writes_nothing(database_url: str, tmp_path: Path
                              media_dir=tmp_path / "media")
     app = Gridbot(settings)
     await app.prepare()
-    app.enable_webchat()
+    app.enable("web")
     await app.start()
 
     async def web_identities() -> list[str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from bot.channels.webchat import Persona, WebChatChannel
 from bot.ports import Button, HandleResult, Inbound, Outbound
@@ -95,7 +94,7 @@ async def base_url(tmp_path: Path) -> AsyncIterator[str]:
         make_sessionmaker(engine), core, _personas, media_dir=tmp_path / "media"
     )
     core.channel = channel
-    app = Starlette(routes=[Mount("/chat", routes=channel.routes())])
+    app = Starlette(routes=channel.routes())
 
     # A socket bound here, handed to uvicorn: no race for a "free" port.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

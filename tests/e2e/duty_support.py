@@ -87,8 +87,7 @@ async def running(
                                      external_id=str(uid), chat_id=str(uid),
                                      last_inbound_at=clock()))
                 service.users[uid] = tg.user(uid, person.name)
-        app.enable_telegram()
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
         await app.start()
         try:
             service.duties = await app.start_duties(manual=True)

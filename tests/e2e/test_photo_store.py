@@ -38,8 +38,7 @@ async def unwritable_media(
         )
         app = Gridbot(settings)
         await app.prepare()
-        app.enable_telegram()
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
         await app.start()
         try:
             yield Harness(app, None), tg  # type: ignore[arg-type]

@@ -37,9 +37,8 @@ async def tg_app(
         )
         app = Gridbot(settings)
         await app.prepare()
-        app.enable_telegram()
         # The real per-chat pace (1 msg/s) would make this test slow, not more true.
-        app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
         await app.start()
         try:
             yield Harness(app, None), tg  # type: ignore[arg-type]

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 from bot.app import Gridbot
 from bot.channels.base import Limits
@@ -103,11 +105,16 @@ async def webhook_app(database_url: str, tmp_path: Path) -> AsyncIterator[
         )
         app = Gridbot(settings)
         await app.prepare()
-        async with serve_asgi(app.web_app()) as url:
+        served: list[Starlette] = []  # the web app, made once the webhook URL is known
+
+        async def web(scope: Scope, receive: Receive, send: Send) -> None:
+            await served[0](scope, receive, send)
+
+        async with serve_asgi(web) as url:
             app.settings = settings.model_copy(
                 update={"telegram_webhook_url": f"{url}/telegram/webhook"})
-            app.enable_telegram()
-            app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+            app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+            served.append(app.web_app())
             await app.start()
             try:
                 yield Harness(app, None), tg, url  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ async def test_the_service_runs_while_the_bot_api_fails_and_catches_up_after(
     tg.user(4242, "张阿姨")
     app = service(database_url, tmp_path, tg)
     await app.prepare()
-    app.enable_telegram()
+    app.enable("telegram")
     await app.start()  # does not raise: before, `gridbot run` exited with a DeliveryError
     try:
         ready = await get(app, "/readyz")

@@ -61,7 +61,7 @@ async def chat_url(tmp_path: Path) -> AsyncIterator[tuple[Gridbot, str]]:
     )
     app = Gridbot(settings)
     await app.prepare()
-    app.enable_webchat()
+    app.enable("web")
     await app.start()
     try:
         async with serve_asgi(app.web_app()) as root:

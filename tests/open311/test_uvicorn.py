@@ -31,11 +31,12 @@ async def test_hand_off_over_a_real_server(database_url: str, tmp_path: Path) ->
     )
     app = Gridbot(settings)
     await app.prepare()
-    app.enable_webchat()
-    for persona in await app.personas():  # each picked in a pane (POST /chat/api/open)
-        await app.web_identity(persona.chat_id)
+    app.enable("web")
     try:
         async with serve_asgi(app.web_app()) as root, httpx.AsyncClient(base_url=root) as http:
+            for persona in (await http.get("/chat/api/personas")).json():
+                if persona["chat_id"]:  # each picked in a pane
+                    await http.post("/chat/api/open", json={"chat_id": persona["chat_id"]})
             posted = await http.post(
                 f"{BASE}/requests.xml", data={**HAND_OFF, "api_key": CITY_KEY}
             )

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from bot.app import Gridbot
 from bot.channels.base import Limits
+from bot.channels.wechat import WeChatChannel
 from bot.config import load_settings
 from models import Identity, OutboxMessage
 from models.messaging import OUT_PENDING, OUT_SENDING
@@ -51,7 +52,7 @@ class WX:
                     .where(OutboxMessage.status.in_([OUT_PENDING, OUT_SENDING]))
                     .limit(1)
                 )
-            if busy is None and not self.app.wechat._background:
+            if busy is None and not self.app.channel(WeChatChannel)._background:
                 return
             await asyncio.sleep(0.02)
         raise AssertionError("outbox did not drain")
@@ -108,10 +109,9 @@ async def wechat_stack(
         )
         app = Gridbot(settings)
         await app.prepare()
-        app.enable_wechat()
+        app.enable("wechat")
         if telegram:
-            app.enable_telegram()
-            app.telegram.limits = Limits(per_chat_interval=0.01, global_per_second=1000)
+            app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
         await app.start()
         stack.push_async_callback(app.stop)
         url = await stack.enter_async_context(serve_asgi(app.web_app()))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from bot.channels.wechat import WeChatChannel
 from bot.ports import Button, HandleResult, Inbound, Outbound
 from models import Identity, OutboxMessage, Person
 from models.messaging import OUT_FAILED
@@ -122,14 +123,14 @@ async def test_busy_and_expired_token_are_retried_once(wx: WX) -> None:
 
 
 async def test_late_handler_answers_success_then_pushes(wx: WX) -> None:
-    wx.app.wechat.reply_deadline = 0.2
-    intake = wx.app.wechat._intake
+    wx.app.channel(WeChatChannel).reply_deadline = 0.2
+    intake = wx.app.channel(WeChatChannel)._intake
 
     async def slow(event: Inbound) -> HandleResult:
         await asyncio.sleep(0.6)
         return await intake(event)
 
-    wx.app.wechat._intake = slow
+    wx.app.channel(WeChatChannel)._intake = slow
     reply = await wx.sender.text("o-late", "你好")
     assert reply.status == 200 and reply.body == "success"
     welcome = await wx.api.wait_for("o-late", lambda t: "扫描" in t)
