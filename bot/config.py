@@ -10,7 +10,10 @@ import importlib.resources
 import ipaddress
 import os
 import re
+import string
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -284,8 +287,6 @@ class Settings(BaseSettings):
         cls, value: dict[str, str | dict[str, Any]]
     ) -> dict[str, str | dict[str, Any]]:
         if value:
-            from bot.channels.wechat_templates import template_specs
-
             template_specs(value)  # raises ValueError on an unknown field value or shape
         return value
 
@@ -403,3 +404,62 @@ def settings_help() -> str:
         f"  {ENV_PREFIX}CONFIG{'':<20} Optional TOML file with the same keys in lower case"
     )
     return "\n".join(lines)
+
+
+# ---- the WeChat section: template messages -------------------------------------------------
+# Which template each kind of push uses and what fills its fields; parsed here so that a bad
+# ``GRIDBOT_WECHAT_TEMPLATES`` is refused when the settings are loaded (the adapter,
+# bot/channels/wechat.py, uses the parsed specs).
+
+#: Values a template field may name: ``{title}`` (first line), ``{number}`` (order number),
+#: ``{text}`` (the rest of the message), ``{time}`` (local time of the push).
+TEMPLATE_VALUES = ("title", "number", "text", "time")
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """The template of one kind of push: its id and, optionally, what fills each field
+    (``{"first": "{title}", "keyword1": "{number}", ...}``); without a mapping the fields are
+    ``first`` (title), ``keyword1`` (the rest) and ``remark``."""
+
+    id: str
+    fields: Mapping[str, str] | None = None
+
+
+def template_specs(raw: Mapping[str, Any] | None) -> dict[str, TemplateSpec]:
+    """Parse ``GRIDBOT_WECHAT_TEMPLATES``: per kind a template id, or
+    ``{"id": ..., "fields": {field: format}}``; raise ``ValueError`` on anything else."""
+    specs: dict[str, TemplateSpec] = {}
+    for kind, value in (raw or {}).items():
+        if isinstance(value, str):
+            if value:
+                specs[str(kind)] = TemplateSpec(value)
+            continue
+        if not isinstance(value, Mapping) or not isinstance(value.get("id"), str):
+            raise ValueError(
+                f"wechat template {kind!r}: a template id or {{'id': ..., 'fields': ...}}"
+            )
+        unknown = set(value) - {"id", "fields"}
+        if unknown:
+            raise ValueError(f"wechat template {kind!r}: unknown keys {sorted(unknown)}")
+        fields = value.get("fields")
+        if fields is not None:
+            if not isinstance(fields, Mapping) or not fields:
+                raise ValueError(f"wechat template {kind!r}: 'fields' must be a non-empty object")
+            for name, fmt in fields.items():
+                if not isinstance(name, str) or not isinstance(fmt, str):
+                    raise ValueError(f"wechat template {kind!r}: field values must be strings")
+                try:
+                    named = [f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None]
+                except ValueError as err:
+                    raise ValueError(f"wechat template {kind!r}.{name}: {err}") from err
+                bad = [f for f in named if f not in TEMPLATE_VALUES]
+                if bad:
+                    raise ValueError(
+                        f"wechat template {kind!r}.{name}: unknown {bad}; "
+                        f"use {', '.join('{' + v + '}' for v in TEMPLATE_VALUES)}"
+                    )
+            fields = {str(k): str(v) for k, v in fields.items()}
+        specs[str(kind)] = TemplateSpec(str(value["id"]), fields)
+    return specs
+

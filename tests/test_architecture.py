@@ -47,6 +47,33 @@ def test_models_do_not_import_the_layers_above() -> None:
     assert not offenders, offenders
 
 
+def _imports(path: Path) -> list[str]:
+    """The absolute modules ``path`` imports (also inside functions)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+    return found
+
+
+def test_the_root_and_the_settings_know_no_platform() -> None:
+    """Adding a platform touches its adapter and the registry's table, not the composition
+    root, the settings loader or the deliverer: none of them imports an adapter module."""
+    adapters = {
+        f"bot.channels.{p.stem}" for p in (ROOT / "bot" / "channels").glob("*.py")
+    } - {"bot.channels.__init__", "bot.channels.base", "bot.channels.registry",
+         "bot.channels.webhooks"}
+    offenders = [
+        f"{name}: {module}"
+        for name in ("bot/app.py", "bot/config.py", "bot/delivery.py", "handlers/router.py")
+        for module in _imports(ROOT / name)
+        if module in adapters
+    ]
+    assert not offenders, offenders
+
+
 KEY_CALL = re.compile(
     r"""\b(?:t|say|tr\.t)\(\s*(?:[a-z_]+,\s*)?["']([a-z]+\.[a-z_]+)["']"""
 )

@@ -52,7 +52,7 @@ from wechatpy.replies import TextReply
 
 from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
 from bot.channels.webhooks import read_capped
-from bot.channels.wechat_templates import TemplateSpec, template_specs
+from bot.config import TemplateSpec, template_specs
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore
 from bot.media import PREFIX as MEDIA_PREFIX
