@@ -26,6 +26,8 @@ from starlette.routing import Mount, Route
 from bot.admin.importer import default_categories, import_community
 from bot.channels.base import Channel
 from bot.config import Settings
+from bot.console.web import PREFIX as CONSOLE_PREFIX
+from bot.console.web import Console
 from bot.delivery import Deliverer
 from bot.i18n import Translator
 from bot.media import PREFIX as MEDIA_PREFIX
@@ -372,6 +374,18 @@ class Gridbot:
             on_commit=self.deliverer.wake,
         )
 
+    def console(self) -> Console:
+        """The web console for heads and admins (``GRIDBOT_CONSOLE_ENABLED``), see
+        ``bot.console``."""
+        return Console(
+            self.sessionmaker,
+            self.settings,
+            self.tr,
+            clock=self.clock,
+            media=self.media,
+            on_commit=self.deliverer.wake,
+        )
+
     async def metrics_page(self, request: Request) -> Response:
         """Prometheus metrics (see :mod:`bot.metrics`)."""
         body = await self.metrics.render(
@@ -385,7 +399,8 @@ class Gridbot:
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     def web_app(self) -> Starlette:
-        """The one web server: health, webhooks, Open311 and (when enabled) the local web chat."""
+        """The one web server: health, webhooks, Open311 and (when enabled) the console and the
+        local web chat."""
         routes: list[Any] = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
@@ -394,6 +409,8 @@ class Gridbot:
             Route(WECHAT_PATH, self.wechat_webhook, methods=["GET", "POST"]),
         ]
         routes.append(Mount(OPEN311_PREFIX, routes=self.open311().routes()))
+        if self.settings.console_on:
+            routes.append(Mount(CONSOLE_PREFIX, routes=self.console().routes()))
         if self.webchat is not None:
             routes.append(Mount("/chat", routes=self.webchat.routes()))
             routes.append(
