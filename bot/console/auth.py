@@ -84,6 +84,16 @@ async def consume_link(
     return int(row[0]) if row is not None else None
 
 
+async def link_owner(session: AsyncSession, token: str) -> int | None:
+    """Whom a link was made for (to greet them in their language), without using it."""
+    if len(token) > MAX_TOKEN or token.count(".") != 1:
+        return None
+    owner = await session.scalar(
+        select(ConsoleLink.person_id).where(ConsoleLink.token_hash == digest(token.split(".")[0]))
+    )
+    return int(owner) if owner is not None else None
+
+
 @dataclass(frozen=True)
 class Opened:
     """A new session: the cookie value (given to the browser once) and its CSRF token."""

@@ -230,12 +230,10 @@ class Console:
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
     def _lang(self, request: Request, person: Person | None = None) -> str:
+        """The person's language; before anyone is known, the community's (zh_CN first)."""
         if person is not None and person.locale:
             return normalize_locale(person.locale, self.settings.default_locale)
-        return normalize_locale(
-            request.headers.get("accept-language", "").split(",")[0] or None,
-            self.settings.default_locale,
-        )
+        return self.settings.default_locale
 
     async def _viewer(self, session: AsyncSession, request: Request) -> Viewer | None:
         row = await auth.current_session(
@@ -357,7 +355,10 @@ class Console:
         """The link from the chat: a button that signs in (a GET changes nothing, so a link
         preview or a scanner cannot use the link up)."""
         token = request.path_params["token"][: auth.MAX_TOKEN]
-        return self.render("login.html", self._lang(request), token=token)
+        async with self.sessionmaker() as session:
+            owner = await auth.link_owner(session, token)
+            person = await session.get(Person, owner) if owner is not None else None
+        return self.render("login.html", self._lang(request, person), token=token)
 
     async def login(self, request: Request) -> Response:
         """Use the link once and open a session; a used, expired or forged link is refused."""
@@ -808,13 +809,14 @@ class Console:
         return RedirectResponse(f"{PREFIX}/notice?{query}", status_code=303, headers=_HEADERS)
 
 
-#: Sent with every console response: no caching of pages with people's data, no framing, no
-#: referrer (a sign-in link in the address bar never leaves in a Referer header).
+#: Sent with every console response: no caching of pages with people's data, no framing, a
+#: referrer only to this site (a sign-in link in the address bar never leaves in a Referer
+#: header; "no-referrer" would also blank the Origin of our own forms).
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self'; style-src 'self' 'unsafe-inline'; "
         "script-src 'none'; frame-ancestors 'none'; form-action 'self'"

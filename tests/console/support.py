@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.app import Gridbot
 from bot.channels.memory import MemoryChannel, MemoryUser
@@ -63,42 +64,42 @@ class ConsoleHarness(Harness):
         assert done.status_code == 303, done.text
         return browser
 
-    async def order(self, order_id: int) -> Order:  # type: ignore[override]
-        return await super().order(order_id)
+    async def place(self, building: str, **order: Any) -> int:
+        """An order written straight into the database, at the clock's time by default."""
+        return await place(self.app.sessionmaker, building, **{"at": self.clock(), **order})
 
-    async def place(
-        self,
-        building: str,
-        *,
-        status: str = "submitted",
-        category: str = "repair",
-        at: datetime | None = None,
-        updated: datetime | None = None,
-        description: str = "楼道灯不亮",
-        assignee: str | None = None,
-        room: str | None = "2-301",
-    ) -> int:
-        """An order written straight into the database (with its submit event)."""
-        when = at or self.clock()
-        async with self.app.sessionmaker() as session, session.begin():
-            b = await session.scalar(select(Building).where(Building.code == building))
-            assert b is not None
-            resident = await session.scalar(select(Person).where(Person.key == "p-zhang-ayi"))
-            assert resident is not None
-            member_id = None
-            if assignee:
-                member_id = await session.scalar(select(Person.id).where(Person.key == assignee))
-            order = Order(
-                resident_id=resident.id, building_id=b.id, room=room, grid_id=b.grid_id,
-                handling_grid_id=b.grid_id, category=category, description=description,
-                status=status, created_at=when, updated_at=updated or when,
-                assignee_id=member_id,
-            )
-            session.add(order)
-            await session.flush()
-            session.add(OrderEvent(order_id=order.id, actor_id=resident.id, action="submit",
-                                   from_status=None, to_status="submitted", created_at=when))
-            return order.id
+
+async def place(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    building: str,
+    *,
+    at: datetime,
+    status: str = "submitted",
+    category: str = "repair",
+    updated: datetime | None = None,
+    description: str = "楼道灯不亮",
+    assignee: str | None = None,
+    room: str | None = "2-301",
+) -> int:
+    """An order of 张阿姨's written straight into the database (with its submit event)."""
+    async with sessionmaker() as session, session.begin():
+        b = await session.scalar(select(Building).where(Building.code == building))
+        assert b is not None
+        resident = await session.scalar(select(Person).where(Person.key == "p-zhang-ayi"))
+        assert resident is not None
+        member_id = None
+        if assignee:
+            member_id = await session.scalar(select(Person.id).where(Person.key == assignee))
+        order = Order(
+            resident_id=resident.id, building_id=b.id, room=room, grid_id=b.grid_id,
+            handling_grid_id=b.grid_id, category=category, description=description,
+            status=status, created_at=at, updated_at=updated or at, assignee_id=member_id,
+        )
+        session.add(order)
+        await session.flush()
+        session.add(OrderEvent(order_id=order.id, actor_id=resident.id, action="submit",
+                               from_status=None, to_status="submitted", created_at=at))
+        return order.id
 
 
 @contextlib.asynccontextmanager
