@@ -4,6 +4,7 @@ subtree whatever URL they type."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from contextlib import aclosing
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 from openpyxl import load_workbook
 from sqlalchemy import func, select
 
-from models import ConsoleAction, ConsoleLink, OrderEvent, Person, PointsEntry
+from models import (
+    ConsoleAction,
+    ConsoleLink,
+    ConsoleSession,
+    OrderEvent,
+    Person,
+    PointsEntry,
+)
 from tests.console.support import console_harness, later
 from tests.reports.history import write_history
 
@@ -332,3 +340,58 @@ async def _person_id(h: object, key: str) -> int:
         pid = await session.scalar(select(Person.id).where(Person.key == key))
         assert pid is not None
         return int(pid)
+
+
+async def test_two_requests_racing_with_one_link_open_one_session(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with console_harness(database_url, tmp_path) as h:
+        token = await h.link_for(CHEN)
+        browsers = [h.browser() for _ in range(4)]
+        try:
+            answers = await asyncio.gather(
+                *(b.post("/console/login", data={"token": token}) for b in browsers)
+            )
+        finally:
+            for b in browsers:
+                await b.aclose()
+        assert sorted(a.status_code for a in answers) == [303, 403, 403, 403]
+        assert await h.count(ConsoleSession) == 1
+
+
+async def test_behind_tls_the_cookie_is_secure_and_the_link_is_https(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with console_harness(
+        database_url, tmp_path, public_url="https://grid.example.org/"
+    ) as h:
+        user = await h.login(CHEN)
+        await user.send("/console")
+        assert "https://grid.example.org/console/login/" in user.last().text
+        token = user.last().text.split("/console/login/")[1].split()[0]
+        async with h.browser() as browser:
+            done = await browser.post("/console/login", data={"token": token})
+            assert done.status_code == 303 and "Secure" in done.headers["set-cookie"]
+
+
+async def test_switched_off_the_console_is_not_served(database_url: str, tmp_path: Path) -> None:
+    async with console_harness(database_url, tmp_path, console_enabled=False) as h:
+        user = await h.login(CHEN)
+        await user.send("/console")
+        assert user.last().text == "本服务未开启管理后台。"
+        async with h.browser() as browser:
+            assert (await browser.get("/console/")).status_code == 404
+        assert await h.count(ConsoleLink) == 0
+
+
+async def test_an_english_speaking_admin_reads_it_in_english(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with console_harness(database_url, tmp_path) as h:
+        async with h.app.sessionmaker() as session, session.begin():
+            chen = await session.scalar(select(Person).where(Person.key == CHEN))
+            assert chen is not None
+            chen.locale = "en"
+        async with aclosing(await h.signed_in(CHEN)) as browser:
+            page = await browser.get("/console/")
+            assert "Overview" in page.text and "Orders" in page.text and "概览" not in page.text
