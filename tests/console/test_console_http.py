@@ -395,3 +395,58 @@ async def test_an_english_speaking_admin_reads_it_in_english(
         async with aclosing(await h.signed_in(CHEN)) as browser:
             page = await browser.get("/console/")
             assert "Overview" in page.text and "Orders" in page.text and "概览" not in page.text
+
+
+async def test_duties_today_and_an_orders_photo_in_scope(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Today (10 March, Shanghai): 第一网格's patrol plans get three runs, one checked in late,
+    one missed, one still due; 第二网格's run is not counted for 刘网格长. The resident's photo
+    is shown on the order's page, and not to another subtree's head."""
+    from datetime import timedelta
+
+    from models import Grid, Order, PatrolPlan, PatrolRun
+
+    png = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00"
+           b"\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\xdac\xf8\xff\xff?\x00\x05\xfe\x02\xfe"
+           b"\xa75\x81\x84\x00\x00\x00\x00IEND\xaeB`\x82")
+    async with console_harness(database_url, tmp_path) as h:
+        now = h.clock()
+        async with h.app.sessionmaker() as session, session.begin():
+            grids = dict((await session.execute(select(Grid.code, Grid.id))).all())
+            wang = await session.scalar(select(Person.id).where(Person.key == "p-wang"))
+            assert wang is not None
+            for n, (code, status, checked) in enumerate((
+                ("xh-g1-m1", "checked_in", now - timedelta(minutes=10)),
+                ("xh-g1-m2", "missed", None),
+                ("xh-g1-m3", "due", None),
+                ("xh-g2-m1", "missed", None),
+            )):
+                plan = PatrolPlan(grid_id=grids[code], person_id=wang, schedule="0 8 * * *",
+                                  code=f"bench-{n}")
+                session.add(plan)
+                await session.flush()
+                due = now - timedelta(hours=2)
+                session.add(PatrolRun(plan_id=plan.id, grid_id=grids[code], person_id=wang,
+                                      due_at=due, deadline_at=due + timedelta(hours=1),
+                                      status=status, checked_in_at=checked))
+        oid = await h.place("xh-b01")
+        ref = await h.app.media.save(png)
+        async with h.app.sessionmaker() as session, session.begin():
+            order = await session.get(Order, oid)
+            assert order is not None
+            order.photo = ref
+        async with aclosing(await h.signed_in(LIU)) as liu:
+            page = await liu.get("/console/duties")
+            assert 'data-testid="patrols-due">3<' in page.text
+            assert 'data-testid="patrols-done">1<' in page.text
+            assert 'data-testid="patrols-missed">1<' in page.text
+            shown = await liu.get(f"/console/orders/{oid}")
+            assert f"/console/orders/{oid}/photo/order" in shown.text
+            photo = await liu.get(f"/console/orders/{oid}/photo/order")
+            assert photo.status_code == 200 and photo.content == png
+            assert (await liu.get(f"/console/orders/{oid}/photo/done")).status_code == 404
+        async with aclosing(await h.signed_in("p-luo-jianguo")) as luo:
+            assert (await luo.get(f"/console/orders/{oid}/photo/order")).status_code == 404
+            page = await luo.get("/console/duties")
+            assert 'data-testid="patrols-due">1<' in page.text
