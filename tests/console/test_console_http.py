@@ -450,3 +450,30 @@ async def test_duties_today_and_an_orders_photo_in_scope(
             assert (await luo.get(f"/console/orders/{oid}/photo/order")).status_code == 404
             page = await luo.get("/console/duties")
             assert 'data-testid="patrols-due">1<' in page.text
+
+
+async def test_assigning_follows_the_chats_rules(database_url: str, tmp_path: Path) -> None:
+    """Offered to a member nobody can reach, the assignment is refused with the chat's
+    sentence and nothing stays; once 李党员 chats with the bot, it goes to him."""
+    async with console_harness(database_url, tmp_path) as h:
+        oid = await h.place("xh-b01")
+        li = await _person_id(h, "p-li-dangyuan")
+        async with aclosing(await h.signed_in(LIU)) as liu:
+            page = await liu.get(f"/console/orders/{oid}")
+            assert 'data-testid="assign"' in page.text and "李党员" in page.text
+            refused = await liu.post(f"/console/orders/{oid}/assign",
+                                     data={"csrf": _csrf(page.text), "member": str(li)})
+            assert refused.status_code == 409 and "李党员" in refused.text
+            assert (await h.order(oid)).status == "submitted"
+            assert await h.count(ConsoleAction) == 0
+            li_chat = await h.login("p-li-dangyuan")
+            done = await liu.post(f"/console/orders/{oid}/assign",
+                                  data={"csrf": _csrf(page.text), "member": str(li)})
+            assert done.status_code == 303
+        await h.flush()
+        assert (await h.order(oid)).status == "dispatched"
+        assert [a for a, *_ in await h.events(oid)] == ["submit", "assign"]
+        assert any(b.label.startswith("✋") or "接单" in b.label for b in li_chat.last().buttons)
+        async with h.app.sessionmaker() as session:
+            audit = (await session.scalars(select(ConsoleAction))).one()
+            assert (audit.action, audit.target) == ("assign", f"order:{oid}")
