@@ -110,15 +110,18 @@ async def add_viewers(url: str) -> dict[str, str]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     admin_url = args.database_url
-    name = f"gridbot_bench_{uuid.uuid4().hex[:8]}"
+    name = args.reuse or f"gridbot_bench_{uuid.uuid4().hex[:8]}"
     url = admin_url.rsplit("/", 1)[0] + "/" + name
     admin = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    if not args.reuse:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         t0 = time.perf_counter()
-        sizes = await populate(url, args.scale, args.orders, 2026)
-        await set_indexes(url, True)
+        sizes: dict[str, Any] = {"reused": name}
+        if not args.reuse:
+            sizes = await populate(url, args.scale, args.orders, 2026)
+            await set_indexes(url, True)
         cookies = await add_viewers(url)
         populate_s = time.perf_counter() - t0
         settings = load_settings(database_url=url, demo=False, console_enabled=True,
@@ -183,8 +186,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["goal_p95_ms"] = 200
         return result
     finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if args.keep or args.reuse:
+            print(f"kept database {name}", file=sys.stderr)
+        else:
+            async with admin.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
 
 
@@ -197,6 +203,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="requests per page timed")
     parser.add_argument("--database-url", default=os.environ.get(
         "GRIDBOT_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the database (its name on stderr)")
+    parser.add_argument("--reuse", metavar="NAME", help="time a kept database again (no populate)")
     parser.add_argument("--out", help="also write the JSON report here")
     args = parser.parse_args()
     result = asyncio.run(run(args))

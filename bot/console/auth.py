@@ -24,6 +24,8 @@ from models import ConsoleLink, ConsoleSession
 
 #: How long a sign-in link may be used.
 LINK_VALID = timedelta(minutes=10)
+#: A session's last activity is written at most this often (the idle clock's resolution).
+TOUCH_EVERY = timedelta(minutes=1)
 #: Longest token we look at (anything longer is not ours).
 MAX_TOKEN = 200
 
@@ -134,7 +136,8 @@ async def current_session(
     if row.last_seen_at + idle <= now:
         row.ended_at = now
         return None
-    row.last_seen_at = now
+    if now - row.last_seen_at >= TOUCH_EVERY:  # not a write on every page view
+        row.last_seen_at = now
     return row
 
 

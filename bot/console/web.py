@@ -83,6 +83,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 #: period: a phone reloading the overview does not recompute a month of orders each time.
 REPORT_TTL = 30.0
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+#: Grids offered in a filter or the notice form, at most.
+MAX_CHOICES = 300
 #: Longest notice or reason accepted from a form (the chat's limit is the settings').
 MAX_NOTE = 500
 
@@ -311,6 +313,21 @@ class Console:
             raise NotFound
         return grid
 
+    async def _grid_choices(self, session: AsyncSession, viewer: Viewer) -> list[Any]:
+        """The grids a list or a notice may be narrowed to: the viewer's and two levels below
+        (code and name; at city scale the micro-grids would make the list unusable)."""
+        deepest = min(r.depth for r in viewer.roots) + 2
+        return list(
+            (
+                await session.execute(
+                    select(Grid.code, Grid.name)
+                    .where(viewer.scope(Grid.id), Grid.depth <= deepest)
+                    .order_by(Grid.path)
+                    .limit(MAX_CHOICES)
+                )
+            ).all()
+        )
+
     def _period(self, text: str | None, default: Period | None = None) -> Period | None:
         if not text:
             return default
@@ -484,11 +501,7 @@ class Console:
             if next_before is not None else None
         )
         categories = (await session.scalars(select(Category.code).order_by(Category.sort))).all()
-        grids = (
-            await session.scalars(
-                select(Grid).where(viewer.scope(Grid.id)).order_by(Grid.path).limit(500)
-            )
-        ).all()
+        grids = await self._grid_choices(session, viewer)
         return self.render(
             "orders.html", viewer.lang, viewer, lines=lines, next_url=next_url, f=f,
             query=kept, categories=categories, grids=grids, statuses=(OPEN, *STATUSES),
@@ -774,11 +787,7 @@ class Console:
 
     async def notice(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
         """A notice to every resident of a subtree: write, confirm, send (as ``/notice``)."""
-        grids = (
-            await session.scalars(
-                select(Grid).where(viewer.scope(Grid.id)).order_by(Grid.path).limit(500)
-            )
-        ).all()
+        grids = await self._grid_choices(session, viewer)
         if request.method == "GET":
             return self.render("notice.html", viewer.lang, viewer, grids=grids, step="write",
                                text="", grid=None, sent=request.query_params.get("sent"))
