@@ -82,6 +82,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 #: Seconds a computed report (overview, chart, bulletin) is reused for the same subtree and
 #: period: a phone reloading the overview does not recompute a month of orders each time.
 REPORT_TTL = 30.0
+#: Seconds an older report is still shown while a fresh one is computed in the background.
+REPORT_STALE = 600.0
+#: Reports kept in memory at most (the oldest goes first).
+MAX_REPORTS = 128
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 #: Grids offered in a filter or the notice form, at most.
 MAX_CHOICES = 300
@@ -184,7 +188,9 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        #: (subtree path, period) → (when computed, monotonic; the report)
         self._reports: dict[tuple[str, str], tuple[float, Report]] = {}
+        self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def routes(self) -> list[Route]:
         """Mounted at ``/console``."""
@@ -342,16 +348,43 @@ class Console:
         return Period.month(local.year, local.month, self.settings.tz)
 
     async def report(self, session: AsyncSession, scope: Scope, period: Period) -> Report:
-        """The one report of ``scope`` and ``period`` (kept :data:`REPORT_TTL` seconds)."""
+        """The one report of ``scope`` and ``period``, from :func:`build_report`.
+
+        Kept in memory: younger than :data:`REPORT_TTL` it is served as is; older but younger
+        than :data:`REPORT_STALE` it is served while a fresh one is computed in the background
+        (a city's month takes seconds to compute; its overview should not). Computed here on a
+        first view or after :data:`REPORT_STALE`."""
         key = (scope.path, period.label)
+        now = time.monotonic()
         hit = self._reports.get(key)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None and now - hit[0] < REPORT_TTL:
+            return hit[1]
+        if hit is not None and now - hit[0] < REPORT_STALE:
+            if key not in self._refreshing:
+                task = asyncio.create_task(self._refresh(key, scope.root.code
+                                                         if scope.root else None, period))
+                self._refreshing[key] = task
             return hit[1]
         made = await build_report(session, self.settings, scope, period, self.clock())
-        if len(self._reports) > 256:
-            self._reports.clear()
-        self._reports[key] = (time.monotonic() + REPORT_TTL, made)
+        self._keep(key, made)
         return made
+
+    def _keep(self, key: tuple[str, str], report: Report) -> None:
+        if len(self._reports) >= MAX_REPORTS:
+            oldest = min(self._reports, key=lambda k: self._reports[k][0])
+            del self._reports[oldest]
+        self._reports[key] = (time.monotonic(), report)
+
+    async def _refresh(self, key: tuple[str, str], code: str | None, period: Period) -> None:
+        try:
+            async with self.sessionmaker() as session:
+                scope = await load_scope(session, code)
+                made = await build_report(session, self.settings, scope, period, self.clock())
+            self._keep(key, made)
+        except Exception:  # the stale report stays; the next view tries again
+            log.exception("console: could not refresh the report of %s %s", *key)
+        finally:
+            self._refreshing.pop(key, None)
 
     async def _audit(
         self, session: AsyncSession, viewer: Viewer, action: str, target: str, detail: str
