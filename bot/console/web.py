@@ -538,6 +538,7 @@ class Console:
         return self.render(
             "orders.html", viewer.lang, viewer, lines=lines, next_url=next_url, f=f,
             query=kept, categories=categories, grids=grids, statuses=(OPEN, *STATUSES),
+            tz=self.settings.tz,
             export_query=urlencode({k: v for k, v in kept.items()}),
         )
 

@@ -477,3 +477,15 @@ async def test_assigning_follows_the_chats_rules(database_url: str, tmp_path: Pa
         async with h.app.sessionmaker() as session:
             audit = (await session.scalars(select(ConsoleAction))).one()
             assert (audit.action, audit.target) == ("assign", f"order:{oid}")
+
+
+async def test_times_are_shown_in_the_communitys_time_zone(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with console_harness(database_url, tmp_path) as h:
+        oid = await h.place("xh-b01")  # 10 March 2027, 10:00 in Shanghai (02:00 UTC)
+        async with aclosing(await h.signed_in(CHEN)) as chen:
+            listing = await chen.get("/console/orders")
+            assert "03-10 10:00" in listing.text and "03-10 02:00" not in listing.text
+            page = await chen.get(f"/console/orders/{oid}")
+            assert "2027-03-10 10:00" in page.text
