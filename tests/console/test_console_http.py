@@ -489,3 +489,28 @@ async def test_times_are_shown_in_the_communitys_time_zone(
             assert "03-10 10:00" in listing.text and "03-10 02:00" not in listing.text
             page = await chen.get(f"/console/orders/{oid}")
             assert "2027-03-10 10:00" in page.text
+
+
+async def test_every_page_has_every_sentence_in_both_languages(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A missing catalog entry shows its key (``console.nav.orders``): none on any page."""
+    import re
+
+    key = re.compile(r"\b(?:console|report|status|category|bulletin|points|error)\.[a-z_.]+\b")
+    async with console_harness(database_url, tmp_path) as h:
+        await write_history(h.app.sessionmaker)
+        oid = await h.place("xh-b01")
+        for lang in ("zh_CN", "en"):
+            async with h.app.sessionmaker() as session, session.begin():
+                chen = await session.scalar(select(Person).where(Person.key == CHEN))
+                assert chen is not None
+                chen.locale = lang
+            async with aclosing(await h.signed_in(CHEN)) as browser:
+                for url in ("/console/", "/console/?month=2026-10", "/console/orders",
+                            f"/console/orders/{oid}", "/console/duties", "/console/members",
+                            "/console/bulletins", "/console/bulletins/2026-10",
+                            "/console/notice", "/console/orders/999999"):
+                    page = await browser.get(url)
+                    assert page.status_code in (200, 404), url
+                    assert not key.findall(page.text), (lang, url, key.findall(page.text))
