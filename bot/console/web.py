@@ -87,6 +87,8 @@ REPORT_STALE = 600.0
 #: Reports kept in memory at most (the oldest goes first).
 MAX_REPORTS = 128
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+#: The largest id a URL may name (ids are 32-bit integers; a larger number matches nothing).
+MAX_ID = 2**31 - 1
 #: Grids offered in a filter or the notice form, at most.
 MAX_CHOICES = 300
 #: Longest notice or reason accepted from a form (the chat's limit is the settings').
@@ -517,14 +519,14 @@ class Console:
             category=category,
             period=self._period(q.get("month")),
             overdue=q.get("overdue") in ("1", "on", "true"),
-            number=int(digits) if digits else None,
+            number=min(int(digits), MAX_ID) if digits else None,
         )
 
     async def orders(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
         """The filtered list, newest first, a page at a time (keyset)."""
         f = await self._filter(request, session, viewer)
-        before_text = request.query_params.get("before", "")
-        before = int(before_text) if before_text.isdigit() else None
+        before_text = request.query_params.get("before", "")[:12]
+        before = min(int(before_text), MAX_ID) if before_text.isdigit() else None
         lines, next_before = await order_page(
             session, self.settings, viewer.scope(Order.grid_id), f, self.clock(), before=before
         )
@@ -543,6 +545,8 @@ class Console:
         )
 
     async def _order(self, session: AsyncSession, viewer: Viewer, order_id: int) -> Order:
+        if order_id > MAX_ID:
+            raise NotFound
         order = await session.scalar(
             select(Order).where(Order.id == order_id, viewer.scope(Order.grid_id))
         )
@@ -744,7 +748,10 @@ class Console:
         in their subtree (the rules of ``/points adjust``); the person is told in chat."""
         if not viewer.is_admin:
             raise Forbidden
-        target = await session.get(Person, request.path_params["person_id"])
+        person_id = request.path_params["person_id"]
+        if person_id > MAX_ID:
+            raise NotFound
+        target = await session.get(Person, person_id)
         in_scope = target is not None and await session.scalar(
             select(func.count())
             .select_from(Role)

@@ -123,6 +123,9 @@ async def test_a_head_sees_only_their_subtree_on_every_page(
                 "/console/members/export.csv?grid=xh-g2": 404,
                 "/console/bulletins?grid=xh-g2": 404,
                 "/console/bulletins/2026-10?grid=xh-g2": 404,
+                "/console/orders/99999999999999999999": 404,  # no id that large
+                "/console/orders?q=99999999999999999999&before=99999999999999999999": 200,
+                "/console/bulletins/2026-13": 404,
             }
             for url, status in refused.items():
                 page = await browser.get(url)
