@@ -41,7 +41,7 @@ from bot.core.notify import Notifier
 from bot.core.orders import ESCALATABLE, OrderError, OrderService
 from bot.core.points import PointsRules
 from bot.core.routing import can_manage, members_in_subtree
-from bot.i18n import Translator, normalize_locale
+from bot.i18n import SUPPORTED, Translator, normalize_locale
 from bot.media import MediaStore
 from bot.ports import Outbound
 from bot.reports.bulletin import bulletin_parts, chart_bars
@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/console"
 COOKIE = "gridbot_console"
+#: The language chosen in the console (else the person's, else the community's).
+LANG_COOKIE = "gridbot_console_lang"
 TEMPLATES = Path(__file__).parent / "templates"
 #: Seconds a computed report (overview, chart, bulletin) is reused for the same subtree and
 #: period: a phone reloading the overview does not recompute a month of orders each time.
@@ -200,6 +202,7 @@ class Console:
             Route("/", self._page(self.overview)),
             Route("/login/{token}", self.login_page),
             Route("/login", self.login, methods=["POST"]),
+            Route("/lang/{code}", self.choose_language),
             Route("/logout", self._page(self.logout), methods=["POST"]),
             Route("/chart.png", self._page(self.chart)),
             Route("/orders", self._page(self.orders)),
@@ -240,7 +243,11 @@ class Console:
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
     def _lang(self, request: Request, person: Person | None = None) -> str:
-        """The person's language; before anyone is known, the community's (zh_CN first)."""
+        """The language chosen in the console, else the person's; before anyone is known,
+        the community's (zh_CN first)."""
+        chosen = request.cookies.get(LANG_COOKIE)
+        if chosen in SUPPORTED:
+            return chosen
         if person is not None and person.locale:
             return normalize_locale(person.locale, self.settings.default_locale)
         return self.settings.default_locale
@@ -411,6 +418,15 @@ class Console:
             owner = await auth.link_owner(session, token)
             person = await session.get(Person, owner) if owner is not None else None
         return self.render("login.html", self._lang(request, person), token=token)
+
+    async def choose_language(self, request: Request) -> Response:
+        """中文 / English: kept in a cookie of its own (it says nothing about anyone)."""
+        code = request.path_params["code"]
+        response = RedirectResponse(f"{PREFIX}/", status_code=303, headers=_HEADERS)
+        if code in SUPPORTED:
+            response.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, httponly=True,
+                                samesite="strict", secure=self.secure, path=PREFIX)
+        return response
 
     async def login(self, request: Request) -> Response:
         """Use the link once and open a session; a used, expired or forged link is refused."""

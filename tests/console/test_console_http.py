@@ -398,6 +398,14 @@ async def test_an_english_speaking_admin_reads_it_in_english(
         async with aclosing(await h.signed_in(CHEN)) as browser:
             page = await browser.get("/console/")
             assert "Overview" in page.text and "Orders" in page.text and "概览" not in page.text
+            # 中文 in the header: the console switches, the person's chat language stays.
+            switched = await browser.get("/console/lang/zh_CN")
+            assert switched.status_code == 303
+            page = await browser.get("/console/")
+            assert "概览" in page.text and "Overview" not in page.text
+        async with h.app.sessionmaker() as session:
+            chen = await session.scalar(select(Person).where(Person.key == CHEN))
+            assert chen is not None and chen.locale == "en"
 
 
 async def test_duties_today_and_an_orders_photo_in_scope(
