@@ -26,6 +26,8 @@ from bot.admin.importer import default_categories, import_community
 from bot.channels import registry
 from bot.channels.base import Adapter, ChannelHost, FileSource, PushPolicy
 from bot.config import Settings
+from bot.console.web import PREFIX as CONSOLE_PREFIX
+from bot.console.web import Console
 from bot.delivery import Deliverer
 from bot.i18n import Translator
 from bot.media import PREFIX as MEDIA_PREFIX
@@ -242,6 +244,18 @@ class Gridbot:
             on_commit=self.deliverer.wake,
         )
 
+    def console(self) -> Console:
+        """The web console for heads and admins (``GRIDBOT_CONSOLE_ENABLED``), see
+        ``bot.console``."""
+        return Console(
+            self.sessionmaker,
+            self.settings,
+            self.tr,
+            clock=self.clock,
+            media=self.media,
+            on_commit=self.deliverer.wake,
+        )
+
     async def metrics_page(self, request: Request) -> Response:
         """Prometheus metrics (see :mod:`bot.metrics`)."""
         body = await self.metrics.render(
@@ -255,14 +269,16 @@ class Gridbot:
         return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     def web_app(self) -> Starlette:
-        """The one web server: health, Open311 and every channel's routes (webhooks, the
-        local web chat)."""
+        """The one web server: health, Open311, the console (when enabled) and every
+        channel's routes (webhooks, the local web chat)."""
         routes: list[BaseRoute] = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics_page),
             Mount(OPEN311_PREFIX, routes=self.open311().routes()),
         ]
+        if self.settings.console_on:
+            routes.append(Mount(CONSOLE_PREFIX, routes=self.console().routes()))
         for channel in self.channels.values():
             routes += channel.routes()
         return Starlette(routes=routes)

@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         "loopback host when no Telegram webhook or WeChat callback is served, else off",
     )
     demo: bool = Field(True, description="Load the demo community into an empty database")
+    console_enabled: bool | None = Field(
+        None,
+        description="Serve the web console at /console/ (heads and admins sign in with a "
+        "one-time link they ask for with /console in chat). Unset: on with the demo, else off; "
+        "in production serve it behind TLS (GRIDBOT_PUBLIC_URL=https://…)",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Public base URL of the web server (https://grid.example.org): the "
+        "console's sign-in links start with it (default: http://<web host>:<web port>)",
+    )
+    console_idle_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="A console session ends after this many idle minutes"
+    )
     demo_duties: bool = Field(
         True, description="With the demo community, also load its demo patrol and visit plans"
     )
@@ -315,6 +329,19 @@ class Settings(BaseSettings):
         public_callbacks = self.telegram_mode == "webhook" and bool(self.telegram_token)
         public_callbacks |= bool(self.wechat_appid and self.wechat_token)
         return self.demo and is_loopback(self.web_host) and not public_callbacks
+
+    @property
+    def console_on(self) -> bool:
+        """Whether the web console is served: ``console_enabled`` when set, else with the demo."""
+        return self.demo if self.console_enabled is None else self.console_enabled
+
+    @property
+    def base_url(self) -> str:
+        """Where the web server is reached from outside (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.web_host if ":" not in self.web_host else f"[{self.web_host}]"
+        return f"http://{host}:{self.web_port}"
 
     def webchat_refusal(self) -> str | None:
         """Why the web chat may not be served with these settings, or ``None``: it lets

@@ -30,7 +30,7 @@ MENU = {
 
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """Run a slash command (or its menu label)."""
-    from handlers import bind, duties, flows, link, reports
+    from handlers import bind, console, duties, flows, link, reports
 
     if name == "link":  # also for someone not bound yet: that is how a second platform joins
         await link.link(ctx, arg)
@@ -63,6 +63,10 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
     if name in duties.COMMANDS:
         await ctx.end_conversation()
         await duties.command(ctx, name, arg)
+        return
+    if name in console.COMMANDS:
+        await ctx.end_conversation()
+        await console.command(ctx, name, arg)
         return
     if name in reports.COMMANDS:
         await ctx.end_conversation()
@@ -155,6 +159,8 @@ async def help_(ctx: Ctx) -> None:
         parts.append(ctx.t("help.points"))
     if roles & {ROLE_HEAD, ROLE_ADMIN}:
         parts.append(ctx.t("help.bulletin"))
+        if ctx.settings.console_on:
+            parts.append(ctx.t("help.console"))
     parts.append(ctx.t("help.common"))
     ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))
 

@@ -1,6 +1,7 @@
 """Gridbot's data: typed SQLAlchemy models, engine/session factories and migrations."""
 
 from models.base import Base, utcnow
+from models.console import ConsoleAction, ConsoleLink, ConsoleSession
 from models.duties import (
     ClockSetting,
     DutyFire,
@@ -39,6 +40,9 @@ __all__ = [
     "CityRequest",
     "ClockSetting",
     "Community",
+    "ConsoleAction",
+    "ConsoleLink",
+    "ConsoleSession",
     "Conversation",
     "DutyFire",
     "Grid",

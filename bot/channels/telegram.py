@@ -59,10 +59,10 @@ from telegram.ext import Application, ApplicationBuilder
 from telegram.request import HTTPXRequest
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter
-from bot.channels.webhooks import read_capped
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
 from bot.ports import HandleResult, Inbound, Intake, IntakeUnavailable, Outbound
+from bot.request_body import read_capped
 
 log = logging.getLogger(__name__)
 

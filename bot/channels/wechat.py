@@ -51,12 +51,12 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.replies import TextReply
 
 from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
-from bot.channels.webhooks import read_capped
 from bot.config import TemplateSpec, template_specs
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.ports import HandleResult, Inbound, Intake, Outbound
+from bot.request_body import read_capped
 from models import (
     Identity,
     KeyValue,

@@ -36,6 +36,7 @@ from bot.core.routing import (
     can_manage,
     escalation_target,
     members_in_subtree,
+    path_ids,
     people_with_role,
     route_new_order,
 )
@@ -1010,6 +1011,20 @@ class DutyService:
             raise OrderError("whistle.not_allowed")
         return grids[0]
 
+    async def _manages(self, person: Person, grid: Grid) -> bool:
+        """Whether ``person`` is head or admin of ``grid`` or of a grid above it."""
+        found = await self.session.scalar(
+            select(func.count())
+            .select_from(Role)
+            .join(Grid, Grid.id == Role.grid_id)
+            .where(
+                Role.person_id == person.id,
+                Role.role.in_((ROLE_HEAD, ROLE_ADMIN)),
+                Grid.id.in_(path_ids(grid)),
+            )
+        )
+        return bool(found)
+
     async def blow_whistle(self, caller: Person, message: str, chat: tuple[str, str]) -> Whistle:
         """Call every member and worker of the caller's grid subtree; the caller's message
         (``chat``) becomes the live roll-call."""
@@ -1164,9 +1179,15 @@ class DutyService:
 
     # ---- notices ------------------------------------------------------------------------------
 
-    async def send_notice(self, sender: Person, text: str) -> Notice:
-        """Queue a notice to every resident of the sender's subtree (paced by delivery)."""
-        grid = await self.managed_grid(sender)
+    async def send_notice(self, sender: Person, text: str, *, grid: Grid | None = None) -> Notice:
+        """Queue a notice to every resident of the sender's subtree (paced by delivery), or of
+        ``grid`` when given: it must be in that subtree (the console lets a head pick a part of
+        theirs), else :class:`OrderError` and nothing is sent."""
+        managed = await self.managed_grid(sender)
+        if grid is None:
+            grid = managed
+        elif not await self._manages(sender, grid):
+            raise OrderError("whistle.not_allowed")
         residents = list(
             dict.fromkeys(
                 (

@@ -1,4 +1,4 @@
-"""What every adapter's webhook does with a request body: cap it while it streams in."""
+"""Reading a request body with a cap, while it streams in (webhooks, the console's forms)."""
 
 from __future__ import annotations
 
