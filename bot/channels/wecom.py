@@ -584,7 +584,7 @@ class WeComChannel:
             answer = await self._send(chat_id, "text", {"content": clip_bytes(body + extra)})
             sent_id = f"msg:{answer.get('msgid', '')}"
         if buttons:
-            title = first if fits else first[: TITLE_CHARS - 1] + "…"
+            title = first if len(first) <= TITLE_CHARS else first[: TITLE_CHARS - 1] + "…"
             subtitle = rest.strip() if fits else ""
             for start in range(0, len(buttons), CARD_BUTTONS):
                 card_id = await self._send_card(
