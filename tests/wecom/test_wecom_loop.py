@@ -10,7 +10,7 @@ from tests.wechat.test_wechat_loop import option, place_order
 from tests.wecom.conftest import wecom_stack
 
 RESIDENT = "o-resident-zhang"
-WORKER, MEMBER = "wangwangge", "lidangyuan"
+WORKER, MEMBER, LATE = "wangwangge", "lidangyuan", "zhaodangyuan"
 
 
 async def test_resident_on_wechat_worker_and_member_on_wecom(
@@ -19,6 +19,7 @@ async def test_resident_on_wechat_worker_and_member_on_wecom(
     async with wecom_stack(database_url, tmp_path) as wc:
         assert "网格员" in await wc.bind(WORKER, "worker")
         assert "党员" in await wc.bind(MEMBER, "member")
+        assert "党员" in await wc.bind(LATE, "member")
         await wc.wx.bind_resident(RESIDENT)
 
         await place_order(wc.wx, RESIDENT, "3单元楼道灯坏了")
@@ -46,6 +47,13 @@ async def test_resident_on_wechat_worker_and_member_on_wecom(
         )
         accepted = await wc.wx.api.wait_for(RESIDENT, lambda t: "已由" in t)
         assert "000001" in accepted
+        # Zhao's offer could not be changed (nobody pressed it, WeCom has no code for it);
+        # his late press is answered politely and changes nothing.
+        late_offer = await wc.api.wait_for_card(
+            LATE, lambda c: any(label == "✋ 接单" for label, _ in c.buttons)
+        )
+        await wc.press(late_offer, "✋ 接单")
+        await wc.api.wait_for(LATE, lambda t: "已经有人接了" in t)
         # The worker's dispatch card lost its broadcast button once pressed.
         assert all(label != "📢 广播抢单" for label, _ in dispatch.buttons)
 
@@ -58,7 +66,8 @@ async def test_resident_on_wechat_worker_and_member_on_wecom(
         rate = await wc.wx.api.wait_for(RESIDENT, lambda t: "请确认并评价" in t)
         thanks = await wc.wx.sender.text(RESIDENT, option(rate, "★★★★★"))
         assert thanks.text and "感谢您的评价" in thanks.text
-        assert (await wc.h.order(orders[0].id)).status == "closed"
+        order = await wc.h.order(orders[0].id)
+        assert order.status == "closed"
         await wc.settle()
         # Every press came back as the neutral payload its card carried, and nothing went
         # wrong on the way: no card was refused, no update used a code twice.
