@@ -528,20 +528,32 @@ class WeComChannel:
             else:
                 row.value = value
 
-    async def _take_response_code(self, task_id: str, user: str) -> str | None:
-        """The unused response code of a press on card ``task_id`` by ``user`` (removed)."""
-        key = f"{CARD_KV}{task_id}"[:64]
+    async def _response_code(self, task_id: str, user: str) -> str | None:
+        """The unused, unexpired response code of a press on card ``task_id`` by ``user``."""
+        async with self.sessionmaker() as session:
+            row = await session.get(KeyValue, f"{CARD_KV}{task_id}"[:64])
+        if row is None:
+            return None
+        try:
+            kept = json.loads(row.value)
+            fresh = datetime.fromisoformat(kept["expires_at"]) > self.clock()
+        except (ValueError, KeyError, TypeError):
+            return None
+        return str(kept["code"]) if fresh and kept.get("user") == user else None
+
+    async def _forget_response_code(self, task_id: str, code: str) -> None:
+        """The code was used (or refused for good): forget it, unless a newer press's code
+        took its place meanwhile."""
         async with self.sessionmaker() as session, session.begin():
-            row = await session.get(KeyValue, key, with_for_update=True)
+            row = await session.get(KeyValue, f"{CARD_KV}{task_id}"[:64], with_for_update=True)
             if row is None:
-                return None
-            await session.delete(row)
+                return
             try:
-                kept = json.loads(row.value)
-                fresh = datetime.fromisoformat(kept["expires_at"]) > self.clock()
-            except (ValueError, KeyError, TypeError):
-                return None
-            return str(kept["code"]) if fresh and kept.get("user") == user else None
+                same = json.loads(row.value).get("code") == code
+            except (ValueError, AttributeError):
+                same = True
+            if same:
+                await session.delete(row)
 
     async def _purge_cards(self, session: AsyncSession) -> None:
         rows = await session.scalars(select(KeyValue).where(KeyValue.key.like(f"{CARD_KV}%")))
@@ -651,7 +663,7 @@ class WeComChannel:
         if not message_id.startswith("card:"):
             return SKIPPED
         task_id = message_id.removeprefix("card:")
-        code = await self._take_response_code(task_id, chat_id)
+        code = await self._response_code(task_id, chat_id)
         if code is None:
             return SKIPPED
         lang = await self._lang(chat_id)
@@ -668,10 +680,17 @@ class WeComChannel:
         )
         if not buttons:
             card["replace_text"] = done
-        await self.api.call("message/update_template_card", {
-            "userids": [chat_id], "agentid": self.agent_id, "response_code": code,
-            "template_card": card,
-        })
+        try:
+            await self.api.call("message/update_template_card", {
+                "userids": [chat_id], "agentid": self.agent_id, "response_code": code,
+                "template_card": card,
+            })
+        except DeliveryError as err:
+            if err.permanent:  # a code WeCom refuses now will not be taken later
+                await self._forget_response_code(task_id, code)
+            raise
+        # WeCom takes a response code once: the next edit needs the next press.
+        await self._forget_response_code(task_id, code)
         return message_id
 
     async def fetch_file(self, ref: str) -> bytes:

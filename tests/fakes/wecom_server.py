@@ -113,6 +113,8 @@ class FakeWeComServer:
     outsiders: set[str] = field(default_factory=set)
     #: errcodes to answer to the next sends to a member, in order.
     scripted: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: errcodes to answer to the next ``update_template_card`` calls, in order.
+    update_errors: list[int] = field(default_factory=list)
     uploads: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     #: Files members sent (``media/get``), by media_id.
     media: dict[str, bytes] = field(default_factory=lambda: {"MEDIA-IN-1": PNG})
@@ -256,6 +258,8 @@ class FakeWeComServer:
         refused = self._refused(request)
         if refused is not None:
             return refused
+        if self.update_errors:
+            return JSONResponse({"errcode": self.update_errors.pop(0), "errmsg": "scripted"})
         body = json.loads(await request.body())
         press = self._codes.pop(str(body.get("response_code") or ""), None)
         if press is None or body.get("agentid") != self.agent_id:

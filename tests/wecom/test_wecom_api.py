@@ -108,3 +108,24 @@ async def test_a_wecom_member_links_their_wechat(wc: WC) -> None:
         rows = (await session.scalars(select(Identity))).all()
         mine = {(i.channel, i.external_id): i.person_id for i in rows}
     assert mine[("wechat", "o-li-weixin")] == mine[("wecom", "lidangyuan")]
+
+
+async def test_a_pressed_card_is_updated_once_and_a_failed_update_is_tried_again(
+    wc: WC,
+) -> None:
+    channel = adapter(wc)
+    offer = Outbound(text="待接单", buttons=[[Button("✋ 接单", "o:acc:9")]])
+    sent = await channel.send("lidangyuan", offer)
+    card = wc.api.cards_of("lidangyuan")[0]
+    await wc.press(card, "✋ 接单")  # (the core answers about an order that does not exist)
+    await wc.settle()
+
+    wc.api.update_errors.append(-1)  # WeCom is busy: the deliverer will try again
+    with pytest.raises(DeliveryError) as busy:
+        await channel.edit("lidangyuan", sent, Outbound(text="✅ 已由您接单"))
+    assert not busy.value.permanent
+    assert await channel.edit("lidangyuan", sent, Outbound(text="✅ 已由您接单")) == sent
+    assert card.title == "✅ 已由您接单" and card.grey == "已处理"
+    # The press's code is used: a further refresh waits for a further press.
+    assert await channel.edit("lidangyuan", sent, Outbound(text="又一次")) == "dropped"
+    assert card.title == "✅ 已由您接单" and len(wc.api.updates) == 1
