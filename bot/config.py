@@ -167,6 +167,24 @@ class Settings(BaseSettings):
         '"{number}", "keyword2": "{time}", "remark": "{text}"}}',
     )
 
+    # ---- 企业微信 (WeCom): one self-built app (自建应用) of one corp ----
+    wecom_corp_id: str | None = Field(
+        None, description="WeCom corp ID (企业ID); with the agent id, secret, token and AES "
+        "key it enables WeCom"
+    )
+    wecom_agent_id: int | None = Field(None, description="WeCom app AgentId (应用 AgentId)")
+    wecom_secret: str | None = Field(None, description="WeCom app Secret (应用 Secret)")
+    wecom_token: str | None = Field(
+        None, description="Token of the app's 接收消息 settings (signs callbacks)"
+    )
+    wecom_aes_key: str | None = Field(
+        None, description="EncodingAESKey of the app's 接收消息 settings (43 characters)"
+    )
+    wecom_api_url: str = Field(
+        "https://qyapi.weixin.qq.com/cgi-bin",
+        description="WeCom API base URL, up to /cgi-bin (a test fake, a proxy)",
+    )
+
     # ---- duties and timers (issue 4) ----
     scheduler_enabled: bool = Field(
         True, description="Run the duty scheduler (one per database; others wait or are refused)"
@@ -328,6 +346,7 @@ class Settings(BaseSettings):
             return self.webchat_enabled
         public_callbacks = self.telegram_mode == "webhook" and bool(self.telegram_token)
         public_callbacks |= bool(self.wechat_appid and self.wechat_token)
+        public_callbacks |= bool(self.wecom_corp_id and self.wecom_token)
         return self.demo and is_loopback(self.web_host) and not public_callbacks
 
     @property

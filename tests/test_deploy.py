@@ -68,6 +68,13 @@ EXTRA_SETTINGS = frozenset(
         "GRIDBOT_WECHAT_PUSH_QUOTA",
         "GRIDBOT_WECHAT_MSGMENU",
         "GRIDBOT_WECHAT_TEMPLATES",
+        # 企业微信 (WeCom)
+        "GRIDBOT_WECOM_CORP_ID",
+        "GRIDBOT_WECOM_AGENT_ID",
+        "GRIDBOT_WECOM_SECRET",
+        "GRIDBOT_WECOM_TOKEN",
+        "GRIDBOT_WECOM_AES_KEY",
+        "GRIDBOT_WECOM_API_URL",
         "GRIDBOT_DEFAULT_LOCALE",
         "GRIDBOT_INVITE_DAYS",
         "GRIDBOT_MAX_TEXT_LENGTH",
@@ -518,7 +525,8 @@ def test_env_example_production_values() -> None:
     for key in SECRET_SETTINGS:
         assert "CHANGE_ME" in shown[key], f"{key} must be a placeholder, not a secret"
     # No platform is switched on with a placeholder: each is uncommented by whoever uses it.
-    for key in ("GRIDBOT_TELEGRAM_TOKEN", "GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_TOKEN"):
+    for key in ("GRIDBOT_TELEGRAM_TOKEN", "GRIDBOT_WECHAT_APPID", "GRIDBOT_WECHAT_TOKEN",
+                "GRIDBOT_WECOM_CORP_ID", "GRIDBOT_WECOM_TOKEN"):
         assert key not in active, f"{key} is active in the example"
 
 

@@ -22,9 +22,10 @@ if TYPE_CHECKING:  # mypy checks every adapter against the port; nothing is impo
     from bot.channels.telegram import TelegramChannel
     from bot.channels.webchat import WebChatChannel
     from bot.channels.wechat import WeChatChannel
+    from bot.channels.wecom import WeComChannel
 
     _PORTED: tuple[type[Adapter], ...] = (
-        MemoryChannel, WebChatChannel, TelegramChannel, WeChatChannel
+        MemoryChannel, WebChatChannel, TelegramChannel, WeChatChannel, WeComChannel
     )
 
 
@@ -48,6 +49,14 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
     AdapterSpec("telegram", lambda s: bool(s.telegram_token), "bot.channels.telegram:build"),
     AdapterSpec(
         "wechat", lambda s: bool(s.wechat_appid and s.wechat_token), "bot.channels.wechat:build"
+    ),
+    AdapterSpec(
+        "wecom",
+        lambda s: bool(
+            s.wecom_corp_id and s.wecom_agent_id is not None and s.wecom_secret
+            and s.wecom_token and s.wecom_aes_key
+        ),
+        "bot.channels.wecom:build",
     ),
 )
 

@@ -24,6 +24,10 @@ from bot.ports import Button, Outbound
 from models.messaging import WebChatMessage
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.fakes.wechat_server import SAMPLE_APPID, SAMPLE_TOKEN, FakeWeChatServer
+from tests.fakes.wecom_server import SAMPLE_AES_KEY as WECOM_AES_KEY
+from tests.fakes.wecom_server import SAMPLE_CORP_ID as WECOM_CORP_ID
+from tests.fakes.wecom_server import SAMPLE_TOKEN as WECOM_TOKEN
+from tests.fakes.wecom_server import FakeWeComServer
 
 
 @dataclass
@@ -109,11 +113,34 @@ async def wechat(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
         yield Platform(app, adapter, "o-contract", shown)
 
 
+def _wecom_settings(api: FakeWeComServer) -> dict[str, object]:
+    return {
+        "wecom_corp_id": WECOM_CORP_ID, "wecom_agent_id": api.agent_id,
+        "wecom_secret": api.secret, "wecom_token": WECOM_TOKEN,
+        "wecom_aes_key": WECOM_AES_KEY, "wecom_api_url": api.base_url,
+    }
+
+
+@contextlib.asynccontextmanager
+async def wecom(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
+    api = FakeWeComServer()
+    async with api.running():
+        app = Gridbot(_settings(database_url, tmp_path, **_wecom_settings(api)))
+        await app.prepare()
+        adapter = app.enable("wecom")
+
+        async def shown() -> list[str]:
+            return api.texts("wc-contract")
+
+        yield Platform(app, adapter, "wc-contract", shown)
+
+
 PLATFORMS: dict[str, Callable[[str, Path], contextlib.AbstractAsyncContextManager[Platform]]] = {
     "memory": memory,
     "web": web,
     "telegram": telegram,
     "wechat": wechat,
+    "wecom": wecom,
 }
 
 
@@ -166,7 +193,7 @@ async def test_every_enabled_adapter_serves_its_own_paths(
     database_url: str, tmp_path: Path
 ) -> None:
     """All platforms at once: their routes do not collide with each other or the service's."""
-    async with FakeTelegramServer() as tg:
+    async with FakeTelegramServer() as tg, FakeWeComServer().running() as wc:
         api = FakeWeChatServer()
         async with api.running():
             app = Gridbot(_settings(
@@ -174,6 +201,7 @@ async def test_every_enabled_adapter_serves_its_own_paths(
                 telegram_api_url=tg.base_url, telegram_mode="webhook",
                 wechat_appid=SAMPLE_APPID, wechat_secret=api.secret,
                 wechat_token=SAMPLE_TOKEN, wechat_api_url=api.base_url,
+                **_wecom_settings(wc),
             ))
             app.enable_channels()
             assert [c for c in app.channels] == [s.name for s in registry.ADAPTERS]
