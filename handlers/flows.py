@@ -135,8 +135,8 @@ async def start_from_message(ctx: Ctx) -> None:
         )
     await ctx.set_conversation(FLOW_ORDER, "category", data)
     if guess is None:
-        ctx.say("order.started_ask_category", description=_quote(text))
-        await _ask_category(ctx)
+        # One message (WeChat's passive reply carries one): what we heard, and the question.
+        await _ask_category(ctx, ctx.t("order.started", description=_quote(text)))
         return
     name = cards.category_name(ctx.tr, ctx.lang, guess)
     others = [
@@ -157,7 +157,7 @@ def _quote(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def _ask_category(ctx: Ctx) -> None:
+async def _ask_category(ctx: Ctx, intro: str | None = None) -> None:
     categories = (
         await ctx.session.scalars(select(Category).order_by(Category.sort, Category.id))
     ).all()
@@ -166,7 +166,8 @@ async def _ask_category(ctx: Ctx) -> None:
         for c in categories
     ]
     rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
-    ctx.say("order.ask_category", [*rows, common.cancel_row(ctx)])
+    question = ctx.t("order.ask_category")
+    ctx.reply(f"{intro}\n{question}" if intro else question, [*rows, common.cancel_row(ctx)])
 
 
 async def order_step(
