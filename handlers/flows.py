@@ -315,6 +315,11 @@ def _confirm_ref(data: dict[str, Any]) -> str | None:
     return f"confirm:{data['key']}" if data.get("key") else None
 
 
+def _question_ref(data: dict[str, Any]) -> str | None:
+    """Outbox ref of the "same thing?" question (edited once it is answered, too)."""
+    return f"dupq:{data['key']}" if data.get("key") else None
+
+
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
     await ctx.set_conversation(FLOW_ORDER, "confirm", data)
     lines = [ctx.t("order.confirm_title"), *_summary_lines(ctx, data)]
@@ -330,7 +335,8 @@ async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
 
 
 async def _close_confirmation(ctx: Ctx, data: dict[str, Any], key: str, **args: str) -> None:
-    """Edit the answered confirmation: its summary and what came of it, no buttons left."""
+    """Edit the answered confirmation (and the "same thing?" question, if it was asked): its
+    summary and what came of it, no buttons left."""
     ref = _confirm_ref(data)
     if ref is None or ctx.person is None:
         return
@@ -340,6 +346,10 @@ async def _close_confirmation(ctx: Ctx, data: dict[str, Any], key: str, **args: 
         return Outbound("\n".join([*summary, "", ctx.tr.t(lang, key, **args)]))
 
     await ctx.notify.edit_for_person(ctx.person.id, ref, render)
+    if data.get("dup_of"):
+        question = _question_ref(data)
+        assert question is not None
+        await ctx.notify.edit_for_person(ctx.person.id, question, render)
 
 
 async def _role_building(ctx: Ctx, data: dict[str, Any]) -> tuple[Role, Building]:
@@ -390,8 +400,14 @@ async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
     await ctx.set_conversation(FLOW_ORDER, "duplicate", data)
     minutes = max(1, int((ctx.now - _aware(earlier.created_at, ctx.now)).total_seconds() // 60))
     key = data.get("key") or ""
-    ctx.say(
-        "order.duplicate_ask",
+    ctx.reply(
+        ctx.t(
+            "order.duplicate_ask",
+            minutes=str(minutes),
+            number=cards.number(earlier),
+            status=cards.status_name(ctx.tr, ctx.lang, earlier.status),
+            description=_quote(earlier.description),
+        ),
         [
             [
                 Button(ctx.t("btn.same_order"), p.flow("same", f"{earlier.id}-{key}")),
@@ -399,10 +415,7 @@ async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
             ],
             common.cancel_row(ctx),
         ],
-        minutes=str(minutes),
-        number=cards.number(earlier),
-        status=cards.status_name(ctx.tr, ctx.lang, earlier.status),
-        description=_quote(earlier.description),
+        ref=_question_ref(data),
     )
 
 

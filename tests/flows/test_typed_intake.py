@@ -246,6 +246,9 @@ async def test_a_second_order_for_the_same_thing_is_asked_about(harness: Harness
     toast = await resident.press("是同一件", message=question)
     assert toast == "已记在 000001"
     assert "已记在工单 000001 上（待派单）" in resident.last().text
+    # The question and the confirmation before it keep no live buttons.
+    assert question.buttons == [] and "已记在工单 000001 上" in question.text
+    assert find(resident, "描述：楼道灯还是不亮").buttons == []
     assert await harness.count(Order) == 1
     last = (await full_events(harness, 1))[-1]
     assert (last.action, last.from_status, last.to_status) == ("note", "submitted", "submitted")
