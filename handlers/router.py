@@ -239,6 +239,8 @@ class Router:
             if text:
                 await common.courtesy(ctx)
                 return
+            if event.photo_lost or event.voice_lost:
+                return  # they were told it could not be kept, and asked to write instead
         await common.fallback(ctx)
 
     async def _button(self, ctx: Ctx, payload: payloads.Payload) -> None:
