@@ -106,6 +106,8 @@ EXTRA_SETTINGS = frozenset(
         "GRIDBOT_BULLETIN_FLOORS",
         "GRIDBOT_EXIT_IDLE_MONTHS",
         "GRIDBOT_EXIT_MIN_RATING",
+        # Residents' orders: the "same thing?" question
+        "GRIDBOT_DUPLICATE_WINDOW_MINUTES",
     }
 )
 KNOWN_SETTINGS = CORE_SETTINGS | EXTRA_SETTINGS
