@@ -433,12 +433,13 @@ async def _same_as(ctx: Ctx, data: dict[str, Any]) -> None:
     earlier = await ctx.orders.get(int(data["dup_of"]))
     if earlier.resident_id != ctx.person.id:
         raise OrderError("error.not_your_button")
-    note = data["description"]
-    if data.get("voice"):
-        note += "\n" + ctx.t("card.has_voice")
-    if data.get("photo"):
-        note += "\n" + ctx.t("card.has_photo")
-    ctx.orders.add_note(earlier, ctx.person.id, note)
+    await ctx.orders.add_note(
+        earlier,
+        ctx.person.id,
+        data["description"],
+        photo=data.get("photo"),
+        voice=data.get("voice"),
+    )
     await ctx.end_conversation()
     args = {
         "number": cards.number(earlier),

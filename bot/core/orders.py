@@ -348,10 +348,29 @@ class OrderService:
                 log.warning("order %s: no handler of grid %s has a chat yet", order.id, grid.code)
         return order
 
-    def add_note(self, order: Order, actor_id: int, note: str) -> None:
-        """The resident adds to an open order (said it again, as the same thing): an event
-        that changes no state, shown with the order's trail."""
+    async def add_note(
+        self,
+        order: Order,
+        actor_id: int,
+        note: str,
+        *,
+        photo: str | None = None,
+        voice: str | None = None,
+    ) -> None:
+        """The resident reports an open order again (the same thing): an event that changes
+        no state, and whoever works on it now (the member who took it, else its handlers)
+        hears it, with the new photo or voice message if any."""
         self._event(order, actor_id, "note", order.status, note=note)
+        people = [order.assignee_id] if order.assignee_id else await self._handlers(order)
+        for pid in people:
+            await self.notify.to_person(
+                pid,
+                lambda lang: Outbound(
+                    self.tr.t(lang, "dispatch.reported_again", number=number(order), text=note),
+                    photo=photo,
+                    voice=voice,
+                ),
+            )
 
     async def cancel(self, person: Person, order_id: int) -> Order:
         """The resident withdraws an order nobody has accepted yet."""

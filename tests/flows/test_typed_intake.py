@@ -230,6 +230,7 @@ async def test_an_old_submit_button_does_not_submit_the_order_in_progress(
 
 async def test_a_second_order_for_the_same_thing_is_asked_about(harness: Harness) -> None:
     resident = await harness.login("p-zhang-ayi")
+    worker = await harness.login("p-wang")
     await place_order(resident)
     await resident.send("/order")
     await resident.press("维修")
@@ -253,6 +254,8 @@ async def test_a_second_order_for_the_same_thing_is_asked_about(harness: Harness
     last = (await full_events(harness, 1))[-1]
     assert (last.action, last.from_status, last.to_status) == ("note", "submitted", "submitted")
     assert last.note == "楼道灯还是不亮"
+    # The worker who has it waiting hears that it was reported again.
+    assert "居民再次反映工单 000001：楼道灯还是不亮" in worker.last().text
     assert await conversation_of(harness, resident) is None
     # Pressed again: the same answer, nothing more.
     before = await snapshot(harness)
