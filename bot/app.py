@@ -88,6 +88,7 @@ class Gridbot:
             on_commit=self.deliverer.wake,
             import_photo=self.import_photo,
             push_policies=self.push_policies,
+            import_voice=self.import_voice,
         )
         self.metrics = Metrics()
         #: What channels call with each inbound update: the router, timed for /metrics.
@@ -151,6 +152,24 @@ class Gridbot:
             log.warning("could not fetch a %s photo: %s", event.channel, type(err).__name__)
             return None
         return await self.media.save(data)
+
+    async def import_voice(self, event: Inbound) -> str | None:
+        """Copy a voice message from its platform into the media store; ``None`` if that
+        fails (or it is not a recording the store keeps)."""
+        channel = self.channels.get(event.channel)
+        if (
+            not isinstance(channel, FileSource)
+            or not event.voice
+            or event.voice.startswith(MEDIA_PREFIX)
+        ):
+            return None
+        try:
+            data = await channel.fetch_file(event.voice)
+        except Exception as err:
+            log.warning("could not fetch a %s voice message: %s", event.channel,
+                        type(err).__name__)
+            return None
+        return await self.media.save_audio(data)
 
     async def report_unreachable(self, row: OutboxMessage) -> None:
         """A push failed because its person cannot be reached: their other platform, or the

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     )
     invite_days: int = Field(14, description="Days an invite stays valid unless told otherwise")
     max_text_length: int = Field(2000, description="Longest text accepted from a user")
+    duplicate_window_minutes: int = Field(
+        120,
+        ge=0,
+        description="A resident submitting an order like one of theirs still open (same category"
+        " and building) within this many minutes is asked whether it is the same thing first"
+        " (0: never asked)",
+    )
     log_level: str = Field("INFO", description="Logging level")
     locales_dir: Path = Field(
         default_factory=installed_locales,

@@ -1,5 +1,6 @@
-"""One store for photos whatever platform they came from, so a photo a resident sent on one
-platform reaches a worker on another. References look like ``media:<32 hex>.<ext>``."""
+"""One store for photos and voice messages whatever platform they came from, so a photo (or a
+voice message) a resident sent on one platform reaches a worker on another. References look
+like ``media:<32 hex>.<ext>``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import secrets
 from pathlib import Path
 
 PREFIX = "media:"
-NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp|xlsx)")
+NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp|xlsx|ogg|amr|mp3|m4a|wav)")
+#: Voice formats the store keeps: Telegram's OGG/Opus, WeChat's AMR (or MP3), and the usual
+#: recorder formats. (WeChat's Speex is not kept: no player the handler has can read it.)
+AUDIO_TYPES = ("ogg", "amr", "mp3", "m4a", "wav")
 #: Files other than images the store keeps (documents sent to officials: the ledger).
 DOCUMENT_TYPES = {"xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
 MAX_BYTES = 10 * 1024 * 1024
@@ -28,8 +32,23 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
+def sniff_audio(data: bytes) -> str | None:
+    """The file extension of an OGG, AMR, MP3, M4A or WAV recording, else ``None``."""
+    if data.startswith(b"OggS"):
+        return "ogg"
+    if data.startswith(b"#!AMR"):
+        return "amr"
+    if data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        return "mp3"
+    if data[4:8] == b"ftyp":
+        return "m4a"
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    return None
+
+
 class MediaStore:
-    """Image files in one folder, named at random."""
+    """Image, voice and document files in one folder, named at random."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -37,6 +56,15 @@ class MediaStore:
     async def save(self, data: bytes) -> str | None:
         """Store an image; ``None`` when it is not an image we accept."""
         ext = sniff_image(data)
+        if ext is None or len(data) > MAX_BYTES:
+            return None
+        name = f"{secrets.token_hex(16)}.{ext}"
+        await asyncio.to_thread(self._write, name, data)
+        return PREFIX + name
+
+    async def save_audio(self, data: bytes) -> str | None:
+        """Store a voice message; ``None`` when it is not a recording we accept."""
+        ext = sniff_audio(data)
         if ext is None or len(data) > MAX_BYTES:
             return None
         name = f"{secrets.token_hex(16)}.{ext}"

@@ -44,6 +44,10 @@ class Outbound:
     #: (WeChat) skip a message that carries one.
     document: str | None = None
     document_name: str | None = None
+    #: A voice message to send after the text (a media-store reference ``media:<name>.ogg``
+    #: or a platform file id); platforms that cannot play it send what they can (a file, or
+    #: the text, which says a voice message exists).
+    voice: str | None = None
     #: What kind of push this is (``menu``, ``offer``, ``accepted``, ``rate``, ``reminder``):
     #: platforms with push rules (WeChat) pick a template by it, or drop a bare menu.
     kind: str | None = None
@@ -63,6 +67,8 @@ class Outbound:
             data["ask_location"] = self.ask_location
         if self.kind:
             data["kind"] = self.kind
+        if self.voice:
+            data["voice"] = self.voice
         if self.document:
             data["document"] = self.document
             data["document_name"] = self.document_name or self.document.rsplit(":", 1)[-1]
@@ -82,6 +88,7 @@ class Outbound:
             remove_menu=bool(data.get("remove_menu")),
             ask_location=data.get("ask_location"),
             kind=data.get("kind"),
+            voice=data.get("voice"),
             document=data.get("document"),
             document_name=data.get("document_name"),
         )
@@ -115,6 +122,10 @@ class Inbound:
     display_name: str | None = None
     received_at: datetime | None = None
     photo_lost: bool = False
+    #: A voice message (a platform file reference, like ``photo``), and whether one was sent
+    #: but could not be stored (like ``photo_lost``).
+    voice: str | None = None
+    voice_lost: bool = False
     #: Written in a group chat (``chat_id`` is the group, not the person): the core answers
     #: there without private data and never makes it the person's chat for pushes.
     group: bool = False

@@ -170,6 +170,11 @@ async def fallback(ctx: Ctx) -> None:
     ctx.reply(Outbound(ctx.t("fallback.hint"), menu=await menu_rows(ctx)))
 
 
+async def courtesy(ctx: Ctx) -> None:
+    """A resident's pleasantry ("谢谢", "好的") outside any flow: a polite word, nothing else."""
+    ctx.reply(Outbound(ctx.t("fallback.courtesy"), menu=await menu_rows(ctx)))
+
+
 async def cancel_flow(ctx: Ctx) -> None:
     """/cancel: leave the current flow."""
     if await ctx.conversation() is None:

@@ -7,6 +7,8 @@ same question again, and changes nothing.
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -14,8 +16,9 @@ from sqlalchemy import select
 from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import NewOrder, OrderError, receipt_ref
+from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
-from handlers import bind, common, duties
+from handlers import bind, common, duties, free_text
 from handlers.context import (
     FLOW_BIND,
     FLOW_DONE,
@@ -24,7 +27,8 @@ from handlers.context import (
     FLOW_REVISIT,
     Ctx,
 )
-from models import Building, Category, Conversation, Role
+from models import Building, Category, Conversation, Order, Person, Role
+from models.orders import OPEN_STATES
 from models.people import ROLE_RESIDENT
 
 MIN_DESCRIPTION = 2
@@ -68,17 +72,92 @@ def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
 
 # ---- placing an order ---------------------------------------------------------------------
 
+#: Flow buttons that finish an order's confirmation; their argument names the confirmation
+#: (``key``), so that a press of an old one is told what came of it (:func:`finished`).
+FINISHING = ("ok", "new", "same")
 
-async def start_order(ctx: Ctx) -> None:
-    """Begin the order flow: a resident picks a category."""
+
+def new_key() -> str:
+    """A fresh name for one order being placed (its confirmation buttons carry it)."""
+    return secrets.token_hex(8)
+
+
+async def _residence(ctx: Ctx) -> Role:
     residence = next((r for r in await ctx.roles() if r.role == ROLE_RESIDENT), None)
     if residence is None or residence.building_id is None:
         raise OrderError("order.not_resident")
-    await ctx.set_conversation(FLOW_ORDER, "category", {"role_id": residence.id})
+    return residence
+
+
+async def start_order(ctx: Ctx) -> None:
+    """Begin the order flow: a resident picks a category."""
+    residence = await _residence(ctx)
+    await ctx.set_conversation(FLOW_ORDER, "category", {"role_id": residence.id, "key": new_key()})
     await _ask_category(ctx)
 
 
-async def _ask_category(ctx: Ctx) -> None:
+async def is_resident(ctx: Ctx) -> bool:
+    """Whether the sender may place orders (a resident with an address)."""
+    return any(r.role == ROLE_RESIDENT and r.building_id for r in await ctx.roles())
+
+
+async def start_from_message(ctx: Ctx) -> None:
+    """A resident wrote (or sent a photo or a voice message) outside any flow: that is the
+    problem. It becomes the description of a new order; a category is proposed from the words
+    to confirm (or asked when none matches), then the flow goes on as usual."""
+    ev = ctx.event
+    residence = await _residence(ctx)
+    text = (ev.text or "").strip()
+    if len(text) < MIN_DESCRIPTION:
+        text = ctx.t("order.voice_only" if ev.voice and not ev.photo else "order.photo_only")
+    data: dict[str, Any] = {"role_id": residence.id, "key": new_key(), "description": text}
+    if ev.photo:
+        data["photo"] = ev.photo
+    if ev.voice:
+        data["voice"] = ev.voice
+    categories = (
+        await ctx.session.scalars(select(Category).order_by(Category.sort, Category.id))
+    ).all()
+    guess = None
+    if ev.text and len(ev.text.strip()) >= MIN_DESCRIPTION:
+        guess = free_text.guess_category(
+            ev.text,
+            [
+                (
+                    c.code,
+                    [
+                        *free_text.split_keywords(c.keywords),
+                        *{cards.category_name(ctx.tr, lang, c.code) for lang in SUPPORTED},
+                    ],
+                )
+                for c in categories
+            ],
+        )
+    await ctx.set_conversation(FLOW_ORDER, "category", data)
+    if guess is None:
+        # One message (WeChat's passive reply carries one): what we heard, and the question.
+        await _ask_category(ctx, ctx.t("order.started", description=_quote(text)))
+        return
+    name = cards.category_name(ctx.tr, ctx.lang, guess)
+    others = [
+        Button(cards.category_name(ctx.tr, ctx.lang, c.code), p.flow("cat", c.code))
+        for c in categories
+        if c.code != guess
+    ]
+    rows = [
+        [Button(ctx.t("btn.category_yes", category=name), p.flow("cat", guess))],
+        *[others[i : i + 2] for i in range(0, len(others), 2)],
+        common.cancel_row(ctx),
+    ]
+    ctx.say("order.propose_category", rows, description=_quote(text), category=name)
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _ask_category(ctx: Ctx, intro: str | None = None) -> None:
     categories = (
         await ctx.session.scalars(select(Category).order_by(Category.sort, Category.id))
     ).all()
@@ -87,7 +166,8 @@ async def _ask_category(ctx: Ctx) -> None:
         for c in categories
     ]
     rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
-    ctx.say("order.ask_category", [*rows, common.cancel_row(ctx)])
+    question = ctx.t("order.ask_category")
+    ctx.reply(f"{intro}\n{question}" if intro else question, [*rows, common.cancel_row(ctx)])
 
 
 async def order_step(
@@ -96,38 +176,52 @@ async def order_step(
     """One step of placing an order."""
     ev = ctx.event
     text = (ev.text or "").strip()
+    if payload is not None and payload.action == "cat" and state != "category":
+        # A category button of an earlier question: the resident changes their mind. Say
+        # so, and ask the current step again (never keep the old category silently).
+        code = await _category(ctx, payload.arg)
+        data["category"] = code
+        await ctx.set_conversation(FLOW_ORDER, state, data)
+        ctx.say("order.category_changed", category=cards.category_name(ctx.tr, ctx.lang, code))
+        await _ask_again(ctx, state, data)
+        return
     if state == "category":
         if payload is None or payload.action != "cat":
             await _ask_category(ctx)
             return
-        category = await ctx.session.scalar(select(Category).where(Category.code == payload.arg))
-        if category is None:
-            raise OrderError("error.unknown_category")
-        data["category"] = category.code
+        data["category"] = await _category(ctx, payload.arg)
+        if data.get("description"):  # started from the resident's own words
+            await _after_description(ctx, data)
+            return
         await ctx.set_conversation(FLOW_ORDER, "description", data)
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
-            category=cards.category_name(ctx.tr, ctx.lang, category.code),
+            category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
         )
         return
     if state == "description":
         if ev.photo and not data.get("photo"):
             data["photo"] = ev.photo
+        if ev.voice and not data.get("voice"):
+            data["voice"] = ev.voice
+        if ev.voice and len(text) < MIN_DESCRIPTION:
+            text = ctx.t("order.voice_only")
         if len(text) < MIN_DESCRIPTION or payload is not None:
             await ctx.set_conversation(FLOW_ORDER, "description", data)
             ctx.say("order.ask_description_again", [common.cancel_row(ctx)])
             return
         data["description"] = text
-        if data.get("photo"):
-            await _ask_location(ctx, data)
-        else:
-            await ctx.set_conversation(FLOW_ORDER, "photo", data)
-            ctx.say("order.ask_photo", [common.skip_row(ctx)])
+        await _after_description(ctx, data)
         return
     if state == "photo":
         if ev.photo:
             data["photo"] = ev.photo
+        elif ev.voice:
+            data["voice"] = ev.voice  # kept; a photo is still welcome
+            await ctx.set_conversation(FLOW_ORDER, "photo", data)
+            ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
+            return
         elif ev.photo_lost:
             pass  # the resident was told the photo could not be kept: go on without it
         elif payload is None or payload.action != "skip":
@@ -147,9 +241,51 @@ async def order_step(
         if payload is None or payload.action != "ok":
             await _confirm(ctx, data)
             return
-        await _submit(ctx, data)
+        if not await _ask_if_duplicate(ctx, data):
+            await _submit(ctx, data)
+        return
+    if state == "duplicate":
+        if payload is not None and payload.action == "new":
+            await _submit(ctx, data)
+        elif payload is not None and payload.action == "same":
+            await _same_as(ctx, data)
+        else:
+            await _ask_duplicate(ctx, data)
         return
     raise OrderError("error.button_stale")
+
+
+async def _category(ctx: Ctx, code: str | None) -> str:
+    category = await ctx.session.scalar(select(Category).where(Category.code == code))
+    if category is None:
+        raise OrderError("error.unknown_category")
+    return category.code
+
+
+async def _after_description(ctx: Ctx, data: dict[str, Any]) -> None:
+    if data.get("photo"):
+        await _ask_location(ctx, data)
+    else:
+        await ctx.set_conversation(FLOW_ORDER, "photo", data)
+        ctx.say("order.ask_photo", [common.skip_row(ctx)])
+
+
+async def _ask_again(ctx: Ctx, state: str, data: dict[str, Any]) -> None:
+    """The question of ``state`` once more (after the category changed)."""
+    if state == "description":
+        ctx.say(
+            "order.ask_description",
+            [common.cancel_row(ctx)],
+            category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
+        )
+    elif state == "photo":
+        ctx.say("order.ask_photo", [common.skip_row(ctx)])
+    elif state == "location":
+        ctx.reply(common.location_question(ctx, "order.ask_location"))
+    elif state == "duplicate":
+        await _ask_duplicate(ctx, data)
+    else:
+        await _confirm(ctx, data)
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -157,10 +293,8 @@ async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
     ctx.reply(common.location_question(ctx, "order.ask_location"))
 
 
-async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, "confirm", data)
+def _summary_lines(ctx: Ctx, data: dict[str, Any]) -> list[str]:
     lines = [
-        ctx.t("order.confirm_title"),
         ctx.t(
             "order.confirm_category",
             category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
@@ -169,24 +303,156 @@ async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
     ]
     if data.get("photo"):
         lines.append(ctx.t("card.has_photo"))
+    if data.get("voice"):
+        lines.append(ctx.t("card.has_voice"))
     if data.get("lat") is not None:
         lines.append(ctx.t("card.location", lat=f"{data['lat']:.5f}", lon=f"{data['lon']:.5f}"))
+    return lines
+
+
+def _confirm_ref(data: dict[str, Any]) -> str | None:
+    """Outbox ref of the confirmation (edited once it is answered: no live buttons stay)."""
+    return f"confirm:{data['key']}" if data.get("key") else None
+
+
+def _question_ref(data: dict[str, Any]) -> str | None:
+    """Outbox ref of the "same thing?" question (edited once it is answered, too)."""
+    return f"dupq:{data['key']}" if data.get("key") else None
+
+
+async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
+    await ctx.set_conversation(FLOW_ORDER, "confirm", data)
+    lines = [ctx.t("order.confirm_title"), *_summary_lines(ctx, data)]
     ctx.reply(
         Outbound(
             "\n".join(lines),
-            [[Button(ctx.t("btn.submit"), p.flow("ok")), *common.cancel_row(ctx)]],
+            [[Button(ctx.t("btn.submit"), p.flow("ok", data.get("key"))),
+              *common.cancel_row(ctx)]],
             remove_menu=False,
-        )
+        ),
+        ref=_confirm_ref(data),
     )
 
 
-async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
+async def _close_confirmation(ctx: Ctx, data: dict[str, Any], key: str, **args: str) -> None:
+    """Edit the answered confirmation (and the "same thing?" question, if it was asked): its
+    summary and what came of it, no buttons left."""
+    ref = _confirm_ref(data)
+    if ref is None or ctx.person is None:
+        return
+    summary = _summary_lines(ctx, data)
+
+    def render(lang: str) -> Outbound:
+        return Outbound("\n".join([*summary, "", ctx.tr.t(lang, key, **args)]))
+
+    await ctx.notify.edit_for_person(ctx.person.id, ref, render)
+    if data.get("dup_of"):
+        question = _question_ref(data)
+        assert question is not None
+        await ctx.notify.edit_for_person(ctx.person.id, question, render)
+
+
+async def _role_building(ctx: Ctx, data: dict[str, Any]) -> tuple[Role, Building]:
     assert ctx.person is not None
     role = await ctx.session.get(Role, int(data["role_id"]))
     if role is None or role.person_id != ctx.person.id or role.building_id is None:
         raise OrderError("order.not_resident")
     building = await ctx.session.get(Building, role.building_id)
     assert building is not None
+    return role, building
+
+
+async def _ask_if_duplicate(ctx: Ctx, data: dict[str, Any]) -> bool:
+    """Before a second order like one still open: ask whether it is the same thing. True when
+    the question was asked (nothing is stored yet)."""
+    assert ctx.person is not None
+    window = ctx.settings.duplicate_window_minutes
+    if window <= 0:
+        return False
+    _, building = await _role_building(ctx, data)
+    # One person's submissions one after the other, whatever chat they come from (PostgreSQL
+    # locks the row; SQLite runs one writer at a time): two submits at once cannot both miss
+    # each other's order.
+    await ctx.session.execute(
+        select(Person.id).where(Person.id == ctx.person.id).with_for_update()
+    )
+    earlier = await ctx.session.scalar(
+        select(Order)
+        .where(
+            Order.resident_id == ctx.person.id,
+            Order.category == data["category"],
+            Order.building_id == building.id,
+            Order.status.in_(OPEN_STATES),
+            Order.created_at >= ctx.now - timedelta(minutes=window),
+        )
+        .order_by(Order.id.desc())
+        .limit(1)
+    )
+    if earlier is None:
+        return False
+    data["dup_of"] = earlier.id
+    await _ask_duplicate(ctx, data)
+    return True
+
+
+async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
+    earlier = await ctx.orders.get(int(data["dup_of"]))
+    await ctx.set_conversation(FLOW_ORDER, "duplicate", data)
+    minutes = max(1, int((ctx.now - _aware(earlier.created_at, ctx.now)).total_seconds() // 60))
+    key = data.get("key") or ""
+    ctx.reply(
+        ctx.t(
+            "order.duplicate_ask",
+            minutes=str(minutes),
+            number=cards.number(earlier),
+            status=cards.status_name(ctx.tr, ctx.lang, earlier.status),
+            description=_quote(earlier.description),
+        ),
+        [
+            [
+                Button(ctx.t("btn.same_order"), p.flow("same", f"{earlier.id}-{key}")),
+                Button(ctx.t("btn.another_order"), p.flow("new", key or None)),
+            ],
+            common.cancel_row(ctx),
+        ],
+        ref=_question_ref(data),
+    )
+
+
+def _aware(moment: datetime, like: datetime) -> datetime:
+    """``moment`` comparable with ``like`` (SQLite returns naive UTC datetimes)."""
+    if moment.tzinfo is None and like.tzinfo is not None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+async def _same_as(ctx: Ctx, data: dict[str, Any]) -> None:
+    """The resident says it is the same thing: nothing new is created; what they wrote this
+    time is kept on the earlier order as a note, and they are told where it stands."""
+    assert ctx.person is not None
+    earlier = await ctx.orders.get(int(data["dup_of"]))
+    if earlier.resident_id != ctx.person.id:
+        raise OrderError("error.not_your_button")
+    await ctx.orders.add_note(
+        earlier,
+        ctx.person.id,
+        data["description"],
+        photo=data.get("photo"),
+        voice=data.get("voice"),
+    )
+    await ctx.end_conversation()
+    args = {
+        "number": cards.number(earlier),
+        "status": cards.status_name(ctx.tr, ctx.lang, earlier.status),
+    }
+    await _close_confirmation(ctx, data, "order.same_done", **args)
+    ctx.say("order.same_done", None, **args)
+    ctx.toast = ctx.t("order.same_done_short", number=args["number"])
+
+
+async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
+    assert ctx.person is not None
+    role, building = await _role_building(ctx, data)
     order = await ctx.orders.submit(
         ctx.person,
         building,
@@ -195,11 +461,16 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
             category=data["category"],
             description=data["description"],
             photo=data.get("photo"),
+            voice=data.get("voice"),
             latitude=data.get("lat"),
             longitude=data.get("lon"),
+            submit_key=data.get("key"),
         ),
     )
     await ctx.end_conversation()
+    await _close_confirmation(
+        ctx, data, "order.received_short", number=cards.number(order)
+    )
     ctx.reply(
         Outbound(
             ctx.t("order.received", number=cards.number(order)),
@@ -211,6 +482,55 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
     # keyboard, not both, so the menu comes back on its own message.
     await common.show_menu(ctx)
     ctx.toast = ctx.t("order.received_short", number=cards.number(order))
+
+
+def confirmation_key(payload: p.Payload) -> str | None:
+    """The confirmation a finishing button belongs to (``None``: an old button without one)."""
+    if payload.action not in FINISHING or not payload.arg:
+        return None
+    return payload.arg.rsplit("-", 1)[-1] if payload.action == "same" else payload.arg
+
+
+def belongs(conv: Conversation, payload: p.Payload) -> bool:
+    """Whether a flow button is one of the current conversation's (a confirmation's button
+    names its order-to-be; one of an earlier, finished or cancelled, confirmation does not
+    belong to the order being placed now)."""
+    key = confirmation_key(payload)
+    if key is None:
+        return True
+    return conv.flow == FLOW_ORDER and (conv.data or {}).get("key") == key
+
+
+async def finished(ctx: Ctx, payload: p.Payload) -> bool:
+    """A finishing button pressed again after its confirmation was answered: say what came
+    of it (the order's number and state) rather than "expired". False when nothing came of it
+    (the flow was cancelled)."""
+    assert ctx.person is not None
+    key = confirmation_key(payload)
+    if key is None:
+        return False
+    order = await ctx.session.scalar(
+        select(Order).where(Order.resident_id == ctx.person.id, Order.submit_key == key)
+    )
+    if order is not None:
+        args = {
+            "number": cards.number(order),
+            "status": cards.status_name(ctx.tr, ctx.lang, order.status),
+        }
+        ctx.say("order.already_submitted", None, **args)
+        ctx.toast = ctx.t("order.already_submitted", **args)
+        return True
+    if payload.action == "same" and payload.arg and payload.arg.split("-", 1)[0].isdigit():
+        earlier = await ctx.session.get(Order, int(payload.arg.split("-", 1)[0]))
+        if earlier is not None and earlier.resident_id == ctx.person.id:
+            args = {
+                "number": cards.number(earlier),
+                "status": cards.status_name(ctx.tr, ctx.lang, earlier.status),
+            }
+            ctx.say("order.same_done", None, **args)
+            ctx.toast = ctx.t("order.same_done_short", number=args["number"])
+            return True
+    return False
 
 
 # ---- short flows ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from bot.core.orders import OrderError, OrderService
 from bot.core.points import PointsRules
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
-from handlers import bind, common, dispatch, duties, flows
+from handlers import bind, common, dispatch, duties, flows, free_text
 from handlers.context import Ctx
 from models import Identity, Person, ProcessedUpdate, utcnow
 
@@ -48,6 +48,7 @@ class Router:
         on_commit: Callable[[], None] | None = None,
         import_photo: Callable[[Inbound], Awaitable[str | None]] | None = None,
         push_policies: Mapping[str, PushPolicy] | None = None,
+        import_voice: Callable[[Inbound], Awaitable[str | None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
@@ -57,6 +58,7 @@ class Router:
         self.import_photo = import_photo
         #: Channel name → its push rules, told of every message stored (WeChat's window).
         self.push_policies = push_policies if push_policies is not None else {}
+        self.import_voice = import_voice
 
     async def __call__(self, event: Inbound) -> HandleResult:
         """Handle one event; never raises for bad input (the user gets a polite answer).
@@ -75,6 +77,13 @@ class Router:
             except Exception:  # e.g. an unwritable media folder: keep the message, not the photo
                 log.exception("could not store a %s photo", event.channel)
                 event.photo, event.photo_lost = None, True
+        if event.voice and self.import_voice is not None:
+            # The same for a voice message.
+            try:
+                event.voice = await self.import_voice(event) or event.voice
+            except Exception:
+                log.exception("could not store a %s voice message", event.channel)
+                event.voice, event.voice_lost = None, True
         try:
             result = await self._handle(event)
         except Exception as err:
@@ -192,6 +201,8 @@ class Router:
             return
         if event.photo_lost:
             ctx.say("media.photo_not_kept")
+        if event.voice_lost:
+            ctx.say("media.voice_not_kept")
         if event.text is not None and len(event.text) > self.settings.max_text_length:
             ctx.say("error.too_long", limit=str(self.settings.max_text_length))
             ctx.toast = ctx.t("error.too_long_short")
@@ -224,6 +235,17 @@ class Router:
         if ctx.person is None:
             await bind.welcome(ctx)
             return
+        if await flows.is_resident(ctx):
+            # A resident's own words (or photo, or voice) outside a flow are the problem
+            # they want to report; a bare pleasantry is answered politely.
+            if event.photo or event.voice or (text and not free_text.is_courtesy(text)):
+                await flows.start_from_message(ctx)
+                return
+            if text:
+                await common.courtesy(ctx)
+                return
+            if event.photo_lost or event.voice_lost:
+                return  # they were told it could not be kept, and asked to write instead
         await common.fallback(ctx)
 
     async def _button(self, ctx: Ctx, payload: payloads.Payload) -> None:
@@ -239,7 +261,11 @@ class Router:
 
                 await link.push(ctx, payload.arg or "")
                 return
-            if conv is None:
+            if conv is None or not flows.belongs(conv, payload):
+                # A button of a step already answered: say what came of it when it was
+                # carried out (the order's number), else that it expired.
+                if await flows.finished(ctx, payload):
+                    return
                 raise OrderError("error.button_stale")
             await flows.step(ctx, conv, payload)
             return

@@ -39,7 +39,12 @@ class Order(Base):
 
     __tablename__ = "orders"
     #: Reports read a period's orders of a subtree (bot/reports/kpi.py).
-    __table_args__ = (Index("ix_orders_grid_id_created_at", "grid_id", "created_at"),)
+    #: ``submit_key`` names the confirmation a resident pressed: one order per key and
+    #: resident, whoever presses it how often (a second press is told the first's number).
+    __table_args__ = (
+        Index("ix_orders_grid_id_created_at", "grid_id", "created_at"),
+        Index("uq_orders_resident_submit_key", "resident_id", "submit_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     resident_id: Mapped[int] = mapped_column(ForeignKey("person.id"), index=True)
@@ -50,6 +55,9 @@ class Order(Base):
     category: Mapped[str] = mapped_column(String(32))
     description: Mapped[str] = mapped_column(Text)
     photo: Mapped[str | None] = mapped_column(String(300))
+    #: A voice message the resident sent (a media-store reference), forwarded to the handler.
+    voice: Mapped[str | None] = mapped_column(String(300))
+    submit_key: Mapped[str | None] = mapped_column(String(32))
     latitude: Mapped[float | None] = mapped_column()
     longitude: Mapped[float | None] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default=SUBMITTED, index=True)

@@ -117,6 +117,8 @@ EXTRA_SETTINGS = frozenset(
         "GRIDBOT_CONSOLE_ENABLED",
         "GRIDBOT_PUBLIC_URL",
         "GRIDBOT_CONSOLE_IDLE_MINUTES",
+        # Residents' orders: the "same thing?" question
+        "GRIDBOT_DUPLICATE_WINDOW_MINUTES",
     }
 )
 KNOWN_SETTINGS = CORE_SETTINGS | EXTRA_SETTINGS

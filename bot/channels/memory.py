@@ -132,6 +132,10 @@ class MemoryUser:
         """Send a photo."""
         return (await self.intake(self._event(photo=ref, text=caption))).toast
 
+    async def voice(self, ref: str) -> str | None:
+        """Send a voice message."""
+        return (await self.intake(self._event(voice=ref))).toast
+
     async def location(self, lat: float, lon: float) -> str | None:
         """Share a location."""
         return (await self.intake(self._event(location=(lat, lon)))).toast

@@ -154,7 +154,10 @@ def to_inbound(
         if message.location is not None
         else None
     )
-    if text is None and photo is None and location is None:
+    # A voice message (or an audio file sent as one): kept with the order like a photo.
+    recording = message.voice or message.audio
+    voice = recording.file_id if recording is not None else None
+    if text is None and photo is None and location is None and voice is None:
         return None
     user = message.from_user
     received = message.date
@@ -167,6 +170,7 @@ def to_inbound(
         dedupe_key=dedupe_key,
         text=text,
         photo=photo,
+        voice=voice,
         location=location,
         locale=user.language_code,
         display_name=user.full_name,
@@ -701,10 +705,19 @@ class TelegramChannel:
         markup = render_markup(message)
         if message.document:
             return await self._send_document(target, message, markup)
+        # A voice message goes first (as a photo does): if it fails, nothing is out yet and
+        # the retry starts clean; the message with the buttons comes last.
+        started = await self._send_voice(target, message.voice)
+
+        async def first(request: Callable[[], Awaitable[T]]) -> T:
+            return await (self._continue(request) if started else self._call(request()))
+
         photo = await self._photo(message.photo)
         if photo is not None and _utf16_len(message.text) <= CAPTION_LIMIT:
-            sent = await self._call(
-                bot.send_photo(target, photo, caption=message.text or None, reply_markup=markup)
+            sent = await first(
+                lambda: bot.send_photo(
+                    target, photo, caption=message.text or None, reply_markup=markup
+                )
             )
             return str(sent.message_id)
         parts = split_text(message.text)
@@ -714,14 +727,38 @@ class TelegramChannel:
             return bot.send_message(target, parts[number], reply_markup=markup if last else None)
 
         if photo is not None:
-            await self._call(bot.send_photo(target, photo))
+            await first(lambda: bot.send_photo(target, photo))
             sent = await self._continue(lambda: send_part(0))
         else:
-            sent = await self._call(send_part(0))
+            sent = await first(lambda: send_part(0))
         for number in range(1, len(parts)):
             # Something is out already: finish rather than fail, or a retry would repeat it.
             sent = await self._continue(functools.partial(send_part, number))
         return str(sent.message_id)
+
+    async def _send_voice(self, target: int | str, ref: str | None) -> bool:
+        """sendVoice of a stored recording (OGG/Opus, MP3, M4A: what Telegram plays), or of a
+        Telegram file_id; other recordings (WeChat's AMR) go as a file the handler can open.
+        False when there is nothing to send here (the text says a voice message exists)."""
+        if not ref:
+            return False
+        bot = self.application.bot
+        if not ref.startswith(MEDIA_PREFIX):
+            if ":" in ref:  # another platform's reference, never copied into the store
+                return False
+            await self._call(bot.send_voice(target, ref))
+            return True
+        path = self._media.path(ref) if self._media else None
+        if path is None:
+            log.warning("voice %s is not in the media store; sending text only", ref)
+            return False
+        data = await asyncio.to_thread(path.read_bytes)
+        ext = path.suffix.lstrip(".").lower()
+        if ext in VOICE_PLAYABLE:
+            await self._call(bot.send_voice(target, data, filename=f"voice.{ext}"))
+        else:
+            await self._call(bot.send_document(target, data, filename=f"voice.{ext}"))
+        return True
 
     async def _send_document(self, target: int | str, message: Outbound, markup: Any) -> str:
         """sendDocument of a media-store file, the text as its caption (cut to the limit)."""
@@ -808,6 +845,10 @@ class TelegramChannel:
                     raise
                 await asyncio.sleep(exc.seconds)
         raise AssertionError("unreachable")
+
+
+#: Recordings Telegram plays as a voice message (sendVoice).
+VOICE_PLAYABLE = ("ogg", "mp3", "m4a")
 
 
 def _chat_ref(chat_id: str) -> int | str:

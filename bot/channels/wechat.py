@@ -103,6 +103,10 @@ MEDIA_VALIDITY = timedelta(days=3)
 MEDIA_MARGIN = timedelta(hours=1)
 #: Image types WeChat accepts as ``image`` media (WebP is not one of them).
 UPLOADABLE = frozenset({"jpg", "png", "gif"})
+#: Recordings WeChat accepts as ``voice`` media (a Telegram OGG is only mentioned in the text).
+VOICE_UPLOADABLE = frozenset({"amr", "mp3"})
+_MIME = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "amr": "audio/amr",
+         "mp3": "audio/mpeg"}
 #: A handler that missed the reply deadline and then failed is run again this many times,
 #: first after this many seconds, each wait four times the one before.
 LATE_RETRIES = 3
@@ -161,8 +165,9 @@ def _same(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------- inbound
 def to_inbound(message: Any, received_at: datetime) -> Inbound | None:
     """Turn a wechatpy message (:func:`wechatpy.parse_message`) into an :class:`Inbound`;
-    ``None`` if it is nothing for the core (unsubscribe, view, automatic location reports,
-    voice...).
+    ``None`` if it is nothing for the core (unsubscribe, view, automatic location reports...).
+    A voice message is kept (``voice``); WeChat's speech recognition, when the account has it
+    on, is its text.
 
     ``subscribe`` with ``qrscene_<token>`` and ``SCAN`` with ``<token>`` are ``/start <token>``;
     a plain ``subscribe`` is ``/start``; a menu ``CLICK`` is its command.
@@ -193,6 +198,12 @@ def to_inbound(message: Any, received_at: datetime) -> Inbound | None:
         if not media_id and not pic_url:
             return None
         return Inbound(photo=f"wx:{media_id}|{pic_url}", **base)
+    if msg_type == "voice":
+        media_id = str(data.get("MediaId") or "")
+        if not media_id:
+            return None
+        recognition = str(data.get("Recognition") or "").strip()
+        return Inbound(voice=f"wx:{media_id}|", text=recognition or None, **base)
     if msg_type == "location":
         try:
             lat, lon = float(data["Location_X"]), float(data["Location_Y"])
@@ -366,14 +377,19 @@ class WeChatApi:
 
     async def upload_image(self, data: bytes, filename: str) -> str:
         """``media/upload`` (type image): temporary media, valid three days; its media_id."""
+        return await self.upload_media(data, filename, "image")
+
+    async def upload_media(self, data: bytes, filename: str, kind: str) -> str:
+        """``media/upload`` of an ``image`` or a ``voice``: temporary media, valid three days;
+        its media_id."""
         token = await self.access_token()
         ext = filename.rsplit(".", 1)[-1].lower()
-        mime = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(ext, "image/jpeg")
+        mime = _MIME.get(ext, "image/jpeg" if kind == "image" else "audio/amr")
         for attempt in range(2):
             try:
                 response = await self.http.post(
                     f"{self.base_url}/cgi-bin/media/upload",
-                    params={"access_token": token, "type": "image"},
+                    params={"access_token": token, "type": kind},
                     files={"media": (filename, data, mime)},
                 )
                 answer = response.json()
@@ -856,17 +872,26 @@ class WeChatChannel:
         ):
             reserved = 1
             try:
-                media_id = None
+                media_id = voice_id = None
                 # A photo is a second customer-service message: only when the quota has room
-                # for both; else the text alone goes out (and says a photo exists).
+                # for both; else the text alone goes out (and says a photo exists). The same
+                # for a voice message (the text says one exists).
                 if self._uploadable(message.photo) and await self._reserve_push(identity.id):
-                    reserved = 2
+                    reserved += 1
                     media_id = await self._photo_media_id(message.photo)
                     if media_id is None:
-                        reserved = 1
+                        reserved -= 1
+                        await self._refund_push(identity.id)
+                if self._uploadable(message.voice, VOICE_UPLOADABLE) and await self._reserve_push(
+                    identity.id
+                ):
+                    reserved += 1
+                    voice_id = await self._photo_media_id(message.voice, "voice")
+                    if voice_id is None:
+                        reserved -= 1
                         await self._refund_push(identity.id)
                 return await self._send_custom(
-                    identity, row.chat_id, message, lang, media_id=media_id
+                    identity, row.chat_id, message, lang, media_id=media_id, voice_id=voice_id
                 )
             except (WindowClosed, QuotaUsed) as err:
                 log.info("wechat push to outbox %s refused (%s): trying a template", row.id, err)
@@ -881,16 +906,18 @@ class WeChatChannel:
             return await self._send_template(identity, row, template, message, lang)
         raise Unreachable(f"wechat: no open window and no template for {kind}")
 
-    def _uploadable(self, ref: str | None) -> bool:
-        """Whether ``ref`` is a photo of the media store that WeChat takes as an image."""
+    def _uploadable(self, ref: str | None, types: frozenset[str] = UPLOADABLE) -> bool:
+        """Whether ``ref`` is a file of the media store that WeChat takes (an image, or with
+        ``types`` :data:`VOICE_UPLOADABLE`, a voice)."""
         if not ref or self.media is None or not ref.startswith(MEDIA_PREFIX):
             return False
         path = self.media.path(ref)
-        return path is not None and path.suffix.lstrip(".").lower() in UPLOADABLE
+        return path is not None and path.suffix.lstrip(".").lower() in types
 
-    async def _photo_media_id(self, ref: str | None) -> str | None:
-        """The WeChat media_id of a media-store photo: cached (three days, shared by every
-        instance through the database), else uploaded now. ``None`` if it cannot be."""
+    async def _photo_media_id(self, ref: str | None, kind: str = "image") -> str | None:
+        """The WeChat media_id of a media-store photo (or voice, ``kind``): cached (three
+        days, shared by every instance through the database), else uploaded now. ``None`` if
+        it cannot be."""
         if not ref or self.media is None:
             return None
         now = self.clock()
@@ -903,7 +930,7 @@ class WeChatChannel:
             return None
         try:
             data = await asyncio.to_thread(path.read_bytes)
-            media_id = await self.api.upload_image(data, path.name)
+            media_id = await self.api.upload_media(data, path.name, kind)
         except OSError as err:
             log.warning("photo %s could not be read (%s): sending text only", ref, err)
             return None
@@ -958,12 +985,18 @@ class WeChatChannel:
         lang: str,
         *,
         media_id: str | None = None,
+        voice_id: str | None = None,
     ) -> str:
         if media_id is not None:
             # The photo first (an image message), then the text with its options.
             await self.api.call(
                 "message/custom/send",
                 {"touser": openid, "msgtype": "image", "image": {"media_id": media_id}},
+            )
+        if voice_id is not None:
+            await self.api.call(
+                "message/custom/send",
+                {"touser": openid, "msgtype": "voice", "voice": {"media_id": voice_id}},
             )
         rendered = await self._render(identity, message, lang, photo_sent=media_id is not None)
         if self.msgmenu and rendered.options and not message.ask_location:

@@ -87,6 +87,8 @@ def card_text(tr: Translator, lang: str, v: OrderView, *, contact: bool, full: b
         )
     if o.photo:
         lines.append(tr.t(lang, "card.has_photo"))
+    if o.voice:
+        lines.append(tr.t(lang, "card.has_voice"))
     if contact:
         lines.append(
             tr.t(
@@ -125,6 +127,7 @@ def dispatch_card(
             ],
         ],
         photo=v.order.photo,
+        voice=v.order.voice,
     )
 
 
@@ -157,6 +160,7 @@ def assignee_card(tr: Translator, lang: str, v: OrderView, key: str) -> Outbound
         text,
         buttons=[[Button(tr.t(lang, "btn.done"), p.order("done", v.order.id))]],
         photo=v.order.photo,
+        voice=v.order.voice,
     )
 
 

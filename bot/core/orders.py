@@ -96,6 +96,9 @@ class NewOrder:
     photo: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+    voice: str | None = None
+    #: The confirmation the resident pressed (unique per resident: one order per press).
+    submit_key: str | None = None
     source: str = SOURCE_RESIDENT
     note_key: str = "dispatch.new"
     note_args: dict[str, str] = field(default_factory=dict)
@@ -323,6 +326,8 @@ class OrderService:
             category=category.code,
             description=data.description,
             photo=data.photo,
+            voice=data.voice,
+            submit_key=data.submit_key,
             latitude=data.latitude,
             longitude=data.longitude,
             status=SUBMITTED,
@@ -343,13 +348,38 @@ class OrderService:
                 log.warning("order %s: no handler of grid %s has a chat yet", order.id, grid.code)
         return order
 
+    async def add_note(
+        self,
+        order: Order,
+        actor_id: int,
+        note: str,
+        *,
+        photo: str | None = None,
+        voice: str | None = None,
+    ) -> None:
+        """The resident reports an open order again (the same thing): an event that changes
+        no state, and whoever works on it now (the member who took it, else its handlers)
+        hears it, with the new photo or voice message if any."""
+        self._event(order, actor_id, "note", order.status, note=note)
+        people = [order.assignee_id] if order.assignee_id else await self._handlers(order)
+        for pid in people:
+            await self.notify.to_person(
+                pid,
+                lambda lang: Outbound(
+                    self.tr.t(lang, "dispatch.reported_again", number=number(order), text=note),
+                    photo=photo,
+                    voice=voice,
+                ),
+            )
+
     async def cancel(self, person: Person, order_id: int) -> Order:
         """The resident withdraws an order nobody has accepted yet."""
         order = await self.get(order_id)
         if order.resident_id != person.id:
             raise OrderError("error.not_your_button")
         if order.status == CANCELLED:
-            raise OrderError("error.order_cancelled")
+            # Pressed again (the receipt's button, or a list's): say what happened.
+            raise OrderError("order.already_cancelled", number=number(order))
         if order.status not in CANCELLABLE:
             raise OrderError("error.cannot_cancel")
         old = await self._transition(order, CANCELLABLE, CANCELLED)
@@ -373,6 +403,10 @@ class OrderService:
         if order.resident_id != person.id:
             raise OrderError("error.not_your_button")
         if order.status != DONE:
+            if order.rating is not None:  # rated already: a second press says so
+                raise OrderError(
+                    "order.already_rated", number=number(order), stars="★" * order.rating
+                )
             raise OrderError("error.cannot_rate")
         old = await self._transition(order, (DONE,), CONFIRMED, rating=stars)
         self._event(order, person.id, "rate", old, note=str(stars))

@@ -125,6 +125,8 @@ class SentMessage:
     #: sendDocument: the uploaded file's id and the name it was sent under.
     document: str | None = None
     document_name: str | None = None
+    #: sendVoice: the voice message's file id (an upload's, or one the bot passed on).
+    voice: str | None = None
 
     @property
     def chat_id(self) -> int:
@@ -163,6 +165,8 @@ class SentMessage:
             msg["photo"] = _photo_sizes(self.photo)
             if self.text:
                 msg["caption"] = self.text
+        elif self.voice is not None:
+            msg["voice"] = _voice(self.voice)
         else:
             msg["text"] = self.text or ""
         if self.edited:
@@ -225,6 +229,11 @@ class FakeUser:
         return await self.server._enqueue({"message": self._message(
             photo=_photo_sizes(file_id), **extra)})
 
+    async def send_voice(self, file_id: str, content: bytes) -> JSON:
+        """The user sends a voice message (OGG/Opus, as Telegram records them)."""
+        self.server.add_file(file_id, content)
+        return await self.server._enqueue({"message": self._message(voice=_voice(file_id))})
+
     async def send_location(self, latitude: float, longitude: float) -> JSON:
         """The user shares a location."""
         loc = {"latitude": latitude, "longitude": longitude}
@@ -245,6 +254,12 @@ class FakeUser:
         if isinstance(message, int):
             message = self.server.message(self.chat_id, message)
         return await self.press(message, message.payload_for(label))
+
+
+def _voice(file_id: str) -> JSON:
+    """Telegram's Voice object."""
+    return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "duration": 4,
+            "mime_type": "audio/ogg", "file_size": 9000}
 
 
 def _photo_sizes(file_id: str) -> list[JSON]:
@@ -319,7 +334,7 @@ class FakeTelegramServer:
         self._failing: dict[str, list[int]] = {}
         self._methods: dict[str, Callable[[JSON], Awaitable[Any]]] = {
             name.lower(): getattr(self, f"_api_{name}") for name in (
-                "getMe", "getUpdates", "sendMessage", "sendPhoto", "sendDocument",
+                "getMe", "getUpdates", "sendMessage", "sendPhoto", "sendDocument", "sendVoice",
                 "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
                 "answerCallbackQuery",
                 "getFile", "setWebhook", "deleteWebhook", "getWebhookInfo", "setMyCommands",
@@ -662,6 +677,15 @@ class FakeTelegramServer:
         msg = self._messages[chat_id][result["message_id"]]
         msg.document, msg.document_name = document, self._file_names.get(document)
         return result
+
+    async def _api_sendVoice(self, p: JSON) -> JSON:
+        chat_id = self._check_chat(p)
+        voice = p.get("voice")
+        if not isinstance(voice, str) or voice not in self._files:
+            raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        result = self._store(chat_id, p, text=p.get("caption"), photo=None)
+        self._messages[chat_id][result["message_id"]].voice = voice
+        return self._messages[chat_id][result["message_id"]].to_api()
 
     def file(self, file_id: str) -> bytes:
         """The content of a file the bot uploaded (a photo or a document)."""

@@ -1,11 +1,11 @@
 """A fake WeChat API server (real HTTP on 127.0.0.1) and a fake WeChat *callback sender*.
 
 :class:`FakeWeChatServer` answers the endpoints Gridbot uses: ``cgi-bin/stable_token``,
-``message/custom/send`` (text, ``msgmenu`` and ``image``), ``message/template/send``,
-``qrcode/create``, ``menu/create``, ``media/get`` and ``media/upload`` (images the bot
-pushes). Tokens expire on demand (``expire_token``: the next call answers 40001), and a
-test can script error codes per user (``script``: 45015, 45047, -1, ...), refuse uploads
-(``upload_errors``) or slow every answer down (``delay``).
+``message/custom/send`` (text, ``msgmenu``, ``image`` and ``voice``), ``message/template/send``,
+``qrcode/create``, ``menu/create``, ``media/get`` and ``media/upload`` (images and voice
+messages the bot pushes). Tokens expire on demand (``expire_token``: the next call answers
+40001), and a test can script error codes per user (``script``: 45015, 45047, -1, ...),
+refuse uploads (``upload_errors``) or slow every answer down (``delay``).
 
 :class:`WeChatSender` plays WeChat's servers posting callbacks to the bot's ``/wechat`` URL:
 it builds the XML, signs it with the token and, in safe mode, encrypts it with the
@@ -72,6 +72,8 @@ class FakeWeChatServer:
     media: dict[str, bytes] = field(default_factory=dict)
     #: images the bot uploaded (``media/upload``), by the media_id they were given.
     uploads: dict[str, bytes] = field(default_factory=dict)
+    #: what each upload was sent as (``image`` or ``voice``), by media_id.
+    upload_types: dict[str, str] = field(default_factory=dict)
     #: errcode to answer to the next ``media/upload`` calls, in order.
     upload_errors: list[int] = field(default_factory=list)
     token_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -157,11 +159,12 @@ class FakeWeChatServer:
             text = "\n".join(
                 [menu["head_content"], *[f"[{i['id']}] {i['content']}" for i in menu["list"]]]
             )
-        elif body["msgtype"] == "image":
-            media_id = body["image"]["media_id"]
-            if media_id not in self.uploads:
+        elif body["msgtype"] in ("image", "voice"):
+            kind = body["msgtype"]
+            media_id = body[kind]["media_id"]
+            if self.upload_types.get(media_id) != kind:
                 return JSONResponse({"errcode": 40007, "errmsg": "invalid media_id"})
-            text = f"[image {media_id}]"
+            text = f"[{kind} {media_id}]"
         else:
             return JSONResponse({"errcode": 40008, "errmsg": "invalid message type"})
         self.sent.append(Sent(body["msgtype"], user, text, body))
@@ -212,7 +215,8 @@ class FakeWeChatServer:
         refused = self._check_token(request)
         if refused is not None:
             return refused
-        if request.query_params.get("type") != "image":
+        kind = request.query_params.get("type")
+        if kind not in ("image", "voice"):
             return JSONResponse({"errcode": 40004, "errmsg": "invalid media type"})
         if self.upload_errors:
             return JSONResponse({"errcode": self.upload_errors.pop(0), "errmsg": "scripted"})
@@ -220,11 +224,12 @@ class FakeWeChatServer:
                                "media")
         if data is None:
             return JSONResponse({"errcode": 41005, "errmsg": "media data missing"})
+        if kind == "voice" and not data.startswith((b"#!AMR", b"ID3", b"\xff\xfb")):
+            return JSONResponse({"errcode": 40005, "errmsg": "invalid file type"})
         media_id = f"MEDIA-UP-{len(self.uploads) + 1}"
         self.uploads[media_id] = data
-        return JSONResponse(
-            {"type": "image", "media_id": media_id, "created_at": int(time.time())}
-        )
+        self.upload_types[media_id] = kind
+        return JSONResponse({"type": kind, "media_id": media_id, "created_at": int(time.time())})
 
     async def wait_for(
         self, openid: str, predicate: Callable[[str], bool], timeout: float = 10.0  # noqa: ASYNC109
@@ -368,6 +373,12 @@ class WeChatSender:
             self.xml(openid, "image", PicUrl=pic_url or "http://invalid.example/p.jpg",
                      MediaId=media_id)
         )
+
+    async def voice(self, openid: str, media_id: str, recognition: str | None = None) -> Reply:
+        fields: dict[str, Any] = {"MediaId": media_id, "Format": "amr"}
+        if recognition is not None:
+            fields["Recognition"] = recognition
+        return await self.post_raw(self.xml(openid, "voice", **fields))
 
     async def location(self, openid: str, lat: float, lon: float) -> Reply:
         return await self.post_raw(

@@ -45,6 +45,8 @@ async def place_order(
     else:
         await tap(resident, "跳过")
     await resident.press("提交")
+    if "是同一件事吗" in resident.last().text:  # like one still open: it is another one
+        await resident.press("另报一件")
 
 
 async def tap(user: MemoryUser, label: str) -> None:

@@ -43,7 +43,7 @@ async def test_cancel_a_submitted_order(harness: Harness) -> None:
     assert await snapshot(harness) == before
     # A second tap on "withdraw" says so, rather than claiming someone took it.
     await resident.press_payload(cancel)
-    assert "这张工单已被居民撤回" in resident.last().text
+    assert "您已撤回工单 000001" in resident.last().text
     assert await snapshot(harness) == before
     await resident.send("/myorders")
     assert "000001 · 维修报修 · 已撤回" in resident.last().text

@@ -132,9 +132,9 @@ async def test_five_stars_close_the_order_and_credit_points(harness: Harness) ->
 
     # Rating again, or by someone else, is refused and changes nothing.
     before = await snapshot(harness)
-    await resident.press("★", message=rating)
-    assert "这张工单现在不能评价" in resident.last().text
-    await resident.press("没解决", message=rating)
+    await resident.press_payload(payload_of(rating, "★★★★★"))
+    assert "您已评价过工单 000001（★★★★★）" in resident.last().text  # says what happened
+    await resident.press_payload(f"o:ns:{order.id}")
     assert "这张工单现在不能评价" in resident.last().text
     for other in (li, worker):
         await other.press_payload(payload_of(rating, "★★★★★"))

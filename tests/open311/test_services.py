@@ -31,7 +31,7 @@ async def test_services_list_every_category_in_json_and_xml(city: City) -> None:
         "description": "维修报修，办理时限 48 小时",
         "metadata": True,  # the demo's repair category asks for the part (楼道/户内/室外)
         "type": "realtime",
-        "keywords": "楼道灯,水管,门禁",
+        "keywords": "楼道灯,路灯,水管,门禁,电梯,坏了",
         "group": "物业维修",
     }
     assert safety["metadata"] is False and safety["group"] == "安全"
@@ -40,7 +40,8 @@ async def test_services_list_every_category_in_json_and_xml(city: City) -> None:
     assert [i["service_code"] for i in items] == [s["service_code"] for s in services]
     assert all(set(i) == SERVICE_FIELDS for i in items)
     assert items[0]["metadata"] == "true" and items[1]["metadata"] == "false"
-    assert items[0]["keywords"] == "楼道灯,水管,门禁" and items[0]["type"] == "realtime"
+    assert items[0]["keywords"] == "楼道灯,路灯,水管,门禁,电梯,坏了"
+    assert items[0]["type"] == "realtime"
 
 
 async def test_a_service_that_asks_for_attributes_defines_them(city: City) -> None:
