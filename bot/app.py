@@ -24,19 +24,17 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from bot.admin.importer import default_categories, import_community
 from bot.channels import registry
-from bot.channels.base import Adapter, ChannelHost, FileSource, PushPolicy
+from bot.channels.base import Adapter, ChannelHost, PushPolicy
 from bot.config import Settings
 from bot.console.web import PREFIX as CONSOLE_PREFIX
 from bot.console.web import Console
 from bot.delivery import Deliverer
 from bot.i18n import Translator
-from bot.media import PREFIX as MEDIA_PREFIX
 from bot.media import MediaStore
 from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics
 from bot.open311 import PREFIX as OPEN311_PREFIX
 from bot.open311 import Open311
-from bot.ports import Inbound
 from handlers.router import Router
 from models import Category, Grid, OutboxMessage, utcnow
 from models.db import make_engine, make_sessionmaker, startup_lock, upgrade
@@ -86,9 +84,7 @@ class Gridbot:
             self.tr,
             clock=clock,
             on_commit=self.deliverer.wake,
-            import_photo=self.import_photo,
             push_policies=self.push_policies,
-            import_voice=self.import_voice,
         )
         self.metrics = Metrics()
         #: What channels call with each inbound update: the router, timed for /metrics.
@@ -136,40 +132,6 @@ class Gridbot:
             if isinstance(adapter, kind):
                 return adapter
         raise LookupError(f"no {kind.__name__} is enabled")
-
-    async def import_photo(self, event: Inbound) -> str | None:
-        """Copy a photo from its platform into the media store; ``None`` if that fails."""
-        channel = self.channels.get(event.channel)
-        if (
-            not isinstance(channel, FileSource)
-            or not event.photo
-            or event.photo.startswith(MEDIA_PREFIX)
-        ):
-            return None
-        try:
-            data = await channel.fetch_file(event.photo)
-        except Exception as err:
-            log.warning("could not fetch a %s photo: %s", event.channel, type(err).__name__)
-            return None
-        return await self.media.save(data)
-
-    async def import_voice(self, event: Inbound) -> str | None:
-        """Copy a voice message from its platform into the media store; ``None`` if that
-        fails (or it is not a recording the store keeps)."""
-        channel = self.channels.get(event.channel)
-        if (
-            not isinstance(channel, FileSource)
-            or not event.voice
-            or event.voice.startswith(MEDIA_PREFIX)
-        ):
-            return None
-        try:
-            data = await channel.fetch_file(event.voice)
-        except Exception as err:
-            log.warning("could not fetch a %s voice message: %s", event.channel,
-                        type(err).__name__)
-            return None
-        return await self.media.save_audio(data)
 
     async def report_unreachable(self, row: OutboxMessage) -> None:
         """A push failed because its person cannot be reached: their other platform, or the

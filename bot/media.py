@@ -5,9 +5,15 @@ like ``media:<32 hex>.<ext>``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from bot.ports import Inbound
+
+log = logging.getLogger(__name__)
 
 PREFIX = "media:"
 NAME = re.compile(r"[0-9a-f]{32}\.(?:jpg|png|gif|webp|xlsx|ogg|amr|mp3|m4a|wav)")
@@ -90,3 +96,48 @@ class MediaStore:
             return None
         path = self.root / name
         return path if path.is_file() else None
+
+
+async def keep_inbound_files(
+    store: MediaStore | None, event: Inbound, fetch: Callable[[str], Awaitable[bytes]]
+) -> None:
+    """Copy an inbound event's photo and voice message from the platform into ``store``
+    before the event reaches the core, so that whoever sees the order, on whatever platform,
+    can see and hear them. Adapters call it before the intake.
+
+    ``event.photo`` / ``event.voice`` become media references. When the platform does not
+    give the file, the platform's reference is kept (Telegram can still send it by its id).
+    When the store cannot keep it (an unwritable media folder), the message goes on without
+    it and ``photo_lost`` / ``voice_lost`` tell the core to say so."""
+    if store is None:
+        return
+    if event.photo and not event.photo.startswith(PREFIX):
+        try:
+            event.photo = await _copy(fetch, store.save, event.photo, event.channel) or event.photo
+        except Exception:  # e.g. an unwritable media folder: keep the message, not the photo
+            log.exception("could not store a %s photo", event.channel)
+            event.photo, event.photo_lost = None, True
+    if event.voice and not event.voice.startswith(PREFIX):
+        try:
+            event.voice = (
+                await _copy(fetch, store.save_audio, event.voice, event.channel) or event.voice
+            )
+        except Exception:
+            log.exception("could not store a %s voice message", event.channel)
+            event.voice, event.voice_lost = None, True
+
+
+async def _copy(
+    fetch: Callable[[str], Awaitable[bytes]],
+    save: Callable[[bytes], Awaitable[str | None]],
+    ref: str,
+    channel: str,
+) -> str | None:
+    """The file's media reference; ``None`` when the platform would not give it (or the store
+    does not take its kind). Raises when the store fails."""
+    try:
+        data = await fetch(ref)
+    except Exception as err:
+        log.warning("could not fetch a %s file: %s", channel, type(err).__name__)
+        return None
+    return await save(data)

@@ -8,7 +8,7 @@ refuse oversized text, then route to a button, a command, the user's current flo
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from sqlalchemy import select
@@ -46,19 +46,15 @@ class Router:
         *,
         clock: Clock = utcnow,
         on_commit: Callable[[], None] | None = None,
-        import_photo: Callable[[Inbound], Awaitable[str | None]] | None = None,
         push_policies: Mapping[str, PushPolicy] | None = None,
-        import_voice: Callable[[Inbound], Awaitable[str | None]] | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.settings = settings
         self.tr = tr
         self.clock = clock
         self.on_commit = on_commit or (lambda: None)
-        self.import_photo = import_photo
         #: Channel name → its push rules, told of every message stored (WeChat's window).
         self.push_policies = push_policies if push_policies is not None else {}
-        self.import_voice = import_voice
 
     async def __call__(self, event: Inbound) -> HandleResult:
         """Handle one event; never raises for bad input (the user gets a polite answer).
@@ -67,23 +63,9 @@ class Router:
         (:func:`infrastructure_failure`), or a bug broke the handler and even the apology
         could not be stored. The channel then has the platform deliver the event again. A bug
         whose apology is stored answers normally: the user is told, and a redelivery would
-        only fail the same way.
+        only fail the same way. Photos and voice messages arrive as media references already
+        (the adapter keeps them first: :func:`bot.media.keep_inbound_files`).
         """
-        if event.photo and self.import_photo is not None:
-            # Copy the photo into the shared store first (outside the transaction), so that
-            # whoever sees the order, on whatever platform, can see the photo.
-            try:
-                event.photo = await self.import_photo(event) or event.photo
-            except Exception:  # e.g. an unwritable media folder: keep the message, not the photo
-                log.exception("could not store a %s photo", event.channel)
-                event.photo, event.photo_lost = None, True
-        if event.voice and self.import_voice is not None:
-            # The same for a voice message.
-            try:
-                event.voice = await self.import_voice(event) or event.voice
-            except Exception:
-                log.exception("could not store a %s voice message", event.channel)
-                event.voice, event.voice_lost = None, True
         try:
             result = await self._handle(event)
         except Exception as err:

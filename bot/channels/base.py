@@ -113,15 +113,6 @@ class Adapter(Channel, Protocol):
 
 
 @runtime_checkable
-class FileSource(Protocol):
-    """An adapter whose inbound files (photos, voice) are fetched from the platform by ref."""
-
-    async def fetch_file(self, ref: str) -> bytes:
-        """The bytes of an inbound file; raises when the platform cannot give them."""
-        ...
-
-
-@runtime_checkable
 class RowSender(Protocol):
     """An adapter with push rules that needs the outbox row itself (its kind, ref and person),
     not only the message: the deliverer hands it the row instead of calling ``send``."""

@@ -136,6 +136,11 @@ class MemoryUser:
         """Send a voice message."""
         return (await self.intake(self._event(voice=ref))).toast
 
+    async def voice_not_kept(self) -> str | None:
+        """Send a voice message the adapter could not keep (its media store failed): the
+        core gets the message without it, flagged ``voice_lost``."""
+        return (await self.intake(self._event(voice_lost=True))).toast
+
     async def location(self, lat: float, lon: float) -> str | None:
         """Share a location."""
         return (await self.intake(self._event(location=(lat, lon)))).toast

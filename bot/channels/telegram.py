@@ -60,7 +60,7 @@ from telegram.request import HTTPXRequest
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter
 from bot.media import PREFIX as MEDIA_PREFIX
-from bot.media import MediaStore
+from bot.media import MediaStore, keep_inbound_files
 from bot.ports import HandleResult, Inbound, Intake, IntakeUnavailable, Outbound
 from bot.request_body import read_capped
 
@@ -645,6 +645,7 @@ class TelegramChannel:
         ok = True
         if inbound is not None:
             try:
+                await keep_inbound_files(self._media, inbound, self.fetch_file)
                 result = await self._intake(inbound)
             except IntakeUnavailable as err:
                 ok = False

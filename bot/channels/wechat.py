@@ -53,7 +53,7 @@ from wechatpy.replies import TextReply
 from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
 from bot.config import TemplateSpec, template_specs
 from bot.i18n import Translator
-from bot.media import MAX_BYTES, MediaStore
+from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.ports import HandleResult, Inbound, Intake, Outbound
 from bot.request_body import read_capped
@@ -665,6 +665,7 @@ class WeChatChannel:
         chat = inbound.chat_id
         self.deliverer.hold(CHANNEL, chat)
         async def run() -> HandleResult:
+            await keep_inbound_files(self.media, inbound, self.fetch_file)
             return await self._intake(inbound)
 
         task = asyncio.create_task(run())

@@ -51,12 +51,12 @@ from wechatpy.enterprise import parse_message
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter, Unreachable
-from bot.channels.webhooks import read_capped
 from bot.channels.wechat import SKIPPED, _same, clip_bytes, signature
 from bot.i18n import Translator
-from bot.media import MAX_BYTES, MediaStore
+from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.ports import Button, Inbound, Intake, Outbound
+from bot.request_body import read_capped
 from models import Identity, KeyValue, Person, WeChatCallback, utcnow
 
 log = logging.getLogger(__name__)
@@ -483,6 +483,7 @@ class WeComChannel:
                 await self._keep_response_code(
                     inbound.button_message_id.removeprefix("card:"), inbound.user_id, code
                 )
+            await keep_inbound_files(self.media, inbound, self.fetch_file)
             await self._intake(inbound)
         except Exception:
             log.exception("wecom intake failed: answering 500 so that WeCom retries")

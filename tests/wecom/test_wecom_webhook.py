@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from bot.channels.wecom import WeComChannel, to_inbound
+from bot.media import keep_inbound_files
 from bot.ports import Inbound
 from models import Identity, ProcessedUpdate, WeChatCallback
 from tests.fakes.wechat_server import PNG
@@ -141,8 +142,10 @@ def test_a_card_press_is_its_neutral_payload_and_deduplicated_by_sender_time_and
 
 async def test_a_photo_a_member_sends_is_copied_into_the_media_store(wc: WC) -> None:
     event = Inbound(channel="wecom", user_id="u", chat_id="u", photo="wecom:MEDIA-IN-1")
-    ref = await wc.app.import_photo(event)
-    assert ref is not None
+    channel = wc.app.channel(WeComChannel)
+    await keep_inbound_files(wc.app.media, event, channel.fetch_file)
+    ref = event.photo
+    assert ref is not None and not event.photo_lost
     path = wc.app.media.path(ref)
     assert path is not None and path.read_bytes() == PNG
 
