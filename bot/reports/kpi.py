@@ -41,6 +41,13 @@ of submit→first dispatch (assign, broadcast, auto-broadcast or handle), →fir
 there. Escalated orders left their micro-grid (an escalate or auto-escalate event); "level
 reached" is the level of the grid handling them. Revisits (回访) are those of the cohort's
 orders: opened, done, still open at the period's end.
+
+How they are computed: in SQL, the same on SQLite and PostgreSQL. :func:`order_rows` reads each
+order of the cohort from its events (one windowed and grouped query: the per-order facts and
+flags above, each written there once); :func:`cohort_statement` sums them per child grid (and
+category, channel, source, level reached) and takes the times' percentiles with window
+functions, in one statement per period. ``bot/reports/replay.py`` keeps the event-by-event
+replay in Python as the tests' oracle.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    distinct,
     func,
     literal,
     null,
@@ -1135,49 +1143,72 @@ async def member_work(
     "done" is at most the longest rating wait (``rate_days``: the setting or any clock row)
     before the rating, since an order done and not rated by then is closed: only the orders
     these people took or did from that long before ``start`` are read."""
-    accepted: dict[int, set[int]] = defaultdict(set)
-    done: dict[int, set[int]] = defaultdict(set)
-    ratings: dict[int, list[int]] = defaultdict(list)
     wanted = set(people)
+    if not wanted:
+        return {}
     longest = await session.scalar(select(func.max(ClockSetting.rate_days)))
     settings_days = settings.order_rate_days if settings is not None else 0
     since = start - timedelta(days=max(longest or 0, settings_days, 7) + 1)
-    rows = (
+    actors = list(wanted)
+    out: dict[int, tuple[int, int, list[int]]] = {}
+    # Orders accepted and done in the period, per person (each order once).
+    for pid, accepted, done in (
         await session.execute(
-            select(OrderEvent.order_id, OrderEvent.actor_id, OrderEvent.action, OrderEvent.note,
-                   OrderEvent.created_at)
-            .where(
-                # Orders these people took or did before the end (their ratings follow).
-                OrderEvent.order_id.in_(
-                    select(OrderEvent.order_id).where(
-                        OrderEvent.actor_id.in_(list(wanted)),
-                        OrderEvent.created_at >= since,
-                        OrderEvent.created_at < end,
-                        OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
-                    )
-                ),
-                OrderEvent.created_at < end,
-                OrderEvent.action.in_((*ACCEPT_ACTIONS, "done", "rate")),
+            select(
+                OrderEvent.actor_id,
+                func.count(distinct(case((OrderEvent.action.in_(ACCEPT_ACTIONS),
+                                          OrderEvent.order_id)))),
+                func.count(distinct(case((OrderEvent.action == "done", OrderEvent.order_id)))),
             )
-            .order_by(OrderEvent.order_id, OrderEvent.created_at, OrderEvent.id)
+            .where(
+                OrderEvent.actor_id.in_(actors),
+                OrderEvent.created_at >= start,
+                OrderEvent.created_at < end,
+                OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
+            )
+            .group_by(OrderEvent.actor_id)
         )
-    ).all()
-    doer: dict[int, int | None] = {}
-    for oid, actor, action, note, at in rows:
-        if action == "done":
-            doer[oid] = actor
-        inside = at >= start
-        if action in ACCEPT_ACTIONS and inside and actor in wanted:
-            accepted[actor].add(oid)
-        elif action == "done" and inside and actor in wanted:
-            done[actor].add(oid)
-        elif action == "rate" and inside and doer.get(oid) in wanted and note and note.isdigit():
-            ratings[doer[oid]].append(int(note))  # type: ignore[index]
-    return {
-        pid: (len(accepted[pid]), len(done[pid]), ratings[pid])
-        for pid in wanted
-        if pid in accepted or pid in done or pid in ratings
-    }
+    ).all():
+        if pid is not None:
+            out[pid] = (int(accepted), int(done), [])
+    # Ratings of the period, each for whoever did the last "done" before it on that order
+    # (in the events' order), on orders these people took or did since ``since``.
+    rate, did = aliased(OrderEvent), aliased(OrderEvent)
+    doer = (
+        select(did.actor_id)
+        .where(
+            did.order_id == rate.order_id,
+            did.action == "done",
+            or_(did.created_at < rate.created_at,
+                and_(did.created_at == rate.created_at, did.id < rate.id)),
+        )
+        .order_by(did.created_at.desc(), did.id.desc())
+        .limit(1)
+        .correlate(rate)
+        .scalar_subquery()
+    )
+    took = select(OrderEvent.order_id).where(
+        OrderEvent.actor_id.in_(actors),
+        OrderEvent.created_at >= since,
+        OrderEvent.created_at < end,
+        OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
+    )
+    for pid, note in (
+        await session.execute(
+            select(doer, rate.note)
+            .where(
+                rate.action == "rate",
+                rate.created_at >= start,
+                rate.created_at < end,
+                digits(rate.note),
+                rate.order_id.in_(took),
+            )
+            .order_by(rate.order_id, rate.created_at, rate.id)
+        )
+    ).all():
+        if pid in wanted:
+            out.setdefault(pid, (0, 0, []))[2].append(int(note))
+    return out
 
 
 async def exit_list(

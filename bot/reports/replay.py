@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
@@ -37,7 +37,7 @@ from bot.reports.kpi import (
     load_revisits,
     nearest_rank,
 )
-from models import Order, OrderEvent, OutboxMessage
+from models import ClockSetting, Order, OrderEvent, OutboxMessage
 from models.orders import AUTO_CLOSED, CANCELLED, CLOSED, SOURCE_RESIDENT
 
 
@@ -205,3 +205,56 @@ async def figures_by_replay(
             [o for o in orders if o.grid_id in ids], revisits, scope.levels
         )
     return out
+
+
+async def member_work_replay(
+    session: AsyncSession,
+    people: Sequence[int],
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+) -> dict[int, tuple[int, int, list[int]]]:
+    """:func:`bot.reports.kpi.member_work` as the reports computed it before: the events of
+    the orders these people took or did, replayed in Python."""
+    accepted: dict[int, set[int]] = defaultdict(set)
+    done: dict[int, set[int]] = defaultdict(set)
+    ratings: dict[int, list[int]] = defaultdict(list)
+    wanted = set(people)
+    longest = await session.scalar(select(func.max(ClockSetting.rate_days)))
+    settings_days = settings.order_rate_days if settings is not None else 0
+    since = start - timedelta(days=max(longest or 0, settings_days, 7) + 1)
+    rows = (
+        await session.execute(
+            select(OrderEvent.order_id, OrderEvent.actor_id, OrderEvent.action, OrderEvent.note,
+                   OrderEvent.created_at)
+            .where(
+                OrderEvent.order_id.in_(
+                    select(OrderEvent.order_id).where(
+                        OrderEvent.actor_id.in_(list(wanted)),
+                        OrderEvent.created_at >= since,
+                        OrderEvent.created_at < end,
+                        OrderEvent.action.in_((*ACCEPT_ACTIONS, "done")),
+                    )
+                ),
+                OrderEvent.created_at < end,
+                OrderEvent.action.in_((*ACCEPT_ACTIONS, "done", "rate")),
+            )
+            .order_by(OrderEvent.order_id, OrderEvent.created_at, OrderEvent.id)
+        )
+    ).all()
+    doer: dict[int, int | None] = {}
+    for oid, actor, action, note, at in rows:
+        if action == "done":
+            doer[oid] = actor
+        inside = at >= start
+        if action in ACCEPT_ACTIONS and inside and actor in wanted:
+            accepted[actor].add(oid)
+        elif action == "done" and inside and actor in wanted:
+            done[actor].add(oid)
+        elif action == "rate" and inside and doer.get(oid) in wanted and note and note.isdigit():
+            ratings[doer[oid]].append(int(note))  # type: ignore[index]
+    return {
+        pid: (len(accepted[pid]), len(done[pid]), ratings[pid])
+        for pid in wanted
+        if pid in accepted or pid in done or pid in ratings
+    }

@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.reports.kpi import Period, Ratio, build_report, load_orders, load_scope
-from bot.reports.replay import figures_by_replay, load_orders_replay
+from bot.reports.kpi import Period, Ratio, build_report, load_orders, load_scope, member_work
+from bot.reports.replay import figures_by_replay, load_orders_replay, member_work_replay
 from models import Building, Grid, Order, OrderEvent, OutboxMessage, Person, Revisit
 from tests.conftest import Harness
 from tests.duties.conftest import SH
@@ -262,3 +262,14 @@ async def test_sql_figures_equal_the_reference_replay(harness: Harness) -> None:
                 assert [o.id for o in report.orders] == [
                     o.id for o in await load_orders(session, settings, scope, period)]
     assert checked > 200  # the children saw orders (each order in several scopes)
+    # Members' work (accepted, done, the ratings of what they did), for everyone.
+    async with harness.app.sessionmaker() as session:
+        everyone = list((await session.scalars(select(Person.id))).all())
+        rated = 0
+        for period in periods:
+            got = await member_work(session, everyone, period.start, period.end, settings)
+            want = await member_work_replay(session, everyone, period.start, period.end,
+                                            settings)
+            assert got == want
+            rated += sum(len(stars) for _, _, stars in got.values())
+    assert rated > 3  # some ratings followed a "done" (seeded: 7)
