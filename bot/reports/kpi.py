@@ -768,13 +768,13 @@ def cohort_statement(
         func.count().over(partition_by=(u.c.child, u.c.span)).label("n"),
     ).subquery("r")
     r = ranked.c
-    pct = [
-        select(literal("p", String), r.child, r.span, literal(name, String), s_null, i_null,
-               i_null, r.v, *([i_null] * (_N - 1)))
-        .where(r.rn == position)
-        for name, position in (("median", (r.n + 1) // 2), ("p90", (9 * r.n + 9) // 10))
-    ]
-    return union_all(sums, buildings, *pct)
+    median, p90 = (r.n + 1) // 2, (9 * r.n + 9) // 10  # ⌈n/2⌉, ⌈9n/10⌉
+    pct = (
+        select(literal("p", String), r.child, r.span, s_null, s_null, r.rn, r.n, r.v,
+               *([i_null] * (_N - 1)))
+        .where(or_(r.rn == median, r.rn == p90))
+    )
+    return union_all(sums, buildings, pct)
 
 
 @dataclass
@@ -809,8 +809,12 @@ async def cohort_figures(
         if kind == "b":
             out.buildings[int(lc)] = (int(n[0]), int(n[1]), int(n[2]))
             continue
-        if kind == "p":
-            times[child].setdefault(a, {})[b] = int(n[0]) / 10**6 / 60
+        if kind == "p":  # rank lc of ld values: the median, the p90 or both
+            minutes = int(n[0]) / 10**6 / 60
+            if lc == (ld + 1) // 2:
+                times[child].setdefault(a, {})["median"] = minutes
+            if lc == (9 * ld + 9) // 10:
+                times[child].setdefault(a, {})["p90"] = minutes
             continue
         values = [int(x or 0) for x in n]
         for key in (child, "*"):
