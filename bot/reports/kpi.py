@@ -744,7 +744,10 @@ def cohort_statement(
     """One statement: the sums per (child grid, category, channel, source, level reached of
     escalated orders), the median and p90 (nearest rank) of each time per child grid and for
     the whole subtree ('*'), and per building the orders and ratings (hot spots)."""
-    f = order_rows(scope, period, clocks).cte("f").prefix_with("MATERIALIZED")
+    # Read once by every part below (PostgreSQL; SQLite materialises a CTE used more than once).
+    f = order_rows(scope, period, clocks).cte("f").prefix_with(
+        "MATERIALIZED", dialect="postgresql"
+    )
     c = f.c
     s_null, i_null = cast(null(), String), cast(null(), BigInteger)
     sums = select(
