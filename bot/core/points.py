@@ -251,20 +251,24 @@ async def standings(
     ``points_entry.points`` (awards and adjustments, negative ones included) whose
     ``created_at`` is at or after ``start`` and before ``end``. People without rows have 0 and
     are listed too. Order: points descending, then name, then person id (a stable order).
-    ``grid_ids`` are taken as given: pass a subtree's ids to rank a subtree.
+    ``grid_ids`` are taken as given: pass a subtree's ids to rank a subtree. Only the rows of
+    the people ranked are summed (by ``person_id``), so one grid costs its own rows, not the
+    city's.
     """
     _check_period(start, end)
     if not grid_ids:
         return []
-    eligible = (
-        select(Role.person_id)
-        .where(Role.grid_id.in_(list(grid_ids)), Role.role.in_(list(roles)))
-        .distinct()
-        .subquery()
+    holders = select(Role.person_id).where(
+        Role.grid_id.in_(list(grid_ids)), Role.role.in_(list(roles))
     )
+    eligible = holders.distinct().subquery()
     totals = (
         select(PointsEntry.person_id, func.sum(PointsEntry.points).label("points"))
-        .where(PointsEntry.created_at >= start, PointsEntry.created_at < end)
+        .where(
+            PointsEntry.person_id.in_(holders),
+            PointsEntry.created_at >= start,
+            PointsEntry.created_at < end,
+        )
         .group_by(PointsEntry.person_id)
         .subquery()
     )
