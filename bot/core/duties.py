@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import cards, points
+from bot.core import cards, overdue, points
 from bot.core.cards import number
 from bot.core.notify import Notifier
 from bot.core.orders import NewOrder, OrderError, OrderService
@@ -885,12 +885,13 @@ class DutyService:
     async def _clock(
         self, order: Order, grid: Grid, c: Clocks, age: timedelta, urgent: bool
     ) -> str | None:
-        if order.status in AWAITING_DISPATCH and age >= timedelta(minutes=c.dispatch_minutes):
+        due = overdue.due_at(order, c)  # the one definition of "overdue" (also /queue's)
+        if order.status in AWAITING_DISPATCH and due is not None and self.now >= due:
             return await self.auto_broadcast(order, grid, urgent)
-        if order.status == DISPATCHED and age >= timedelta(minutes=c.accept_minutes):
+        if order.status == DISPATCHED and due is not None and self.now >= due:
             return await self.auto_escalate(order, grid, "clock.reason_accept", urgent)
-        if order.status == ACCEPTED:
-            deadline = order.updated_at + timedelta(hours=c.deadline_hours)
+        if order.status == ACCEPTED and due is not None:
+            deadline = due
             if self.now >= deadline + timedelta(minutes=c.overdue_escalate_minutes):
                 return await self.auto_escalate(order, grid, "clock.reason_overdue", urgent)
             if (
