@@ -153,7 +153,10 @@ async def help_(ctx: Ctx) -> None:
             parts.append(ctx.t(f"help.{role}"))
     if roles & {ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
         parts.append(ctx.t("help.points"))
+    if roles & {ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.duty_lists"))
     if roles & {ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.whistle_notice"))
         parts.append(ctx.t("help.bulletin"))
     parts.append(ctx.t("help.common"))
     ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))

@@ -1165,10 +1165,10 @@ class DutyService:
 
     # ---- notices ------------------------------------------------------------------------------
 
-    async def send_notice(self, sender: Person, text: str) -> Notice:
-        """Queue a notice to every resident of the sender's subtree (paced by delivery)."""
-        grid = await self.managed_grid(sender)
-        residents = list(
+    async def notice_residents(self, grid: Grid) -> list[int]:
+        """Who a notice of ``grid`` goes to: every resident of its subtree, once each (the
+        count the sender confirms and the notice's ``recipients``)."""
+        return list(
             dict.fromkeys(
                 (
                     await self.session.scalars(
@@ -1180,6 +1180,11 @@ class DutyService:
                 ).all()
             )
         )
+
+    async def send_notice(self, sender: Person, text: str) -> Notice:
+        """Queue a notice to every resident of the sender's subtree (paced by delivery)."""
+        grid = await self.managed_grid(sender)
+        residents = await self.notice_residents(grid)
         notice = Notice(
             grid_id=grid.id,
             sender_id=sender.id,
@@ -1381,11 +1386,12 @@ class DutyService:
         self,
         person: Person,
         household_code: str,
-        member_name: str,
+        member_name: str | Person,
         frequency: str,
         starts_at: datetime,
     ) -> VisitPlan:
-        """A worker pairs a member with a household at a frequency."""
+        """A worker pairs a member (a person, or their key or name) with a household at a
+        frequency."""
         household = await self.session.scalar(
             select(Household).where(Household.code == household_code)
         )
@@ -1394,14 +1400,18 @@ class DutyService:
         await self._managed_grid(person, household.grid_id)
         if frequency not in FREQUENCIES:
             raise OrderError("duty.unknown_frequency", frequencies=", ".join(FREQUENCIES))
-        member = await self.session.scalar(
-            select(Person)
-            .where(or_(Person.key == member_name, Person.name == member_name))
-            .order_by(Person.id)
-            .limit(1)
+        member = (
+            member_name
+            if isinstance(member_name, Person)
+            else await self.session.scalar(
+                select(Person)
+                .where(or_(Person.key == member_name, Person.name == member_name))
+                .order_by(Person.id)
+                .limit(1)
+            )
         )
         if member is None:
-            raise OrderError("duty.unknown_member", name=member_name[:32])
+            raise OrderError("duty.unknown_member", name=str(member_name)[:32])
         plan = VisitPlan(
             household_id=household.id,
             member_id=member.id,

@@ -364,8 +364,9 @@ class OrderService:
                 log.warning("order %s: no handler of grid %s has a chat yet", order.id, grid.code)
         return order
 
-    async def cancel(self, person: Person, order_id: int) -> Order:
-        """The resident withdraws an order nobody has accepted yet."""
+    async def cancel_check(self, person: Person, order_id: int) -> Order:
+        """Whether ``person`` may withdraw the order now (asked before the confirmation);
+        refuse politely if not."""
         order = await self.get(order_id)
         if order.resident_id != person.id:
             raise OrderError("error.not_your_button")
@@ -373,6 +374,11 @@ class OrderService:
             raise OrderError("error.order_cancelled")
         if order.status not in CANCELLABLE:
             raise OrderError("error.cannot_cancel")
+        return order
+
+    async def cancel(self, person: Person, order_id: int) -> Order:
+        """The resident withdraws an order nobody has accepted yet."""
+        order = await self.cancel_check(person, order_id)
         old = await self._transition(order, CANCELLABLE, CANCELLED)
         self._event(order, person.id, "cancel", old)
         await self._close_open_offers(order, OFFER_WITHDRAWN, "offer.cancelled")

@@ -388,7 +388,7 @@ async def test_order_changing_under_a_short_flow_ends_the_flow(harness: Harness)
     worker = await harness.login("p-wang")
     order = await new_order(harness, resident)
     await worker.press("上报")
-    await resident.press_payload(f"o:cx:{order.id}")  # meanwhile the resident withdraws it
+    await resident.press_payload(f"o:cxy:{order.id}")  # meanwhile the resident withdraws it
     before = await snapshot(harness)
     await worker.send("需要物业配合处理")
     assert "这张工单已被居民撤回" in worker.last().text
