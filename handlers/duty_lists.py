@@ -118,9 +118,12 @@ async def _household_add(ctx: Ctx, data: dict[str, Any]) -> None:
         str(data["address"]), str(data["notes"]),
     )
     await ctx.end_conversation()
-    ctx.say("household.added", code=added.code, name=added.name)
-    ctx.say("household.added_where", building=building.name,
-            kind=ctx.t(f"household.kind.{added.kind}"))
+    ctx.reply(
+        ctx.t("household.added", code=added.code, name=added.name)
+        + "\n"
+        + ctx.t("household.added_where", building=building.name,
+                kind=ctx.t(f"household.kind.{added.kind}"))
+    )
 
 
 async def household_step(

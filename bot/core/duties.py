@@ -26,10 +26,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import cards, overdue, points
+from bot.core import cards, points
 from bot.core.cards import number
 from bot.core.notify import Notifier
 from bot.core.orders import NewOrder, OrderError, OrderService
+from bot.core.overdue import due_at as order_due_at
+from bot.core.overdue import overdue_by
 from bot.core.points import PointsRules
 from bot.core.routing import (
     ancestors,
@@ -885,7 +887,7 @@ class DutyService:
     async def _clock(
         self, order: Order, grid: Grid, c: Clocks, age: timedelta, urgent: bool
     ) -> str | None:
-        due = overdue.due_at(order, c)  # the one definition of "overdue" (also /queue's)
+        due = order_due_at(order, c)  # the one definition of "overdue" (also /queue's)
         if order.status in AWAITING_DISPATCH and due is not None and self.now >= due:
             return await self.auto_broadcast(order, grid, urgent)
         if order.status == DISPATCHED and due is not None and self.now >= due:
@@ -1293,7 +1295,7 @@ class DutyService:
                 # The deadline the order clock applies: clock settings, then the category's.
                 handling = depths.get(order.handling_grid_id, 0)
                 clocks = await self.clocks_for(order.category, handling, clock_cache)
-                overdue += self.now >= order.updated_at + timedelta(hours=clocks.deadline_hours)
+                overdue += overdue_by(order, clocks, self.now) is not None
             patrols_done = await count(
                 select(func.count())
                 .select_from(PatrolRun)

@@ -31,8 +31,9 @@ async def test_household_by_building_name_and_chinese_kind(duty: DutyHarness) ->
     h = duty
     worker = await h.login("p-wang")
     await worker.send("/household 翠屏小区1栋 | 独居老人 | 张阿姨 | 2-301 | 高血压")
-    assert "✅ 已添加重点户 张阿姨" in worker.texts()[-2]
-    assert worker.last().text == "楼栋：翠屏小区1栋；类别：独居老人。"
+    added = worker.last().text.split("\n")
+    assert added[0].startswith("✅ 已添加重点户 张阿姨")
+    assert added[1] == "楼栋：翠屏小区1栋；类别：独居老人。"
     await worker.send("/household xh-b02 ｜ 空巢老人 ｜ 钟大爷 ｜ 1-102")  # code, full-width bars
     await worker.send("/household 翠屏小区3栋 | disabled | 刘叔 | 3-101")
     assert await households(h) == [("张阿姨", "xh-b01", "elderly_alone"),
