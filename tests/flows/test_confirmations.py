@@ -124,7 +124,7 @@ async def test_withdrawing_an_order_asks_first(harness: Harness) -> None:
         await user.press_payload(confirm)
         assert "这个操作不属于您" in user.last().text
     await resident.press_payload("o:cxy:999999")
-    assert "找不到" in resident.last().text or "工单" in resident.last().text
+    assert resident.last().text == "找不到这张工单。"
     assert await snapshot(harness) == before
 
     await resident.press("确认撤回", message=ask)
