@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from bot.core import cards
 from bot.core import payloads as p
@@ -12,7 +12,7 @@ from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers.context import Ctx
 from models import Building, Grid, Offer, Order, Person
-from models.orders import ACCEPTED, AWAITING_DISPATCH, CANCELLABLE, DONE, OFFER_OPEN
+from models.orders import ACCEPTED, CANCELLABLE, DONE, OFFER_OPEN
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROLE_WORKER
 
 LIST_LIMIT = 10
@@ -157,7 +157,10 @@ async def help_(ctx: Ctx) -> None:
             parts.append(ctx.t(f"help.{role}"))
     if roles & {ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
         parts.append(ctx.t("help.points"))
+    if roles & {ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.duty_lists"))
     if roles & {ROLE_HEAD, ROLE_ADMIN}:
+        parts.append(ctx.t("help.whistle_notice"))
         parts.append(ctx.t("help.bulletin"))
         if ctx.settings.console_on:
             parts.append(ctx.t("help.console"))
@@ -289,32 +292,10 @@ async def my_tasks(ctx: Ctx) -> None:
 
 
 async def queue(ctx: Ctx) -> None:
-    """Orders waiting for dispatch in the grids this worker/head/admin looks after."""
-    assert ctx.person is not None
-    managed = [r for r in await ctx.roles() if r.role in (ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN)]
-    if not managed:
-        raise OrderError("error.not_a_manager")
-    grids = (
-        await ctx.session.scalars(select(Grid).where(Grid.id.in_([r.grid_id for r in managed])))
-    ).all()
-    prefix_filter = [Grid.path.startswith(g.path) for g in grids]
-    orders = (
-        await ctx.session.scalars(
-            select(Order)
-            .join(Grid, Grid.id == Order.handling_grid_id)
-            .where(Order.status.in_(AWAITING_DISPATCH), or_(*prefix_filter))
-            .order_by(Order.id)
-            .limit(LIST_LIMIT)
-        )
-    ).all()
-    if not orders:
-        ctx.say("list.queue_empty")
-        return
-    text = ctx.t("list.queue") + "\n" + "\n".join(_status_line(ctx, o) for o in orders)
-    rows = [
-        [Button(ctx.t("btn.view", number=cards.number(o)), p.order("view", o.id))] for o in orders
-    ]
-    ctx.reply(Outbound(text, rows))
+    """/queue: open and overdue orders of the grids this worker/head/admin looks after."""
+    from handlers import work
+
+    await work.queue(ctx)
 
 
 async def my_grid(ctx: Ctx) -> None:

@@ -98,13 +98,38 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         order = await ctx.orders.not_solved(person, oid)
         ctx.say("resident.reopened", number=cards.number(order))
     elif action == "cx":
+        order = await ctx.orders.cancel_check(person, oid)
+        ctx.reply(
+            ctx.t("resident.confirm_cancel", number=cards.number(order)),
+            [
+                [
+                    Button(ctx.t("btn.confirm_cancel"), p.order("cxy", oid)),
+                    Button(ctx.t("btn.keep_order"), p.order("view", oid)),
+                ]
+            ],
+            ref=cancel_ask_ref(oid),
+        )
+    elif action == "cxy":
         order = await ctx.orders.cancel(person, oid)
         ctx.toast = ctx.t("resident.cancelled_short")
+        # The question loses its buttons (where the platform can edit): nothing to press twice.
+        await ctx.notify.edit_for_person(
+            person.id,
+            cancel_ask_ref(oid),
+            lambda lang: Outbound(
+                ctx.tr.t(lang, "resident.cancelled", number=cards.number(order))
+            ),
+        )
         ctx.say("resident.cancelled", number=cards.number(order))
     elif action == "view":
         await show_order(ctx, oid)
     else:  # pragma: no cover - parse() only lets known actions through
         raise OrderError("error.button_invalid")
+
+
+def cancel_ask_ref(order_id: int) -> str:
+    """Outbox ref of the "withdraw this order?" question."""
+    return f"cxask:{order_id}"
 
 
 async def show_order(ctx: Ctx, order_id: int) -> None:

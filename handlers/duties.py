@@ -11,13 +11,14 @@ from bot.core.cards import number
 from bot.core.duties import DutyService, whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Outbound
+from handlers import duty_lists, notice
 from handlers.common import cancel_row, location_question, skip_row
-from handlers.context import FLOW_CHECKIN, FLOW_VISIT, Ctx
+from handlers.context import FLOW_CHECKIN, FLOW_NOTICE, FLOW_VISIT, Ctx
 from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
 
-PAYLOAD_KINDS = ("dp", "dv", "dw")
+PAYLOAD_KINDS = ("dp", "dv", "dw", "nc")
 COMMANDS = ("whistle", "notice", "household", "visitplan")
 #: Separator of the fields of /household and /visitplan (ASCII or full-width bar).
 FIELD_SEPARATORS = ("|", "｜")
@@ -29,7 +30,11 @@ def service(ctx: Ctx) -> DutyService:
 
 
 async def button(ctx: Ctx, payload: p.Payload) -> None:
-    """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``)."""
+    """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``),
+    send a notice (``nc``)."""
+    if payload.kind == "nc":
+        await notice.confirm(ctx, payload.arg or "")
+        return
     assert ctx.person is not None and payload.id is not None
     duties = service(ctx)
     if payload.kind == "dp":
@@ -126,7 +131,12 @@ async def visit_step(
         ctx.say("visit.logged")
 
 
-FLOWS = {FLOW_CHECKIN: checkin_step, FLOW_VISIT: visit_step}
+FLOWS = {
+    FLOW_CHECKIN: checkin_step,
+    FLOW_VISIT: visit_step,
+    FLOW_NOTICE: notice.confirm_step,
+    **duty_lists.FLOWS,
+}
 
 
 def _fields(arg: str) -> list[str]:
@@ -152,37 +162,15 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
             ctx.toast = ctx.t("whistle.sent_short")
             assert whistle_ref(whistle.id)
         else:
-            notice = await duties.send_notice(ctx.person, arg)
-            ctx.say(
-                "notice.sending",
-                total=str(notice.recipients),
-                unreachable=str(notice.unreachable or 0),
-            )
+            await notice.ask(ctx, arg)
         return
     if not await ctx.has_role(ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
         raise OrderError("error.not_a_manager")
     fields = _fields(arg)
     if name == "household":
-        if len(fields) < 4 or not all(fields[:3]):
-            ctx.say("household.usage")
-            return
-        building, kind, who, address, *rest = fields
-        household = await duties.add_household(
-            ctx.person, building, kind, who, address, rest[0] if rest else ""
-        )
-        ctx.say("household.added", code=household.code, name=household.name)
-        return
-    if len(fields) < 3 or not all(fields[:3]):
-        ctx.say("visitplan.usage")
-        return
-    code, member, frequency = fields[:3]
-    starts = _next_morning(ctx.now, ctx)
-    plan = await duties.add_visit_plan(ctx.person, code, member, frequency, starts)
-    ctx.say(
-        "visitplan.added",
-        frequency=ctx.t(f"frequency.{plan.frequency}"),
-        date=starts.astimezone(ctx.settings.tz).strftime("%m-%d %H:%M"),
-    )
+        await duty_lists.household(ctx, fields)
+    else:
+        await duty_lists.visitplan(ctx, fields)
 
 
 def _next_morning(now: datetime, ctx: Ctx) -> datetime:

@@ -36,6 +36,17 @@ HOUSEHOLD_KINDS = (
     "other",
 )
 FREQUENCIES = ("weekly", "fortnightly", "monthly")
+#: The Chinese names people write for the kinds and frequencies (CSV import, chat commands).
+KIND_NAMES = {
+    "独居老人": "elderly_alone",
+    "空巢老人": "empty_nest",
+    "残疾人": "disabled",
+    "困境儿童": "child",
+    "孕产妇": "pregnant",
+    "低保户": "low_income",
+    "重点户": "other",
+}
+FREQUENCY_NAMES = {"每周": "weekly", "每两周": "fortnightly", "每月": "monthly"}
 
 RUN_DUE = "due"
 RUN_CHECKED_IN = "checked_in"

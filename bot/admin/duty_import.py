@@ -41,18 +41,14 @@ from bot.admin.importer import (
     open_csv,
 )
 from models import Building, Grid, Household, PatrolPlan, Person, VisitPlan, utcnow
-from models.duties import DEFAULT_TZ, FREQUENCIES, HOUSEHOLD_KINDS
+from models.duties import (
+    DEFAULT_TZ,
+    FREQUENCIES,
+    FREQUENCY_NAMES,
+    HOUSEHOLD_KINDS,
+    KIND_NAMES,
+)
 
-KIND_NAMES = {
-    "独居老人": "elderly_alone",
-    "空巢老人": "empty_nest",
-    "残疾人": "disabled",
-    "困境儿童": "child",
-    "孕产妇": "pregnant",
-    "低保户": "low_income",
-    "重点户": "other",
-}
-FREQUENCY_NAMES = {"每周": "weekly", "每两周": "fortnightly", "每月": "monthly"}
 YES = {"1", "yes", "y", "true", "是", "x"}
 NO = {"0", "no", "n", "false", "否"}
 

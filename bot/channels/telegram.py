@@ -791,12 +791,21 @@ class TelegramChannel:
         markup = _inline_markup(message)
         try:
             if message.photo:
-                await bot.edit_message_caption(
-                    target,
-                    mid,
-                    caption=_truncate(message.text, CAPTION_LIMIT),
-                    reply_markup=markup,
-                )
+                try:
+                    await bot.edit_message_caption(
+                        target,
+                        mid,
+                        caption=_truncate(message.text, CAPTION_LIMIT),
+                        reply_markup=markup,
+                    )
+                except BadRequest as exc:
+                    # The photo could not go out with it (not in the media store, from
+                    # another platform, caption too long): the message is text.
+                    if "no caption in the message" not in exc.message.lower():
+                        raise
+                    await bot.edit_message_text(
+                        _truncate(message.text, TEXT_LIMIT), target, mid, reply_markup=markup
+                    )
             else:
                 try:
                     await bot.edit_message_text(

@@ -132,7 +132,9 @@ def dispatch_card(
 
 
 def offer_card(tr: Translator, lang: str, v: OrderView, *, assigned: bool) -> Outbound:
-    """An offer to a member: no phone, no room; accept or decline."""
+    """An offer to a member: no phone, no room; accept or decline. The resident's photo of the
+    problem goes with it (a member should see what they accept); the caption is the same
+    contact-free card."""
     head = tr.t(lang, "offer.assigned" if assigned else "offer.broadcast")
     text = head + "\n\n" + card_text(tr, lang, v, contact=False, full=False)
     oid = v.order.id
@@ -144,13 +146,15 @@ def offer_card(tr: Translator, lang: str, v: OrderView, *, assigned: bool) -> Ou
                 Button(tr.t(lang, "btn.decline"), p.order("dec", oid)),
             ]
         ],
+        photo=v.order.photo,
     )
 
 
 def offer_closed(tr: Translator, lang: str, v: OrderView, key: str, **args: str) -> Outbound:
-    """What an offer turns into once it is no longer open (taken, cancelled, withdrawn)."""
+    """What an offer turns into once it is no longer open (taken, cancelled, withdrawn): the
+    same message edited (its photo stays, its buttons go)."""
     text = tr.t(lang, key, **args) + "\n\n" + card_text(tr, lang, v, contact=False, full=False)
-    return Outbound(text)
+    return Outbound(text, photo=v.order.photo)
 
 
 def assignee_card(tr: Translator, lang: str, v: OrderView, key: str) -> Outbound:

@@ -30,6 +30,8 @@ from bot.core import cards, points
 from bot.core.cards import number
 from bot.core.notify import Notifier
 from bot.core.orders import NewOrder, OrderError, OrderService
+from bot.core.overdue import due_at as order_due_at
+from bot.core.overdue import overdue_by
 from bot.core.points import PointsRules
 from bot.core.routing import (
     ancestors,
@@ -886,12 +888,13 @@ class DutyService:
     async def _clock(
         self, order: Order, grid: Grid, c: Clocks, age: timedelta, urgent: bool
     ) -> str | None:
-        if order.status in AWAITING_DISPATCH and age >= timedelta(minutes=c.dispatch_minutes):
+        due = order_due_at(order, c)  # the one definition of "overdue" (also /queue's)
+        if order.status in AWAITING_DISPATCH and due is not None and self.now >= due:
             return await self.auto_broadcast(order, grid, urgent)
-        if order.status == DISPATCHED and age >= timedelta(minutes=c.accept_minutes):
+        if order.status == DISPATCHED and due is not None and self.now >= due:
             return await self.auto_escalate(order, grid, "clock.reason_accept", urgent)
-        if order.status == ACCEPTED:
-            deadline = order.updated_at + timedelta(hours=c.deadline_hours)
+        if order.status == ACCEPTED and due is not None:
+            deadline = due
             if self.now >= deadline + timedelta(minutes=c.overdue_escalate_minutes):
                 return await self.auto_escalate(order, grid, "clock.reason_overdue", urgent)
             if (
@@ -1179,16 +1182,10 @@ class DutyService:
 
     # ---- notices ------------------------------------------------------------------------------
 
-    async def send_notice(self, sender: Person, text: str, *, grid: Grid | None = None) -> Notice:
-        """Queue a notice to every resident of the sender's subtree (paced by delivery), or of
-        ``grid`` when given: it must be in that subtree (the console lets a head pick a part of
-        theirs), else :class:`OrderError` and nothing is sent."""
-        managed = await self.managed_grid(sender)
-        if grid is None:
-            grid = managed
-        elif not await self._manages(sender, grid):
-            raise OrderError("whistle.not_allowed")
-        residents = list(
+    async def notice_residents(self, grid: Grid) -> list[int]:
+        """Who a notice of ``grid`` goes to: every resident of its subtree, once each (the
+        count the sender confirms and the notice's ``recipients``)."""
+        return list(
             dict.fromkeys(
                 (
                     await self.session.scalars(
@@ -1200,6 +1197,17 @@ class DutyService:
                 ).all()
             )
         )
+
+    async def send_notice(self, sender: Person, text: str, *, grid: Grid | None = None) -> Notice:
+        """Queue a notice to every resident of the sender's subtree (paced by delivery), or of
+        ``grid`` when given: it must be in that subtree (the console lets a head pick a part of
+        theirs), else :class:`OrderError` and nothing is sent."""
+        managed = await self.managed_grid(sender)
+        if grid is None:
+            grid = managed
+        elif not await self._manages(sender, grid):
+            raise OrderError("whistle.not_allowed")
+        residents = await self.notice_residents(grid)
         notice = Notice(
             grid_id=grid.id,
             sender_id=sender.id,
@@ -1308,7 +1316,7 @@ class DutyService:
                 # The deadline the order clock applies: clock settings, then the category's.
                 handling = depths.get(order.handling_grid_id, 0)
                 clocks = await self.clocks_for(order.category, handling, clock_cache)
-                overdue += self.now >= order.updated_at + timedelta(hours=clocks.deadline_hours)
+                overdue += overdue_by(order, clocks, self.now) is not None
             patrols_done = await count(
                 select(func.count())
                 .select_from(PatrolRun)
@@ -1401,11 +1409,12 @@ class DutyService:
         self,
         person: Person,
         household_code: str,
-        member_name: str,
+        member_name: str | Person,
         frequency: str,
         starts_at: datetime,
     ) -> VisitPlan:
-        """A worker pairs a member with a household at a frequency."""
+        """A worker pairs a member (a person, or their key or name) with a household at a
+        frequency."""
         household = await self.session.scalar(
             select(Household).where(Household.code == household_code)
         )
@@ -1414,14 +1423,18 @@ class DutyService:
         await self._managed_grid(person, household.grid_id)
         if frequency not in FREQUENCIES:
             raise OrderError("duty.unknown_frequency", frequencies=", ".join(FREQUENCIES))
-        member = await self.session.scalar(
-            select(Person)
-            .where(or_(Person.key == member_name, Person.name == member_name))
-            .order_by(Person.id)
-            .limit(1)
+        member = (
+            member_name
+            if isinstance(member_name, Person)
+            else await self.session.scalar(
+                select(Person)
+                .where(or_(Person.key == member_name, Person.name == member_name))
+                .order_by(Person.id)
+                .limit(1)
+            )
         )
         if member is None:
-            raise OrderError("duty.unknown_member", name=member_name[:32])
+            raise OrderError("duty.unknown_member", name=str(member_name)[:32])
         plan = VisitPlan(
             household_id=household.id,
             member_id=member.id,

@@ -276,6 +276,27 @@ class OrderService:
             ref=f"note:{order.id}",
         )
 
+    async def _assignee_name(self, order: Order) -> str:
+        assignee = await self.session.get(Person, order.assignee_id) if order.assignee_id else None
+        return assignee.name if assignee else "-"
+
+    async def _tell_handlers_news(self, order: Order, key: str, **args: str) -> None:
+        """Tell the people handling the order (its grid's worker, else the head or admin who
+        has it) what became of it after they dispatched it: done, rated, reopened. The member
+        doing it is told separately, so a handler who took it personally hears nothing twice."""
+        for pid in await self._handlers(order):
+            if pid == order.assignee_id:
+                continue
+            await self.notify.to_person(
+                pid,
+                lambda lang: Outbound(
+                    self.tr.t(lang, key, number=number(order), **args),
+                    [[Button(self.tr.t(lang, "btn.view", number=number(order)),
+                             cards.p.order("view", order.id))]],
+                ),
+                ref=f"news:{order.id}",
+            )
+
     async def _close_open_offers(
         self,
         order: Order,
@@ -372,8 +393,9 @@ class OrderService:
                 ),
             )
 
-    async def cancel(self, person: Person, order_id: int) -> Order:
-        """The resident withdraws an order nobody has accepted yet."""
+    async def cancel_check(self, person: Person, order_id: int) -> Order:
+        """Whether ``person`` may withdraw the order now (asked before the confirmation);
+        refuse politely if not."""
         order = await self.get(order_id)
         if order.resident_id != person.id:
             raise OrderError("error.not_your_button")
@@ -382,6 +404,11 @@ class OrderService:
             raise OrderError("order.already_cancelled", number=number(order))
         if order.status not in CANCELLABLE:
             raise OrderError("error.cannot_cancel")
+        return order
+
+    async def cancel(self, person: Person, order_id: int) -> Order:
+        """The resident withdraws an order nobody has accepted yet."""
+        order = await self.cancel_check(person, order_id)
         old = await self._transition(order, CANCELLABLE, CANCELLED)
         self._event(order, person.id, "cancel", old)
         await self._close_open_offers(order, OFFER_WITHDRAWN, "offer.cancelled")
@@ -428,6 +455,9 @@ class OrderService:
                     self.tr.t(lang, "member.rated", number=number(order), stars="★" * stars)
                 ),
             )
+        await self._tell_handlers_news(
+            order, "handler.rated", stars="★" * stars, name=await self._assignee_name(order)
+        )
         if stars <= REVISIT_AT_OR_BELOW:
             await self._open_revisit(order)
         else:
@@ -506,6 +536,9 @@ class OrderService:
                 order.assignee_id,
                 lambda lang: cards.assignee_card(self.tr, lang, view, "member.reopened"),
             )
+        await self._tell_handlers_news(
+            order, "handler.reopened", name=await self._assignee_name(order)
+        )
         return order
 
     # ---- worker / head ---------------------------------------------------------------------
@@ -768,6 +801,7 @@ class OrderService:
             lambda lang: cards.rating_card(self.tr, lang, view),
             ref=f"rate:{order.id}",
         )
+        await self._tell_handlers_news(order, "handler.done", name=person.name)
         return order
 
     async def revisit_done(self, person: Person, revisit_id: int, note: str | None) -> Revisit:

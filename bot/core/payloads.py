@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "view")
-FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "same", "new")
+#: ``cx`` asks the resident to confirm the withdrawal, ``cxy`` is that confirmation.
+ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "cxy", "view")
+FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "same", "new", "pick")
 #: Row ids are 32-bit integers (PostgreSQL ``integer``): a larger one cannot name a row and
 #: would make the database refuse the query instead of the handler refusing politely.
 MAX_ID = 2**31 - 1
@@ -26,6 +27,8 @@ _PATTERNS = {
     "dp": re.compile(r"^dp:(?P<act>ci):(?P<id>\d{1,12})$"),
     "dv": re.compile(r"^dv:(?P<act>ok|help):(?P<id>\d{1,12})$"),
     "dw": re.compile(r"^dw:(?P<act>on|no):(?P<id>\d{1,12})$"),
+    # "send this notice": the one-time code of the pending notice (handlers.notice)
+    "nc": re.compile(r"^nc:(?P<arg>[0-9a-f]{8})$"),
 }
 
 
@@ -88,6 +91,11 @@ def flow(action: str, arg: str | None = None) -> str:
     """Payload of a step inside a conversation flow."""
     assert action in FLOW_ACTIONS
     return f"f:{action}:{arg}" if arg else f"f:{action}"
+
+
+def notice_confirm(code: str) -> str:
+    """Payload of 确认发送 under a pending notice."""
+    return f"nc:{code}"
 
 
 def menu(action: str) -> str:

@@ -283,6 +283,20 @@ async def test_edit_photo_caption(tg: FakeTelegramServer, channel: TelegramChann
     assert (sent.text, sent.buttons, sent.photo) == ("Lamp (closed)", [("OK", "ok")], "AgACphoto2")
 
 
+async def test_edit_with_a_photo_of_a_message_sent_as_text(
+    tg: FakeTelegramServer, channel: TelegramChannel
+) -> None:
+    """An offer whose photo could not go out (from another platform) was sent as text; its
+    "taken" edit still carries the photo reference and lands on the text."""
+    tg.user(2008, "Paul")
+    message_id = await channel.send("2008", Outbound("Offer", photo="wx:MEDIA|http://x/y"))
+    assert tg.message(2008, int(message_id)).photo is None
+    await channel.edit("2008", message_id, Outbound("Taken", photo="wx:MEDIA|http://x/y"))
+    sent = tg.message(2008, int(message_id))
+    assert (sent.text, sent.buttons, sent.edited) == ("Taken", [], True)
+    assert len(tg.sent(2008)) == 1
+
+
 async def test_edit_of_missing_message_sends_a_new_one(
     tg: FakeTelegramServer, channel: TelegramChannel
 ) -> None:

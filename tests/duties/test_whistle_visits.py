@@ -51,6 +51,7 @@ async def test_notice_reports_delivered_and_unreachable(duty: DutyHarness) -> No
     resident = await h.login("p-zhang-ayi")
     s = await h.scheduler()
     await admin.send("/notice 周六上午社区义诊，地点社区活动中心")
+    await admin.press("确认发送")
     assert "发送给" in admin.last().text
     assert "义诊" in resident.last().text
     h.clock.now += timedelta(minutes=2)

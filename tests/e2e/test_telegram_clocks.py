@@ -247,6 +247,9 @@ async def test_notice_to_the_subtree_with_delivery_report(tc: Clocks) -> None:
     assert total >= 4  # RES, RES2, RES3 and at least one without any chat
     text = "明晚8点停水检修，请提前储水"
     await t.users[HEAD].send_command("notice", text)
+    ask = await tg.wait_for(HEAD, has("确认发送吗"))
+    assert f"将发给第一网格的 {total} 位居民" in (ask.text or "")
+    await t.users[HEAD].press_label(ask, "确认发送")
     sending = await tg.wait_for(HEAD, has("通知正在发送"))
     assert f"发送给 {total} 位居民" in (sending.text or "")
     assert f"其中 {total - 3} 位暂时联系不上" in (sending.text or ""), sending.text

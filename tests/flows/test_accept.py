@@ -112,7 +112,7 @@ async def test_concurrent_accept_and_cancel_one_wins(harness: Harness) -> None:
     order, resident, _worker, members = await broadcast_order(harness)
     li = members[0]
     accept, cancel = await asyncio.gather(
-        li.press_payload(f"o:acc:{order.id}"), resident.press_payload(f"o:cx:{order.id}")
+        li.press_payload(f"o:acc:{order.id}"), resident.press_payload(f"o:cxy:{order.id}")
     )
     stored = await harness.order(order.id)
     actions = [e.action for e in await full_events(harness, order.id)]
@@ -206,6 +206,7 @@ async def test_accept_on_a_cancelled_order_is_withdrawn(harness: Harness) -> Non
     offer = find(li, "📢 新的服务需求")
     payload = payload_of(offer, "接单")
     await resident.press("撤回工单")
+    await resident.press("确认撤回")
     assert offer.text.startswith("居民已撤回这张工单") and offer.buttons == []
     before = await snapshot(harness)
     await li.press_payload(payload)

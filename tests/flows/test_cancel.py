@@ -22,7 +22,8 @@ async def test_cancel_a_submitted_order(harness: Harness) -> None:
     card_payloads = [b.payload for b in find(worker, "新工单").buttons]
     assert len(card_payloads) == 4
     cancel = payload_of(find(resident, "工单号"), "撤回工单")
-    toast = await resident.press_payload(cancel)
+    await resident.press_payload(cancel)
+    toast = await resident.press("确认撤回")
     assert toast == "已撤回"
     assert "工单 000001 已撤回" in resident.last().text
     assert "居民已撤回工单 000001" in worker.last().text
@@ -59,6 +60,7 @@ async def test_cancel_a_broadcast_withdraws_every_offer(harness: Harness) -> Non
     offers = [find(m, "📢 新的服务需求") for m in [*members, worker]]
     await resident.send("/myorders")
     await resident.press("撤回 000001")
+    await resident.press("确认撤回")
     assert "工单 000001 已撤回" in resident.last().text
     for offer in offers:
         assert offer.edits == 1

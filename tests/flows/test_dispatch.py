@@ -76,7 +76,7 @@ async def test_an_order_is_never_dropped(harness: Harness) -> None:
 
     head = await harness.login("p-luo-jianguo")
     await head.send("/queue")
-    assert "000001 · 维修报修 · 待派单" in head.last().text
+    assert "000001 维修报修 · 供销社家属院1栋 · 待派单" in head.last().text
     await head.press("查看 000001")
     assert [b.label for b in head.last().buttons] == DISPATCH_BUTTONS
     # The community admin sees it in the queue too; a worker elsewhere does not.
@@ -85,7 +85,7 @@ async def test_an_order_is_never_dropped(harness: Harness) -> None:
     assert "000001" in admin.last().text
     other = await harness.login("p-yang-li")
     await other.send("/queue")
-    assert "目前没有待派的工单" in other.last().text
+    assert "目前没有待派或处理中的工单" in other.last().text
 
 
 # ---- assign -----------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ async def test_order_changing_under_a_short_flow_ends_the_flow(harness: Harness)
     worker = await harness.login("p-wang")
     order = await new_order(harness, resident)
     await worker.press("上报")
-    await resident.press_payload(f"o:cx:{order.id}")  # meanwhile the resident withdraws it
+    await resident.press_payload(f"o:cxy:{order.id}")  # meanwhile the resident withdraws it
     before = await snapshot(harness)
     await worker.send("需要物业配合处理")
     assert "这张工单已被居民撤回" in worker.last().text

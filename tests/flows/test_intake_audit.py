@@ -149,6 +149,7 @@ async def test_cancel_and_handle_trails(harness: Harness) -> None:
     second = await new_order(harness, resident, text="门禁坏了")
     await worker.press("广播", message=find(worker, "门禁坏了"))
     await resident.press("撤回工单", message=find(resident, "工单号 000002"))
+    await resident.press("确认撤回")
 
     def trail(events: list[OrderEvent]) -> list[tuple[object, ...]]:
         return [(e.action, e.actor_id, e.from_status, e.to_status) for e in events]
