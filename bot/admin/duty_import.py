@@ -290,7 +290,7 @@ async def _visits(session: AsyncSession, rows: list[_Row], report: DutyImportRep
 
 
 async def _patrols(session: AsyncSession, rows: list[_Row], report: DutyImportReport) -> None:
-    from bot.scheduler import patrol_trigger
+    from bot.scheduler.triggers import patrol_trigger
 
     _check_unique(rows, ("key",), "patrol plan")
     look = _Lookups(session)
