@@ -418,7 +418,7 @@ async def main() -> None:
     parser.add_argument(
         "--no-freeze",
         action="store_true",
-        help="do not gc.freeze() the start-up heap (bot.scheduler.FREEZE_HEAP = False)",
+        help="do not gc.freeze() the start-up heap (bot.scheduler.pacing.FREEZE_HEAP = False)",
     )
     parser.add_argument(
         "--stall-stacks",
@@ -435,7 +435,10 @@ async def main() -> None:
     if args.no_freeze:
         import bot.scheduler
 
-        bot.scheduler.FREEZE_HEAP = False  # type: ignore[attr-defined,unused-ignore]
+        # bot.scheduler.pacing since the scheduler became a package; bot.scheduler before
+        # (--compare may run an older checkout).
+        pacing = getattr(bot.scheduler, "pacing", bot.scheduler)
+        pacing.FREEZE_HEAP = False
     before: dict[str, Any] | None = None
     if args.compare:
         before = await run_child(args.compare)

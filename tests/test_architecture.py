@@ -17,19 +17,103 @@ def _python_files() -> list[Path]:
     return [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")]
 
 
+def _module_of(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, source: str | None = None) -> list[str]:
+    """Every module ``path`` imports, anywhere in it (deferred imports in functions too,
+    relative ones resolved, ``from pkg import mod`` as ``pkg.mod``, and the string given to
+    ``importlib.import_module`` or ``__import__``)."""
+    package = _module_of(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: list[str] = []
+    if source is None:
+        source = path.read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.append(module)
+            found += [f"{module}.{a.name}" for a in node.names]
+        elif (
+            isinstance(node, ast.Call)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+            )
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append(node.args[0].value)
+    return found
+
+
+def _within(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
 def test_platform_libraries_only_in_channels() -> None:
-    offenders = []
-    for path in _python_files():
-        if (ROOT / "bot" / "channels") in path.parents:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
-                          if n.split(".")[0] in PLATFORM_LIBS]
+    """``telegram`` and ``wechatpy`` (any of their modules, imported any way) only in
+    bot/channels/."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {m}"
+        for path in _python_files()
+        if (ROOT / "bot" / "channels") not in path.parents
+        for m in _imports(path)
+        if m.split(".")[0] in PLATFORM_LIBS
+    ]
+    assert not offenders, offenders
+
+
+def test_the_import_scanner_sees_every_way_of_importing() -> None:
+    """The rule above would pass vacuously if the scanner missed a form of import."""
+    sample = ROOT / "bot" / "core" / "_probe.py"
+    code = (
+        "import telegram.ext\n"
+        "from wechatpy import parse_message\n"
+        "from ..channels import telegram as tg\n"
+        "def later():\n"
+        "    import importlib\n"
+        "    importlib.import_module('wechatpy.crypto')\n"
+    )
+    found = set(_imports(sample, code))
+    assert {"telegram.ext", "wechatpy", "bot.channels.telegram", "wechatpy.crypto"} <= found
+
+
+def test_the_core_imports_neither_handlers_nor_channels() -> None:
+    """bot/core is the domain: chat flows (handlers) and platforms (bot/channels) use it, never
+    the other way round; nor does it draw pictures (bot/printing, bot/reports do)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {m}"
+        for path in (ROOT / "bot" / "core").rglob("*.py")
+        for m in _imports(path)
+        if _within(m, "handlers", "bot.channels", "bot.app", "PIL", "qrcode", "matplotlib")
+    ]
+    assert not offenders, offenders
+
+
+def test_only_the_scheduler_engine_touches_apscheduler_internals() -> None:
+    """APScheduler's private API is quarantined in bot/scheduler/engine.py (pinned by
+    tests/duties/test_engine_pins.py): elsewhere, no ``._jobstore_alias``, ``._jobstores``,
+    ``._executors``, ``._process_jobs`` or other underscored APScheduler attribute."""
+    private = re.compile(
+        r"\._(?:jobstore_alias|jobstores(?:_lock)?|executors|process_jobs|start_timer|"
+        r"stop_timer|eventloop|lookup_executor|do_submit_job|run_job_success|"
+        r"reconstitute_job|modify|get_run_times|pass)\b"
+    )
+    engine = ROOT / "bot" / "scheduler" / "engine.py"
+    offenders = [
+        f"{path.relative_to(ROOT)}: {m.group(0)}"
+        for path in _python_files()
+        if path != engine
+        for m in private.finditer(path.read_text(encoding="utf-8"))
+    ]
     assert not offenders, offenders
 
 

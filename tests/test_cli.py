@@ -27,6 +27,7 @@ import pytest
 
 from bot.config import ENV_PREFIX, Settings
 from tests.fakes.telegram_server import FakeTelegramServer, SentMessage
+from tests.support.messages import has
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "bot" / "demo" / "community.yaml"
@@ -160,10 +161,6 @@ async def running(
             yield service, client
     finally:
         service.kill()
-
-
-def has(text: str) -> Any:
-    return lambda m: text in (m.text or "")
 
 
 @pytest.fixture

@@ -19,19 +19,7 @@ from bot.instance import Holder
 from bot.ports import Outbound
 from models import OutboxMessage
 from tests.conftest import Harness
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from tests.support.clock import Clock
 
 
 class FlakyChannel(MemoryChannel):

@@ -22,12 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.admin.cli_wechat import wechat_configured, wechat_qr, wechat_sheet_urls
-from bot.admin.importer import (
-    CommunityFileError,
-    grid_tree,
-    import_community,
-    render_tree,
-)
+from bot.admin.grid_tree import grid_tree, render_tree
+from bot.admin.importer import CommunityFileError, import_community
 from bot.config import Settings
 from bot.core.invites import (
     create_invite,

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.admin.cli_admin import CliError, _run
-from bot.admin.importer import (
+from bot.admin.clock_store import (
     CLOCK_FIELDS,
     clock_rows,
     clock_scope,

@@ -14,7 +14,7 @@ The kind of file is told by its header:
   5-field cron line (``0 9 * * *``, ``30 8 * * mon,wed,fri``), ``who`` a person key.
 
 Same rules as ``gridbot import``: everything is validated before the first write and a bad file
-raises :class:`~bot.admin.importer.CommunityFileError` (``file:line: reason``), leaving the
+raises :class:`~bot.admin.importer.errors.CommunityFileError` (``file:line: reason``), leaving the
 session untouched; rows are matched by their key and updated in place; re-importing the same
 file changes nothing. A changed plan gets a new ``updated_at``, which the running scheduler
 notices on its next sweep (the job store is reconciled from the plans).
@@ -32,14 +32,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.admin.importer import (
-    CODE_RE,
-    CommunityFileError,
-    _read_text,
-    check_columns,
-    csv_rows,
-    open_csv,
-)
+from bot.admin.importer.errors import CommunityFileError
+from bot.admin.importer.reader import CODE_RE, check_columns, csv_rows, open_csv, read_text
 from models import Building, Grid, Household, PatrolPlan, Person, VisitPlan, utcnow
 from models.duties import (
     DEFAULT_TZ,
@@ -292,7 +286,7 @@ async def _visits(session: AsyncSession, rows: list[_Row], report: DutyImportRep
 
 
 async def _patrols(session: AsyncSession, rows: list[_Row], report: DutyImportReport) -> None:
-    from bot.scheduler import patrol_trigger
+    from bot.scheduler.triggers import patrol_trigger
 
     _check_unique(rows, ("key",), "patrol plan")
     look = _Lookups(session)
@@ -381,7 +375,7 @@ async def import_duties(session: AsyncSession, source: Path | str) -> DutyImport
     Raises :class:`CommunityFileError` before writing anything when the file is bad."""
     label = str(source)
     try:
-        kind, rows = _parse(_read_text(Path(source)))
+        kind, rows = _parse(read_text(Path(source)))
         report = DutyImportReport(label, kind)
         work = {"households": _households, "visit plans": _visits, "patrol plans": _patrols}
         await work[kind](session, rows, report)

@@ -1040,7 +1040,7 @@ async def load_duties(
             )
         ).all()
     ]
-    from bot.scheduler import visit_trigger  # the schedule the reminders follow
+    from bot.scheduler.triggers import visit_trigger  # the schedule the reminders follow
 
     logged = dict(
         (

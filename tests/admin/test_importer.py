@@ -11,13 +11,12 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import bot
+from bot.admin.grid_tree import grid_tree, render_tree
 from bot.admin.importer import (
     CommunityFileError,
     ImportReport,
     default_categories,
-    grid_tree,
     import_community,
-    render_tree,
 )
 from models.db import make_engine, make_sessionmaker, upgrade
 from models.grid import Building, Category, Community, Grid

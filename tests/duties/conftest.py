@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -20,22 +19,7 @@ from bot.core.orders import NewOrder, OrderService
 from bot.scheduler import DutyScheduler
 from models import Building, Grid, Order, OutboxMessage, PatrolPlan, Person
 from tests.conftest import Harness
-
-SH = ZoneInfo("Asia/Shanghai")
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, *args: int) -> None:
-        """Local (Shanghai) wall time."""
-        self.now = datetime(*args, tzinfo=SH)  # type: ignore[misc]
+from tests.support.clock import SH, Clock
 
 
 class DutyHarness(Harness):

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from bot.scheduler import LoopExecutor, patrol_reminders, visit_reminders
+from bot.scheduler import patrol_reminders, visit_reminders
+from bot.scheduler.engine import LoopExecutor
 from models import Building, DutyFire, Household, OutboxMessage, PatrolRun, VisitPlan
 from tests.duties.conftest import SH, DutyHarness
 

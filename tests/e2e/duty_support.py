@@ -16,15 +16,10 @@ from bot.app import Gridbot
 from bot.channels.base import Limits
 from bot.config import load_settings
 from models import Identity, OutboxMessage, Person
-from tests.duties.conftest import SH, Clock
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
+from tests.support.clock import SH, Clock
 
 S = TypeVar("S", bound="DutyService")
-
-
-def has(part: str, after: int = 0) -> Any:
-    """A fake-server predicate: a text message holding ``part``, newer than ``after``."""
-    return lambda m: m.text is not None and part in m.text and m.message_id > after
 
 
 class DutyService:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,13 +14,10 @@ from bot.channels.base import Limits
 from bot.config import load_settings
 from tests.conftest import Harness
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.support.messages import has
 
 RESIDENT = 2001
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
-
-
-def has(text: str) -> Any:
-    return lambda m: m.text is not None and text in m.text
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from openpyxl import load_workbook
 
-from tests.e2e.duty_support import DutyService, has, running
+from tests.e2e.duty_support import DutyService, running
 from tests.reports.history import write_history
+from tests.support.messages import has
 
 CHEN = 4001
 

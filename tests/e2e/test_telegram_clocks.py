@@ -27,8 +27,9 @@ from models import (
     Role,
 )
 from tests.duties.conftest import SH
-from tests.e2e.duty_support import DutyService, has, running
+from tests.e2e.duty_support import DutyService, running
 from tests.fakes.telegram_server import SentMessage
+from tests.support.messages import has
 
 RES, RES2, RES3, OTHER = 6001, 6002, 6003, 6004
 WORKER, LI, ZHAO, SUN, HEAD, TOP = 6010, 6011, 6012, 6013, 6014, 6015

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from models import PatrolRun, Person
-from tests.e2e.duty_support import DutyService, has, running
+from tests.e2e.duty_support import DutyService, running
+from tests.support.messages import has
 
 HEAD, WANG, LI, ZHAO, SUN, YANG, TANG = 3004, 3002, 3003, 3005, 3006, 3007, 3008
 PEOPLE = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -16,13 +15,10 @@ from bot.config import load_settings
 from models import OrderEvent, ProcessedUpdate
 from tests.conftest import Harness
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
+from tests.support.messages import has
 
 RESIDENT, WORKER, HEAD = 1001, 1002, 1006
 MEMBERS = (1003, 1004, 1005)
-
-
-def has(text: str) -> Any:
-    return lambda m: m.text is not None and text in m.text
 
 
 @pytest.fixture

@@ -18,9 +18,10 @@ from bot.channels.base import Limits
 from bot.config import load_settings
 from models import Identity, OutboxMessage
 from tests.conftest import Harness
-from tests.e2e.test_telegram_loop import bind, has, tg_app  # noqa: F401  (fixture)
+from tests.e2e.test_telegram_loop import bind, tg_app  # noqa: F401  (fixture)
 from tests.fakes.db_drop import connection_drops_once, inserting
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, serve_asgi
+from tests.support.messages import has
 
 RESIDENT, WORKER, MEMBER = 1001, 1002, 1003
 GROUP = -500

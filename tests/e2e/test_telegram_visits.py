@@ -38,9 +38,10 @@ from models import (
     VisitLog,
     VisitPlan,
 )
-from tests.duties.conftest import SH, Clock
-from tests.e2e.duty_support import DutyService, has, running
+from tests.e2e.duty_support import DutyService, running
 from tests.fakes.telegram_server import FakeTelegramServer, SentMessage
+from tests.support.clock import SH, Clock
+from tests.support.messages import has
 
 # Telegram user ids. MEMBER binds with an invite; the others are demo people given a Telegram
 # identity (as in test_telegram_duties).

@@ -19,7 +19,7 @@ from bot.channels.memory import MemoryChannel
 from bot.config import load_settings
 from models import CityRequest, Order, Person
 from tests.conftest import Harness
-from tests.duties.conftest import SH, Clock
+from tests.support.clock import SH, Clock
 
 CITY_KEY = "k-12345-post-and-read"
 READER_KEY = "k-district-reader"

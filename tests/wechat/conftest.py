@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -127,5 +127,3 @@ async def wx(database_url: str, tmp_path: Path) -> AsyncIterator[WX]:
         yield env
 
 
-def has(text: str) -> Callable[[str], bool]:
-    return lambda t: text in t

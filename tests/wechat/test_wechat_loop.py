@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.support.messages import has
 from tests.wechat.conftest import WX, wechat_stack
 
 RESIDENT = "o-resident-zhang"
 WORKER, MEMBER = 2002, 2003
-
-
-def tg_has(text: str) -> Any:
-    return lambda m: m.text is not None and text in m.text
 
 
 def option(text: str, label: str) -> str:
@@ -47,24 +43,24 @@ async def test_resident_on_wechat_member_on_telegram(database_url: str, tmp_path
         assert isinstance(tg, FakeTelegramServer)
         worker, member = tg.user(WORKER, "王网格员"), tg.user(MEMBER, "李党员")
         await worker.send_command("start", await wx.h.invite("worker", "xh-g1-m1"))
-        await tg.wait_for(WORKER, tg_has("网格员"))
+        await tg.wait_for(WORKER, has("网格员"))
         await member.send_command("start", await wx.h.invite("member", "xh-g1-m1"))
-        await tg.wait_for(MEMBER, tg_has("党员"))
+        await tg.wait_for(MEMBER, has("党员"))
         await wx.bind_resident(RESIDENT)
 
         await place_order(wx, RESIDENT, "3单元楼道灯坏了")
         orders = await wx.h.orders()
         assert len(orders) == 1 and orders[0].latitude is not None
-        card = await tg.wait_for(WORKER, tg_has("3单元楼道灯坏了"))
+        card = await tg.wait_for(WORKER, has("3单元楼道灯坏了"))
         await worker.press_label(card, "📢 广播抢单")
-        offer = await tg.wait_for(MEMBER, tg_has("先接先得"))
+        offer = await tg.wait_for(MEMBER, has("先接先得"))
         await member.press_label(offer, "✋ 接单")
-        task = await tg.wait_for(MEMBER, tg_has("接单成功"))
+        task = await tg.wait_for(MEMBER, has("接单成功"))
         accepted = await wx.api.wait_for(RESIDENT, lambda t: "已由" in t)
         assert "李党员" in accepted
 
         await member.press_label(task, "✅ 已完成")
-        note_q = await tg.wait_for(MEMBER, tg_has("处理结果"))
+        note_q = await tg.wait_for(MEMBER, has("处理结果"))
         await member.press_label(note_q, "跳过")
         rate = await wx.api.wait_for(RESIDENT, lambda t: "请确认并评价" in t)
         thanks = await wx.sender.text(RESIDENT, option(rate, "★★★★★"))
