@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,14 +15,11 @@ from bot.config import load_settings
 from models import Identity, Person, utcnow
 from tests.conftest import Harness
 from tests.fakes.telegram_server import FakeTelegramServer
+from tests.support.messages import has
 
 RESIDENT, WORKER = 3001, 3002
 #: An OGG/Opus recording, as Telegram's voice messages are (the header is what is checked).
 OGG = b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead" + b"\x01" * 64
-
-
-def has(text: str) -> Any:
-    return lambda m: m.text is not None and text in m.text
 
 
 @pytest.fixture
