@@ -15,12 +15,13 @@ from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import NewOrder, OrderError, receipt_ref
 from bot.ports import Button, Outbound
-from handlers import bind, common, duties
+from handlers import bind, common, duties, profile
 from handlers.context import (
     FLOW_BIND,
     FLOW_DONE,
     FLOW_ESCALATE,
     FLOW_ORDER,
+    FLOW_PROFILE,
     FLOW_REVISIT,
     Ctx,
 )
@@ -49,6 +50,8 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
     }.get(conv.flow)
     if conv.flow == FLOW_BIND:
         await bind.step(ctx, conv.state, dict(conv.data), payload)
+    elif conv.flow == FLOW_PROFILE:
+        await profile.step(ctx, conv.state, payload)
     elif handler is not None:
         await handler(ctx, conv.state, dict(conv.data), payload)
     else:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "view")
-FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push")
+FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "me")
 #: Row ids are 32-bit integers (PostgreSQL ``integer``): a larger one cannot name a row and
 #: would make the database refuse the query instead of the handler refusing politely.
 MAX_ID = 2**31 - 1
