@@ -66,7 +66,7 @@ SETUP_RETRY_FIRST = 1.0
 HEALTH_DB_SECONDS = 3.0
 
 #: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
-BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
+BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "me", "lang", "cancel", "help")
 
 
 async def read_capped(request: Request, limit: int) -> bytes | None:
