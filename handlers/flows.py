@@ -210,8 +210,7 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
         ),
         ref=receipt_ref(order.id),
     )
-    # The location step replaced the menu keyboard; a message carries inline buttons or a
-    # keyboard, not both, so the menu comes back on its own message.
+    # The location step replaced the menu keyboard: it comes back on the receipt.
     await common.show_menu(ctx)
     ctx.toast = ctx.t("order.received_short", number=cards.number(order))
 
