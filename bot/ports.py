@@ -51,6 +51,9 @@ class Outbound:
     #: What kind of push this is (``menu``, ``offer``, ``accepted``, ``rate``, ``reminder``):
     #: platforms with push rules (WeChat) pick a template by it, or drop a bare menu.
     kind: str | None = None
+    #: A platform that cannot show ``buttons`` and ``menu`` on one message (Telegram) sends
+    #: the menu after it on a message with this text; others show both on this message.
+    menu_note: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """Serialise for the outbox (JSON)."""
@@ -69,6 +72,8 @@ class Outbound:
             data["kind"] = self.kind
         if self.voice:
             data["voice"] = self.voice
+        if self.menu_note:
+            data["menu_note"] = self.menu_note
         if self.document:
             data["document"] = self.document
             data["document_name"] = self.document_name or self.document.rsplit(":", 1)[-1]
@@ -89,6 +94,7 @@ class Outbound:
             ask_location=data.get("ask_location"),
             kind=data.get("kind"),
             voice=data.get("voice"),
+            menu_note=data.get("menu_note"),
             document=data.get("document"),
             document_name=data.get("document_name"),
         )

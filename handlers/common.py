@@ -11,7 +11,7 @@ from bot.core.routing import path_ids, people_with_role
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers.context import Ctx
-from models import Building, Grid, Offer, Order, Person
+from models import Building, Grid, Offer, Order, OutboxMessage, Person
 from models.orders import ACCEPTED, CANCELLABLE, DONE, OFFER_OPEN
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROLE_WORKER
 
@@ -24,13 +24,14 @@ MENU = {
     "menu.mygrid": "mygrid",
     "menu.tasks": "tasks",
     "menu.queue": "queue",
+    "menu.me": "me",
     "menu.help": "help",
 }
 
 
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """Run a slash command (or its menu label)."""
-    from handlers import bind, console, duties, flows, link, reports
+    from handlers import bind, console, duties, flows, link, profile, reports
 
     if name == "link":  # also for someone not bound yet: that is how a second platform joins
         await link.link(ctx, arg)
@@ -45,7 +46,9 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
         elif ctx.person is None:
             await bind.welcome(ctx)
         else:
-            ctx.say("start.back", name=ctx.person.name)
+            # Someone imported or linked, writing for the first time, is greeted as new.
+            key = "start.hello" if ctx.first_visit else "start.back"
+            ctx.say(key, name=ctx.person.name, help=ctx.t("menu.help"))
             await show_menu(ctx)
         return
     if name == "help":
@@ -53,6 +56,14 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
         return
     if ctx.person is None:
         await bind.welcome(ctx)
+        return
+    if name == "me":
+        await ctx.end_conversation()
+        await profile.show(ctx)
+        return
+    if name in ("name", "phone", "room"):  # shortcuts to 改称呼 / 改电话 / 改房号
+        await ctx.end_conversation()
+        await profile.edit(ctx, name, arg or None)  # "/phone 138…" answers at once
         return
     if name == "points":
         from handlers import points
@@ -122,27 +133,63 @@ def menu_command(ctx: Ctx, text: str) -> str | None:
     return None
 
 
-async def menu_rows(ctx: Ctx) -> list[list[str]]:
-    """The persistent menu for the sender's roles."""
+async def menu_layout(ctx: Ctx) -> list[list[str]]:
+    """The persistent menu for the sender's roles, as catalog keys (``menu.*``)."""
     roles = {r.role for r in await ctx.roles()}
     rows: list[list[str]] = []
     if ROLE_RESIDENT in roles:
-        rows.append([ctx.t("menu.order"), ctx.t("menu.myorders")])
+        rows.append(["menu.order", "menu.myorders"])
     work = []
     if ROLE_MEMBER in roles or ROLE_WORKER in roles or ROLE_HEAD in roles:
-        work.append(ctx.t("menu.tasks"))
+        work.append("menu.tasks")
     if roles & {ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
-        work.append(ctx.t("menu.queue"))
+        work.append("menu.queue")
     if work:
         rows.append(work)
-    rows.append([ctx.t("menu.mygrid"), ctx.t("menu.help")])
+    rows.append(["menu.mygrid", "menu.me", "menu.help"])
     return rows
 
 
+async def menu_rows(ctx: Ctx) -> list[list[str]]:
+    """The persistent menu for the sender's roles, labelled in their language."""
+    return [[ctx.t(key) for key in row] for row in await menu_layout(ctx)]
+
+
 async def show_menu(ctx: Ctx) -> None:
-    """Send the main menu."""
+    """Give the sender the main menu keyboard again.
+
+    It rides on the last message this event already sends them (the receipt, "已取消", ...)
+    rather than on a bare "请选择：" of its own. A platform that cannot show a message's
+    buttons and a keyboard together (Telegram) sends the keyboard after it with
+    ``menu_note``. Only when nothing else is said does the menu come on its own.
+    """
+    rows = await menu_rows(ctx)
+    last = _last_reply(ctx)
+    if last is not None:
+        payload = dict(last.payload)
+        payload["menu"] = rows
+        payload.pop("remove_menu", None)
+        if payload.get("buttons"):
+            payload["menu_note"] = ctx.t("menu.note")
+        last.payload = payload  # a new dict: the JSON column sees the change
+        return
     # kind "menu": platforms with a fixed account menu (WeChat) need not send it at all.
-    ctx.reply(Outbound(ctx.t("menu.title"), menu=await menu_rows(ctx), kind="menu"))
+    ctx.reply(Outbound(ctx.t("menu.title"), menu=rows, kind="menu"))
+
+
+def _last_reply(ctx: Ctx) -> OutboxMessage | None:
+    """The newest message this event sends to the sender's chat, if it can carry the menu
+    (not an edit of an older message, not a location request with its own keyboard)."""
+    for row in reversed(ctx.notify.written):
+        if row.channel != ctx.event.channel or row.chat_id != ctx.event.chat_id:
+            continue
+        if row.edit_ref is not None:
+            continue
+        data = row.payload or {}
+        if data.get("ask_location"):
+            return None
+        return row
+    return None
 
 
 async def help_(ctx: Ctx) -> None:
@@ -151,20 +198,30 @@ async def help_(ctx: Ctx) -> None:
         ctx.say("bind.welcome")
         return
     roles = {r.role for r in await ctx.roles()}
-    parts = [ctx.t("help.intro")]
+    # First what the person sees: the menu's buttons by their labels, from the very layout
+    # they are shown; then the commands, for those who type.
+    buttons = [
+        ctx.t(f"help.btn.{MENU[key]}", label=ctx.t(key))
+        for row in await menu_layout(ctx)
+        for key in row
+    ]
+    parts = [ctx.t("help.intro"), ctx.t("help.buttons") + "\n" + "\n".join(buttons)]
+    commands = []
     for role in (ROLE_RESIDENT, ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN):
         if role in roles:
-            parts.append(ctx.t(f"help.{role}"))
+            commands.append(ctx.t(f"help.{role}"))
     if roles & {ROLE_MEMBER, ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
-        parts.append(ctx.t("help.points"))
+        commands.append(ctx.t("help.points"))
     if roles & {ROLE_WORKER, ROLE_HEAD, ROLE_ADMIN}:
-        parts.append(ctx.t("help.duty_lists"))
+        commands.append(ctx.t("help.duty_lists"))
     if roles & {ROLE_HEAD, ROLE_ADMIN}:
-        parts.append(ctx.t("help.whistle_notice"))
-        parts.append(ctx.t("help.bulletin"))
+        commands.append(ctx.t("help.whistle_notice"))
+        commands.append(ctx.t("help.bulletin"))
         if ctx.settings.console_on:
-            parts.append(ctx.t("help.console"))
-    parts.append(ctx.t("help.common"))
+            commands.append(ctx.t("help.console"))
+    commands.append(ctx.t("help.me"))
+    commands.append(ctx.t("help.common"))
+    parts.append(ctx.t("help.commands") + "\n" + "\n".join(commands))
     ctx.reply(Outbound("\n\n".join(parts), menu=await menu_rows(ctx)))
 
 

@@ -34,6 +34,9 @@ class Ctx:
     notify: Notifier
     orders: OrderService
     toast: str | None = None
+    #: The sender never wrote to us before this event (a first ``/start`` is a hello, not a
+    #: welcome back).
+    first_visit: bool = False
     _roles: list[Role] | None = field(default=None, repr=False)
     #: The sender's conversation row as far as this event knows it: ``_UNKNOWN`` until read,
     #: then the row or ``None`` (kept in step by the methods below, the only writers).
@@ -132,3 +135,4 @@ FLOW_VISIT = "visit"
 FLOW_NOTICE = "notice"
 FLOW_HOUSEHOLD = "household"
 FLOW_VISITPLAN = "visitplan"
+FLOW_PROFILE = "me"

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from bot.core import cards
 from bot.core import payloads as p
-from bot.core.orders import OrderError
+from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.routing import can_manage
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
@@ -28,9 +28,13 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         )
         return
     if payload.kind == "or":
-        await ctx.orders.rate(person, oid, int(payload.arg or 0))
+        stars = int(payload.arg or 0)
+        # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
+        # rating rolls it back with everything else.
+        follow_up = "resident.rated_revisit" if stars <= REVISIT_AT_OR_BELOW else "resident.rated"
+        ctx.say(follow_up, stars="★" * stars)
+        await ctx.orders.rate(person, oid, stars)
         ctx.toast = ctx.t("resident.rated_short")
-        ctx.say("resident.rated", stars="★" * int(payload.arg or 0))
         return
     if payload.kind == "rv":
         revisit = await ctx.session.get(Revisit, oid)

@@ -18,12 +18,13 @@ from bot.core import payloads as p
 from bot.core.orders import NewOrder, OrderError, receipt_ref
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
-from handlers import bind, common, duties, free_text
+from handlers import bind, common, duties, free_text, profile
 from handlers.context import (
     FLOW_BIND,
     FLOW_DONE,
     FLOW_ESCALATE,
     FLOW_ORDER,
+    FLOW_PROFILE,
     FLOW_REVISIT,
     Ctx,
 )
@@ -53,6 +54,8 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
     }.get(conv.flow)
     if conv.flow == FLOW_BIND:
         await bind.step(ctx, conv.state, dict(conv.data), payload)
+    elif conv.flow == FLOW_PROFILE:
+        await profile.step(ctx, conv.state, payload)
     elif handler is not None:
         await handler(ctx, conv.state, dict(conv.data), payload)
     else:
@@ -478,8 +481,7 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
         ),
         ref=receipt_ref(order.id),
     )
-    # The location step replaced the menu keyboard; a message carries inline buttons or a
-    # keyboard, not both, so the menu comes back on its own message.
+    # The location step replaced the menu keyboard: it comes back on the receipt.
     await common.show_menu(ctx)
     ctx.toast = ctx.t("order.received_short", number=cards.number(order))
 

@@ -145,6 +145,7 @@ class Router:
             )
         ).first()
         identity, person = (found[0], found[1]) if found is not None else (None, None)
+        first_visit = identity is None or identity.last_inbound_at is None
         if identity is not None and not event.group:
             # A group is never the person's chat: their pushes (offers, a resident's phone)
             # keep going to the private chat, and a group message opens no WeChat window.
@@ -174,6 +175,7 @@ class Router:
             orders=OrderService(
                 session, notifier, self.tr, now, PointsRules.from_settings(self.settings)
             ),
+            first_visit=first_visit,
         )
 
     async def _route(self, ctx: Ctx) -> None:
@@ -242,6 +244,12 @@ class Router:
                 from handlers import link
 
                 await link.push(ctx, payload.arg or "")
+                return
+            if payload.action == "me":  # 改称呼 / 改电话 / 改房号 under /me
+                from handlers import profile
+
+                await ctx.end_conversation()
+                await profile.edit(ctx, payload.arg or "")
                 return
             if conv is None or not flows.belongs(conv, payload):
                 # A button of a step already answered: say what came of it when it was

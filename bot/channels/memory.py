@@ -24,6 +24,8 @@ class SentMessage:
     chat_id: str
     message: Outbound
     edits: int = 0
+    #: What the message showed before each edit, oldest first.
+    history: list[Outbound] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -48,6 +50,8 @@ class MemoryChannel:
     )
     messages: dict[str, list[SentMessage]] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
+    #: Every delivery in the order it happened: ``("send" | "edit", chat_id, message_id)``.
+    log: list[tuple[str, str, str]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     stop_budget: float = 0.5
@@ -80,14 +84,17 @@ class MemoryChannel:
             raise DeliveryError("blocked", permanent=True)
         sent = SentMessage(str(next(self._ids)), chat_id, message)
         self.messages.setdefault(chat_id, []).append(sent)
+        self.log.append(("send", chat_id, sent.id))
         return sent.id
 
     async def edit(self, chat_id: str, message_id: str, message: Outbound) -> str:
         """Replace a recorded message."""
         for sent in self.messages.get(chat_id, []):
             if sent.id == message_id:
+                sent.history.append(sent.message)
                 sent.message = message
                 sent.edits += 1
+                self.log.append(("edit", chat_id, message_id))
                 return message_id
         raise DeliveryError("message to edit not found", permanent=True)
 

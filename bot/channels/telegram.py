@@ -78,7 +78,7 @@ DEFAULT_BASE_URL = "https://api.telegram.org/bot"
 #: Where Telegram posts updates in webhook mode.
 WEBHOOK_PATH = "/telegram/webhook"
 #: Commands shown in Telegram's menu (descriptions come from the catalog at start-up).
-BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "lang", "cancel", "help")
+BOT_COMMANDS = ("order", "myorders", "tasks", "queue", "mygrid", "me", "lang", "cancel", "help")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 #: Attempts for the 2nd.. parts of a split message (the first part's errors go to the caller).
 _CONTINUATION_ATTEMPTS = 3
@@ -260,7 +260,7 @@ def render_markup(message: Outbound) -> Markup | None:
     """
     inline = _inline_markup(message)
     if inline is not None:
-        if message.menu or message.remove_menu or message.ask_location:
+        if (message.menu and not message.menu_note) or message.remove_menu or message.ask_location:
             log.warning("message has inline buttons and a reply keyboard; keyboard not sent")
         return inline
     if message.ask_location:
@@ -697,8 +697,26 @@ class TelegramChannel:
         """Send a message; return the id of the last part (the one carrying the markup).
 
         Texts over 4096 units go out in parts, paced by ``limits.per_chat_interval``; a photo
-        whose caption exceeds 1024 units is sent bare, followed by the text.
+        whose caption exceeds 1024 units is sent bare, followed by the text. A message with
+        inline buttons and a menu (which Telegram cannot show on one message) is followed by
+        its ``menu_note`` carrying the menu keyboard.
         """
+        sent_id = await self._send_one(chat_id, message)
+        if message.buttons and message.menu and message.menu_note:
+            keyboard = Outbound(message.menu_note, menu=message.menu)
+            try:
+                await self._continue(
+                    lambda: self.application.bot.send_message(
+                        _chat_ref(chat_id), keyboard.text, reply_markup=render_markup(keyboard)
+                    )
+                )
+            except DeliveryError as exc:
+                # The message itself is out: a retry would repeat it. The keyboard is still
+                # the last one the chat had; the next menu brings it back.
+                log.warning("menu keyboard after message %s not sent: %s", sent_id, exc)
+        return sent_id
+
+    async def _send_one(self, chat_id: str, message: Outbound) -> str:
         if not message.text.strip() and not message.photo and not message.document:
             raise DeliveryError("empty message", permanent=True)
         bot = self.application.bot

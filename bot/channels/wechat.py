@@ -94,7 +94,7 @@ QUOTA_USED = 45047
 GONE = frozenset({43004, 40003})
 BUSY = -1
 #: Menu click keys and the commands they run (anything else is ignored).
-MENU_KEYS = ("order", "myorders", "tasks", "queue", "mygrid", "link", "help")
+MENU_KEYS = ("order", "myorders", "tasks", "queue", "mygrid", "me", "link", "help")
 #: Push kind of an outbox row by the prefix of its ``ref`` (when the payload names none).
 KIND_BY_REF = {"offer": "offer", "disp": "offer", "task": "accepted", "rate": "rate"}
 SKIPPED = "dropped"
@@ -1116,7 +1116,7 @@ async def create_qr(api: WeChatApi, scene: str, expire_seconds: int | None) -> d
 
 def menu_definition(tr: Translator, lang: str) -> dict[str, Any]:
     """The account's custom menu: 报事 / 我的工单 (orders, tasks, queue) / 我的网格 (grid,
-    link, help). Each click arrives as the matching command."""
+    my details, link, help). Each click arrives as the matching command."""
 
     def click(key: str, label_key: str) -> dict[str, str]:
         return {"type": "click", "name": tr.t(lang, label_key), "key": key}
@@ -1136,6 +1136,7 @@ def menu_definition(tr: Translator, lang: str) -> dict[str, Any]:
                 "name": tr.t(lang, "wechat.menu_grid"),
                 "sub_button": [
                     click("mygrid", "wechat.menu_mygrid"),
+                    click("me", "wechat.menu_me"),
                     click("link", "wechat.menu_link"),
                     click("help", "wechat.menu_help"),
                 ],

@@ -161,10 +161,18 @@ class OrderService:
         )
 
     async def _transition(
-        self, order: Order, allowed: tuple[str, ...], to_status: str, **values: Any
+        self,
+        order: Order,
+        allowed: tuple[str, ...],
+        to_status: str,
+        *,
+        refresh_cards: bool = True,
+        **values: Any,
     ) -> str:
         """Move ``order`` to ``to_status`` if it is still in one of ``allowed``; return the old
         status. A concurrent change makes the row count 0 and the caller is told.
+        ``refresh_cards=False`` for a state the order passes through within the same
+        transaction: only the state it rests in is shown (one edit, not two).
 
         The old status is the one read before the UPDATE (the ORM synchronises the object with
         the new values), and the UPDATE requires it to be unchanged, so the event's ``from`` is
@@ -180,7 +188,8 @@ class OrderService:
             await self.session.refresh(order)
             raise OrderError(self._stale_key(order))
         await self.session.refresh(order)
-        await self._refresh_cards(order)
+        if refresh_cards:
+            await self._refresh_cards(order)
         return old
 
     async def _refresh_cards(self, order: Order) -> None:
@@ -435,48 +444,63 @@ class OrderService:
                     "order.already_rated", number=number(order), stars="★" * order.rating
                 )
             raise OrderError("error.cannot_rate")
-        old = await self._transition(order, (DONE,), CONFIRMED, rating=stars)
+        revisit = stars <= REVISIT_AT_OR_BELOW
+        # Without a revisit the order only passes through "confirmed" on its way to "closed":
+        # the receipt and the handlers' cards are edited once, to "closed", never showing a
+        # 待回访 that will not come.
+        old = await self._transition(
+            order, (DONE,), CONFIRMED, rating=stars, refresh_cards=revisit
+        )
         self._event(order, person.id, "rate", old, note=str(stars))
-        await self._award_points(order)
+        credited = await self._award_points(order)
         if order.assignee_id and stars >= points.BONUS_AT_OR_ABOVE:
-            await points.award(
+            bonus = self.points.rating_bonus
+            if await points.award(
                 self.session,
                 person_id=order.assignee_id,
-                points=self.points.rating_bonus,
+                points=bonus,
                 reason=points.RATING_BONUS,
                 key=f"{points.RATING_BONUS}:{order.id}",
                 now=self.now,
                 order_id=order.id,
-            )
+            ):
+                credited += bonus
         if order.assignee_id:
-            await self.notify.to_person(
-                order.assignee_id,
-                lambda lang: Outbound(
-                    self.tr.t(lang, "member.rated", number=number(order), stars="★" * stars)
-                ),
-            )
+            # Points are mentioned only when some were credited by this rating.
+            def rated(lang: str) -> Outbound:
+                text = self.tr.t(
+                    lang, "member.rated_only", number=number(order), stars="★" * stars
+                )
+                if credited > 0:
+                    text += self.tr.t(lang, "member.rated_points", points=str(credited))
+                if revisit:
+                    text += self.tr.t(lang, "member.rated_revisit")
+                return Outbound(text)
+
+            await self.notify.to_person(order.assignee_id, rated)
         await self._tell_handlers_news(
             order, "handler.rated", stars="★" * stars, name=await self._assignee_name(order)
         )
-        if stars <= REVISIT_AT_OR_BELOW:
+        if revisit:
             await self._open_revisit(order)
         else:
             old = await self._transition(order, (CONFIRMED,), CLOSED)
             self._event(order, person.id, "close", old)
         return order
 
-    async def _award_points(self, order: Order) -> None:
+    async def _award_points(self, order: Order) -> int:
         """The member who did the order gets its category's points, once per order (the
-        ledger's ``order_done:<id>`` key), in this transaction: rated or auto-closed."""
+        ledger's ``order_done:<id>`` key), in this transaction: rated or auto-closed.
+        Returns the points credited now (0 when none, or when credited before)."""
         if order.assignee_id is None:
-            return
+            return 0
         category = await self.session.scalar(
             select(Category).where(Category.code == order.category)
         )
         amount = category.points if category else 0
         if amount <= 0:
-            return
-        await points.award(
+            return 0
+        credited = await points.award(
             self.session,
             person_id=order.assignee_id,
             points=amount,
@@ -485,6 +509,7 @@ class OrderService:
             now=self.now,
             order_id=order.id,
         )
+        return amount if credited else 0
 
     async def _open_revisit(self, order: Order) -> None:
         grid = await self.session.get(Grid, order.grid_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 #: ``cx`` asks the resident to confirm the withdrawal, ``cxy`` is that confirmation.
 ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "cxy", "view")
-FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "same", "new", "pick")
+FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "same", "new", "pick", "me")
 #: Row ids are 32-bit integers (PostgreSQL ``integer``): a larger one cannot name a row and
 #: would make the database refuse the query instead of the handler refusing politely.
 MAX_ID = 2**31 - 1

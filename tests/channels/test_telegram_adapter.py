@@ -222,6 +222,38 @@ async def test_send_renders_menu_location_request_and_removal(
     assert remove.reply_markup == {"remove_keyboard": True}
 
 
+async def test_menu_rides_on_the_message_or_follows_its_inline_buttons(
+    tg: FakeTelegramServer, channel: TelegramChannel
+) -> None:
+    """A finished flow's last message carries the menu keyboard itself; a message with
+    inline buttons (which cannot also carry a keyboard on Telegram) is followed by its note
+    with the keyboard, and stays the message that later edits address."""
+    tg.user(2010, "Lan")
+    channel.limits = Limits(per_chat_interval=0.0)
+    menu = [["📝 我要报事", "📋 我的工单"], ["❓ 帮助"]]
+    await channel.send("2010", Outbound("已取消。", menu=menu))
+    (cancelled,) = tg.sent(2010)
+    assert cancelled.text == "已取消。"
+    assert cancelled.keyboard == [
+        [{"text": "📝 我要报事"}, {"text": "📋 我的工单"}],
+        [{"text": "❓ 帮助"}],
+    ]
+
+    receipt_id = await channel.send(
+        "2010",
+        Outbound(
+            "已收到！工单号 000001。",
+            [[Button("撤回工单", "o:cx:1")]],
+            menu=menu,
+            menu_note="需要时点下方菜单。",
+        ),
+    )
+    _, receipt, note = tg.sent(2010)
+    assert int(receipt_id) == receipt.message_id
+    assert receipt.buttons == [("撤回工单", "o:cx:1")]
+    assert (note.text, note.keyboard[0][0]) == ("需要时点下方菜单。", {"text": "📝 我要报事"})
+
+
 async def test_send_photo_with_caption_and_buttons(
     tg: FakeTelegramServer, channel: TelegramChannel
 ) -> None:

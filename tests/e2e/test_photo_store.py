@@ -48,6 +48,7 @@ async def test_a_photo_that_cannot_be_stored_keeps_the_order(
     h, tg = unwritable_media
     resident = tg.user(RESIDENT, "张", language_code="zh-hans")
     await resident.send_command("start", await h.invite("resident", "xh-g1-m1", "xh-b01"))
+    await resident.press_label(await tg.wait_for(RESIDENT, has("怎么称呼")), "就叫“张”")
     await tg.wait_for(RESIDENT, has("房号"))
     await resident.send_text("2-301")
     await tg.wait_for(RESIDENT, has("电话"))

@@ -106,7 +106,10 @@ async def tv(database_url: str, tmp_path: Path) -> AsyncIterator[Visits]:
 
         # The member binds over Telegram with the micro-grid's member invite.
         await member.send_command("start", await _invite(app, clock(), "member", "xh-g1-m1"))
-        await tg.wait_for(MEMBER, has("已登记为"))
+        named = await tg.wait_for(MEMBER, has("已登记为"))
+        await member.press_label(named, f"就叫“{MEMBER_NAME}”")
+        await member.press_label(await tg.wait_for(MEMBER, has("手机号码")), "跳过")
+        await tg.wait_for(MEMBER, has("好了"))
         async with app.sessionmaker() as session, session.begin():
             bound = await session.scalar(select(Identity).where(
                 Identity.channel == "telegram", Identity.external_id == str(MEMBER)))

@@ -9,7 +9,7 @@ from bot.channels.memory import SentMessage
 from bot.core.invites import revoke_invite
 from models import Building, Grid, Identity, Invite, Person, Role
 from tests.conftest import Harness
-from tests.flows.helpers import find, rows, snapshot, texts_since
+from tests.flows.helpers import rows, snapshot, texts_since
 
 WELCOME = "请扫描楼道里的二维码"
 NOT_BOUND = "请先扫描二维码或打开邀请链接完成绑定"
@@ -52,7 +52,9 @@ async def test_resident_invite_binds_then_asks_room_and_phone(harness: Harness) 
 
     await user.send(f"/start {token}")
     assert "绑定成功" in user.texts()[0] and "翠屏小区1栋" in user.texts()[0]
-    assert "请回复您的房号" in user.last().text
+    # First: how the others will call her. The platform's name is offered to keep.
+    assert "请问怎么称呼您" in user.last().text
+    assert [b.label for b in user.last().buttons] == ["就叫“新邻居”"]
     assert await harness.count(Person) == people + 1
     assert await harness.count(Identity) == idents + 1
     roles = await _roles_of(harness, "tg-5001")
@@ -61,6 +63,13 @@ async def test_resident_invite_binds_then_asks_room_and_phone(harness: Harness) 
         ("resident", grid_id, building_id)
     ]
     assert (await _person_of(harness, "tg-5001")).name == "新邻居"
+    for not_a_name in ("1234567", "http://x.cn", "这是一个非常非常非常非常非常非常长的称呼文本啊"):
+        await user.send(not_a_name)
+        assert "这个称呼用不了" in user.last().text, not_a_name
+    assert (await _person_of(harness, "tg-5001")).name == "新邻居"
+    await user.send("  王阿姨 ")
+    assert "好的，王阿姨" in user.last().text and "请回复您的房号" in user.last().text
+    assert (await _person_of(harness, "tg-5001")).name == "王阿姨"
 
     await user.send("302室!!")  # not a flat number
     assert "房号格式不对" in user.last().text
@@ -68,12 +77,14 @@ async def test_resident_invite_binds_then_asks_room_and_phone(harness: Harness) 
     assert "房号格式不对" in user.last().text
     await user.send("3-502")
     assert "请留下联系电话" in user.last().text
-    await user.send("打电话给我")
-    assert "电话号码格式不对" in user.last().text
-    await user.send("12")
-    assert "电话号码格式不对" in user.last().text
+    # Only a mainland mobile number is taken; anything else is refused politely, unstored.
+    not_mobiles = ("打电话给我", "12", "1391234", "12345678901", "138000012345", "0839-1234567")
+    for not_a_mobile in not_mobiles:
+        await user.send(not_a_mobile)
+        assert "这不是手机号码。请回复 11 位手机号" in user.last().text, not_a_mobile
+        assert (await _person_of(harness, "tg-5001")).phone is None
     mark = len(user.inbox)
-    await user.send("138 0000-1234")
+    await user.send("+86 138 0000-1234")
     assert "好了！" in texts_since(user, mark)
     assert user.last().message.menu, "the main menu follows"
     assert "📝 我要报事" in user.last().message.menu[0]
@@ -88,6 +99,8 @@ async def test_resident_may_skip_room_and_phone(harness: Harness) -> None:
     token = await harness.invite("resident", "xh-g2-m2", "xh-b12")
     user = harness.user("tg-5002", name="路人")
     await user.send(f"/start {token}")
+    await user.press("就叫“路人”")
+    assert "请回复您的房号" in user.last().text
     await user.press("跳过")
     assert "请留下联系电话" in user.last().text
     await user.press("跳过")
@@ -95,6 +108,7 @@ async def test_resident_may_skip_room_and_phone(harness: Harness) -> None:
     roles = await _roles_of(harness, "tg-5002")
     assert roles[0].room is None
     assert (await _person_of(harness, "tg-5002")).phone is None
+    assert (await _person_of(harness, "tg-5002")).name == "路人"
 
 
 async def test_foreign_button_inside_bind_flow_is_refused(harness: Harness) -> None:
@@ -115,16 +129,22 @@ async def test_member_worker_and_head_invites(harness: Harness) -> None:
     ]
     for role, grid, uid, role_name, grid_name in cases:
         token = await harness.invite(role, grid)
-        user = harness.user(uid, name=f"新{role_name}")
+        user = harness.user(uid, name="U7104")
         await user.send(f"/start {token}")
         assert f"您已登记为{grid_name}的{role_name}" in user.texts()[0]
-        assert user.last().message.menu
+        assert "请问怎么称呼您" in user.texts()[0]
+        await user.send(f"老{role_name[:2]}")
+        assert "请留下手机号码" in user.last().text
+        await user.send("139-1234-5678")
+        assert "好了！" in user.last().text and user.last().message.menu
+        assert (await _person_of(harness, uid)).phone == "13912345678"
+        assert (await _person_of(harness, uid)).name == f"老{role_name[:2]}"
         roles = await _roles_of(harness, uid)
         grid_id, _ = await _ids(harness, grid)
         assert [(r.role, r.grid_id, r.building_id) for r in roles] == [(role, grid_id, None)]
     # The new worker's menu offers the dispatch queue; the member's does not.
-    worker_menu = menu_keys(find(harness.user("tg-6002"), "请选择"))
-    member_menu = menu_keys(find(harness.user("tg-6001"), "请选择"))
+    worker_menu = menu_keys(harness.user("tg-6002").last())
+    member_menu = menu_keys(harness.user("tg-6001").last())
     assert "📥 待派工单" in worker_menu and "📥 待派工单" not in member_menu
     assert "🤝 我的任务" in member_menu
 
@@ -187,11 +207,14 @@ async def test_same_user_redeeming_again_is_told_already(harness: Harness) -> No
     stairwell = await harness.invite("resident", "xh-g1-m1", "xh-b01", max_uses=None)
     user = harness.user("tg-7001")
     await user.send(f"/start {stairwell}")
+    await user.send("陈阿姨")
     await user.press("跳过")
     await user.press("跳过")
     before = await snapshot(harness)
     await user.send(f"/start {stairwell}")
-    assert "您已经是第一网格1号微网格的居民了" in user.texts()[-2]
+    # One message: "already", where to change her details, and the menu.
+    assert "您已经是第一网格1号微网格的居民了" in user.last().text
+    assert "要修改称呼、电话或房号，请点“👤 我的信息”" in user.last().text
     assert user.last().message.menu
     after = await snapshot(harness)
     assert after["person"] == before["person"] and after["role"] == before["role"]
@@ -234,6 +257,8 @@ async def test_english_user_binds_in_english(harness: Harness) -> None:
     user = harness.user("tg-9001", name="Alex", locale="en-US")
     await user.send(f"/start {token}")
     assert "You're registered at 翠屏小区3栋" in user.texts()[0]
+    assert "What should we call you" in user.last().text
+    await user.press("Call me “Alex”")
     assert "flat number" in user.last().text
     await user.press("Skip")
     await user.press("Skip")

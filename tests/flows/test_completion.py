@@ -123,7 +123,8 @@ async def test_five_stars_close_the_order_and_credit_points(harness: Harness) ->
         (li_person.id, order.id, 10, "order_done"),
         (li_person.id, order.id, 5, "rating_bonus"),
     ]
-    assert "工单 000001 获得居民评价 ★★★★★，积分已记入" in li.last().text
+    # What was credited, in figures: 10 for the order, 5 for the rating.
+    assert li.last().text == "工单 000001 获得居民评价 ★★★★★。积分 +15 已记入。"
     assert await harness.count(Revisit) == 0
     assert (await harness.events(order.id))[-2:] == [
         ("rate", "done", "confirmed"),

@@ -67,13 +67,16 @@ class WX:
             )
 
     async def bind_resident(self, openid: str, building: str = "xh-b01",
-                            grid: str = "xh-g1-m1") -> None:
-        """A new follower scans the stairwell code, skips room and phone."""
+                            grid: str = "xh-g1-m1", name: str = "张阿姨") -> None:
+        """A new follower scans the stairwell code, gives a name, skips room and phone."""
         token = await self.h.invite("resident", grid, building, max_uses=None)
         first = await self.sender.event(openid, "subscribe", f"qrscene_{token}")
-        # The welcome and the room question are one message: the passive reply.
+        # The welcome and the name question are one message: the passive reply. WeChat gives
+        # no name, so there is none to keep: the resident types one.
         assert first.text and "绑定成功" in first.text, first
-        assert "房号" in first.text and "回复 1 跳过" in first.text, first
+        assert "怎么称呼您" in first.text and "回复 1" not in first.text, first
+        room = await self.sender.text(openid, name)
+        assert room.text and "房号" in room.text and "回复 1 跳过" in room.text, room
         phone = await self.sender.text(openid, "1")
         assert phone.text and "电话" in phone.text, phone
         done = await self.sender.text(openid, "1")

@@ -67,6 +67,8 @@ async def test_menu_is_installed(
     assert names == ["报事", "我的工单", "我的网格"]
     keys = [b.get("key") for b in menu["button"][1]["sub_button"]]
     assert keys == ["myorders", "tasks", "queue"]
+    keys = [b.get("key") for b in menu["button"][2]["sub_button"]]
+    assert keys == ["mygrid", "me", "link", "help"]
     assert "installed" in capsys.readouterr().out
 
 

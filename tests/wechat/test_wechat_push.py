@@ -147,8 +147,10 @@ async def test_msgmenu_tap_comes_back_as_the_button(database_url: str, tmp_path:
     async with wechat_stack(database_url, tmp_path, wechat_msgmenu=True) as wx:
         token = await wx.h.invite("resident", "xh-g1-m1", "xh-b01", max_uses=None)
         first = await wx.sender.event(RESIDENT, "subscribe", f"qrscene_{token}")
+        assert first.text and "怎么称呼您" in first.text
         # A passive reply cannot be a msgmenu: the room question comes as numbered text.
-        assert first.text and "房号" in first.text and "回复 1 跳过" in first.text
+        room = await wx.sender.text(RESIDENT, "张阿姨")
+        assert room.text and "房号" in room.text and "回复 1 跳过" in room.text
         # A push with choices goes out as a msgmenu; a tap comes back as the button.
         async with wx.app.sessionmaker() as session, session.begin():
             ident = await session.scalar(select(Identity).where(Identity.external_id == RESIDENT))
