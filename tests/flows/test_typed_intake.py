@@ -292,6 +292,7 @@ async def test_only_open_orders_of_the_same_kind_and_building_within_the_window_
     assert "是同一件事吗" not in "\n".join(resident.texts())
     # A closed (withdrawn) one does not count.
     await resident.press_payload("o:cx:3")
+    await resident.press("确认撤回")
     await resident.send("/order")
     await resident.press("维修")
     await resident.send(LIGHT)
