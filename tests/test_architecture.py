@@ -131,17 +131,6 @@ def test_models_do_not_import_the_layers_above() -> None:
     assert not offenders, offenders
 
 
-def _imports(path: Path) -> list[str]:
-    """The absolute modules ``path`` imports (also inside functions)."""
-    found: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append(node.module)
-        elif isinstance(node, ast.Import):
-            found += [a.name for a in node.names]
-    return found
-
-
 def test_the_root_and_the_settings_know_no_platform() -> None:
     """Adding a platform touches its adapter and the registry's table, not the composition
     root, the settings loader or the deliverer: none of them imports an adapter module."""
