@@ -11,10 +11,10 @@ process, which also plays the users, and a fresh bot in a child process (this sa
 1. ``echo``: a bare PTB ``Application`` (``concurrent_updates(True)``, polling) answering every
    text with ``reply_text(text)``; N users each send K texts, each waiting for its echo.
 2. ``gridbot-lifted``: Gridbot (demo community, fresh database) with the delivery limits
-   lifted; N residents at once bind with a building invite, skip room and phone, and place an
-   order (category, description, skip photo, skip location, submit), each waiting for the bot's
-   answer before the next step. A grid worker of xh-g1-m1 is bound first and gets a dispatch
-   card per order.
+   lifted; N residents at once bind with a building invite, give a name, skip room and phone,
+   and place an order (category, description, skip photo, skip location, submit), each waiting
+   for the bot's answer before the next step. A grid worker of xh-g1-m1 is bound first and
+   gets a dispatch card per order.
 3. ``gridbot-paced``: the same with Telegram's limits as configured (1 msg/s per chat, 30 msg/s
    overall), the fake enforcing them too (429 + retry_after).
 
@@ -66,7 +66,7 @@ WORKER_UID = 900_001
 RESIDENT_UID0 = 100_001
 ECHO_UID0 = 200_001
 #: Updates one resident sends from /start to the order's confirmation.
-ORDER_UPDATES = 9
+ORDER_UPDATES = 10
 TAG_RE = re.compile(r"(?<![A-Za-z0-9])R\d{5}(?!\d)")
 
 
@@ -424,9 +424,10 @@ class Resident(Conversation):
 
 
 async def resident_flow(resident: Resident, invite: str) -> Resident:
-    """/start <invite> → skip room → skip phone → /order → … → submit; 9 updates."""
+    """/start <invite> → a name → skip room → skip phone → /order → … → submit; 10 updates."""
     user, step = resident.user, resident.step
-    _, q = await step(user.send_command("start", invite), has("房号"))
+    await step(user.send_command("start", invite), has("怎么称呼"))
+    _, q = await step(user.send_text("张阿姨"), has("房号"))
     _, q = await step(user.press_label(q, "跳过"), has("电话"))
     await step(user.press_label(q, "跳过"), is_menu)
     _, ask = await step(user.send_command("order"), has("问题类别"))
@@ -661,7 +662,11 @@ async def drive_echo(tg: Any, child: Child, users: int, opts: Options) -> JSON:
 async def drive_gridbot(tg: Any, child: Child, users: int, invites: JSON, opts: Options) -> JSON:
     worker = tg.user(WORKER_UID, "王网格员")
     await worker.send_command("start", invites["worker"])
-    await next_message(tg, worker.chat_id, 0, is_menu, opts.step_timeout)
+    await next_message(tg, worker.chat_id, 0, has("怎么称呼"), opts.step_timeout)
+    await worker.send_text("王网格员")
+    at, _, ask = await next_message(tg, worker.chat_id, 0, has("手机号码"), opts.step_timeout)
+    await worker.press_label(ask, "跳过")
+    await next_message(tg, worker.chat_id, at, is_menu, opts.step_timeout)
     before = sum(len(v) for v in tg.arrivals.values())
     tokens = invites["residents"]
     residents = [
@@ -964,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--paced-residents", type=int, default=20, help="residents of gridbot-paced (20)"
     )
     parser.add_argument(
-        "--texts", type=int, default=ORDER_UPDATES, help="texts per echo user (9, as the flow)"
+        "--texts", type=int, default=ORDER_UPDATES, help="texts per echo user (10, as the flow)"
     )
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
