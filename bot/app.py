@@ -1,4 +1,4 @@
-"""Composition root: builds the engine, translator, router, channels, delivery and web server,
+"""Composition root: builds the engine, translator, intake, channels, delivery and web server,
 and passes each what it needs (no globals)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics
 from bot.open311 import PREFIX as OPEN311_PREFIX
 from bot.open311 import Open311
-from handlers.router import Router
+from handlers.intake import Intake
 from models import Category, Grid, OutboxMessage, utcnow
 from models.db import make_engine, make_sessionmaker, startup_lock, upgrade
 
@@ -78,7 +78,8 @@ class Gridbot:
         self.media = MediaStore(settings.media_dir)
         #: Channel name → its push rules (filled as adapters are added).
         self.push_policies: dict[str, PushPolicy] = {}
-        self.router = Router(
+        #: The core's one entry for inbound events (handlers/intake.py).
+        self.handler = Intake(
             self.sessionmaker,
             settings,
             self.tr,
@@ -87,8 +88,8 @@ class Gridbot:
             push_policies=self.push_policies,
         )
         self.metrics = Metrics()
-        #: What channels call with each inbound update: the router, timed for /metrics.
-        self.intake = self.metrics.timed(self.router)
+        #: What channels call with each inbound update: the intake, timed for /metrics.
+        self.intake = self.metrics.timed(self.handler)
         #: Channel name → its adapter, in the order they were added.
         self.channels: dict[str, Adapter] = {}
         #: Channel name → "ready" or "retrying: <why>" (shown by ``/readyz``).

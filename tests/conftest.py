@@ -96,7 +96,7 @@ class Harness:
 
     async def intake(self, event: Inbound) -> HandleResult:
         """Handle an event, then deliver everything it queued."""
-        result = await self.app.router(event)
+        result = await self.app.handler(event)
         await self.flush()
         return result
 

@@ -483,7 +483,7 @@ class WebChatChannel:
         inbound = await self._new_inbound(chat_id, client_id)  # before writing a file for nobody
         try:
             inbound.photo = await self.save_media(data)
-        except OSError:  # an unwritable media folder: the router tells the user
+        except OSError:  # an unwritable media folder: the intake tells the user
             log.exception("could not store a web chat photo")
             inbound.photo_lost = True
         text = "📷" if inbound.photo_lost else ""  # the transcript shows a photo was sent

@@ -60,7 +60,7 @@ async def test_redelivered_text_and_accept_are_handled_once(harness: Harness) ->
 
     # The same dedupe key on another channel is another delivery.
     other = Inbound(channel="web", user_id="w1", chat_id="w1", dedupe_key="msg-1", text="hi")
-    assert not (await harness.app.router(other)).duplicate
+    assert not (await harness.app.handler(other)).duplicate
 
 
 async def test_redelivered_accept_does_not_repeat_the_notifications(harness: Harness) -> None:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
-class Router:
+class Intake:
     """The platform-neutral core every channel calls (its ``intake``)."""
 
     def __init__(
