@@ -29,79 +29,6 @@ MENU = {
 }
 
 
-async def command(ctx: Ctx, name: str, arg: str) -> None:
-    """Run a slash command (or its menu label)."""
-    from handlers import bind, console, duties, flows, link, profile, reports
-
-    if name == "link":  # also for someone not bound yet: that is how a second platform joins
-        await link.link(ctx, arg)
-        return
-    if name == "push":
-        await link.push(ctx, arg)
-        return
-    if name == "start":
-        if arg:
-            await ctx.end_conversation()
-            await bind.start(ctx, arg)
-        elif ctx.person is None:
-            await bind.welcome(ctx)
-        else:
-            # Someone imported or linked, writing for the first time, is greeted as new.
-            key = "start.hello" if ctx.first_visit else "start.back"
-            ctx.say(key, name=ctx.person.name, help=ctx.t("menu.help"))
-            await show_menu(ctx)
-        return
-    if name == "help":
-        await help_(ctx)
-        return
-    if ctx.person is None:
-        await bind.welcome(ctx)
-        return
-    if name == "me":
-        await ctx.end_conversation()
-        await profile.show(ctx)
-        return
-    if name in ("name", "phone", "room"):  # shortcuts to 改称呼 / 改电话 / 改房号
-        await ctx.end_conversation()
-        await profile.edit(ctx, name, arg or None)  # "/phone 138…" answers at once
-        return
-    if name == "points":
-        from handlers import points
-
-        await ctx.end_conversation()
-        await points.command(ctx, arg)
-        return
-    if name in duties.COMMANDS:
-        await ctx.end_conversation()
-        await duties.command(ctx, name, arg)
-        return
-    if name in console.COMMANDS:
-        await ctx.end_conversation()
-        await console.command(ctx, name, arg)
-        return
-    if name in reports.COMMANDS:
-        await ctx.end_conversation()
-        await reports.command(ctx, name, arg)
-        return
-    handlers = {
-        "order": flows.start_order,
-        "myorders": my_orders,
-        "mygrid": my_grid,
-        "tasks": my_tasks,
-        "queue": queue,
-        "cancel": cancel_flow,
-        "lang": choose_language,
-        "menu": show_menu,
-    }
-    handler = handlers.get(name)
-    if handler is None:
-        ctx.say("error.unknown_command", command=name[:32])
-        return
-    if name not in ("cancel", "lang", "menu"):
-        await ctx.end_conversation()
-    await handler(ctx)
-
-
 def cancel_row(ctx: Ctx) -> list[Button]:
     """The "cancel" button of a flow's question."""
     return [Button(ctx.t("btn.cancel_flow"), p.flow("x"))]
@@ -346,13 +273,6 @@ async def my_tasks(ctx: Ctx) -> None:
             for o in offered
         ]
     ctx.reply(Outbound("\n".join(lines), rows))
-
-
-async def queue(ctx: Ctx) -> None:
-    """/queue: open and overdue orders of the grids this worker/head/admin looks after."""
-    from handlers import work
-
-    await work.queue(ctx)
 
 
 async def my_grid(ctx: Ctx) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
+from bot.core.duties import DutyService
 from bot.core.notify import Notifier
 from bot.core.orders import OrderService
 from bot.i18n import Translator
@@ -68,6 +69,10 @@ class Ctx:
     def say(self, key: str, buttons: list[list[Button]] | None = None, **args: Any) -> None:
         """Answer with the sentence ``key``."""
         self.reply(self.t(key, **args), buttons)
+
+    def duties(self) -> DutyService:
+        """The duty service inside this event's transaction."""
+        return DutyService(self.session, self.notify, self.tr, self.settings, self.now)
 
     async def roles(self, refresh: bool = False) -> list[Role]:
         """The sender's roles (empty when unbound)."""

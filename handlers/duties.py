@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
 from bot.core import payloads as p
 from bot.core.cards import number
-from bot.core.duties import DutyService, whistle_ref
+from bot.core.duties import whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Outbound
 from handlers import duty_lists, notice
@@ -24,11 +23,6 @@ COMMANDS = ("whistle", "notice", "household", "visitplan")
 FIELD_SEPARATORS = ("|", "｜")
 
 
-def service(ctx: Ctx) -> DutyService:
-    """The duty service inside this event's transaction."""
-    return DutyService(ctx.session, ctx.notify, ctx.tr, ctx.settings, ctx.now)
-
-
 async def button(ctx: Ctx, payload: p.Payload) -> None:
     """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``),
     send a notice (``nc``)."""
@@ -36,7 +30,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         await notice.confirm(ctx, payload.arg or "")
         return
     assert ctx.person is not None and payload.id is not None
-    duties = service(ctx)
+    duties = ctx.duties()
     if payload.kind == "dp":
         await duties.start_check_in(ctx.person, payload.id)
         await ctx.set_conversation(FLOW_CHECKIN, "note", {"run_id": payload.id})
@@ -91,7 +85,7 @@ async def checkin_step(
         await _ask_location(ctx, data)
         return
     location = (data["lat"], data["lon"]) if data.get("lat") is not None else None
-    run = await service(ctx).check_in(
+    run = await ctx.duties().check_in(
         ctx.person, int(data["run_id"]), data.get("note"), data.get("photo"), location
     )
     await ctx.end_conversation()
@@ -118,7 +112,7 @@ async def visit_step(
     if outcome == VISIT_FINE and not text and not skip:
         ctx.say("visit.ask_note", [skip_row(ctx)])
         return
-    entry = await service(ctx).log_visit(
+    entry = await ctx.duties().log_visit(
         ctx.person, int(data["plan_id"]), outcome, None if skip else text
     )
     await ctx.end_conversation()
@@ -148,7 +142,7 @@ def _fields(arg: str) -> list[str]:
 async def command(ctx: Ctx, name: str, arg: str) -> None:
     """/whistle, /notice (heads, admins), /household, /visitplan (workers, heads, admins)."""
     assert ctx.person is not None
-    duties = service(ctx)
+    duties = ctx.duties()
     if name in ("whistle", "notice"):
         if not await ctx.has_role(ROLE_HEAD, ROLE_ADMIN):
             raise OrderError("whistle.not_allowed")
@@ -171,9 +165,3 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
         await duty_lists.household(ctx, fields)
     else:
         await duty_lists.visitplan(ctx, fields)
-
-
-def _next_morning(now: datetime, ctx: Ctx) -> datetime:
-    """Tomorrow 09:00 local: a new plan's first due time."""
-    local = now.astimezone(ctx.settings.tz) + timedelta(days=1)
-    return local.replace(hour=9, minute=0, second=0, microsecond=0)

@@ -6,6 +6,7 @@ nothing."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -108,12 +109,10 @@ async def _household_kind(ctx: Ctx, data: dict[str, Any]) -> None:
 
 
 async def _household_add(ctx: Ctx, data: dict[str, Any]) -> None:
-    from handlers.duties import service
-
     assert ctx.person is not None
     building = await ctx.session.get(Building, int(data["building_id"]))
     assert building is not None
-    added = await service(ctx).add_household(
+    added = await ctx.duties().add_household(
         ctx.person, building.code, str(data["kind"]), str(data["name"]),
         str(data["address"]), str(data["notes"]),
     )
@@ -220,8 +219,6 @@ async def _plan_frequency(ctx: Ctx, data: dict[str, Any]) -> None:
 
 
 async def _plan_add(ctx: Ctx, data: dict[str, Any]) -> None:
-    from handlers.duties import _next_morning, service
-
     assert ctx.person is not None
     household_row = await ctx.session.get(Household, int(data["household_id"]))
     member = await ctx.session.get(Person, int(data["member_id"]))
@@ -234,8 +231,8 @@ async def _plan_add(ctx: Ctx, data: dict[str, Any]) -> None:
     )
     if existing is not None:
         raise OrderError("visitplan.exists", name=member.name, household=household_row.name)
-    starts = _next_morning(ctx.now, ctx)
-    plan = await service(ctx).add_visit_plan(
+    starts = next_morning(ctx.now, ctx)
+    plan = await ctx.duties().add_visit_plan(
         ctx.person, household_row.code, member, str(data["frequency"]), starts
     )
     await ctx.end_conversation()
@@ -276,3 +273,9 @@ async def visitplan_step(
 
 
 FLOWS = {FLOW_HOUSEHOLD: household_step, FLOW_VISITPLAN: visitplan_step}
+
+
+def next_morning(now: datetime, ctx: Ctx) -> datetime:
+    """Tomorrow 09:00 local: a new plan's first due time."""
+    local = now.astimezone(ctx.settings.tz) + timedelta(days=1)
+    return local.replace(hour=9, minute=0, second=0, microsecond=0)

@@ -26,7 +26,7 @@ from bot.core.orders import OrderError, OrderService
 from bot.core.points import PointsRules
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
-from handlers import bind, common, dispatch, duties, flows, free_text
+from handlers import bind, commands, common, dispatch, duties, flows, free_text, link, profile
 from handlers.context import Ctx
 from models import Identity, Person, ProcessedUpdate, utcnow
 
@@ -205,12 +205,12 @@ class Intake:
         if text.startswith("/"):
             command, _, arg = text[1:].partition(" ")
             command = command.split("@", 1)[0].lower()
-            await common.command(ctx, command, arg.strip())
+            await commands.run(ctx, command, arg.strip())
             return
         menu_command = common.menu_command(ctx, text)
         if menu_command:
             await ctx.end_conversation()
-            await common.command(ctx, menu_command, "")
+            await commands.run(ctx, menu_command, "")
             return
         conv = await ctx.conversation()
         if conv is not None:
@@ -241,13 +241,9 @@ class Intake:
                 await common.set_language(ctx, payload.arg or "")
                 return
             if payload.action == "push":
-                from handlers import link
-
                 await link.push(ctx, payload.arg or "")
                 return
             if payload.action == "me":  # 改称呼 / 改电话 / 改房号 under /me
-                from handlers import profile
-
                 await ctx.end_conversation()
                 await profile.edit(ctx, payload.arg or "")
                 return
@@ -261,7 +257,7 @@ class Intake:
             return
         if payload.kind == "m":
             await ctx.end_conversation()
-            await common.command(ctx, payload.action, "")
+            await commands.run(ctx, payload.action, "")
             return
         if payload.kind in duties.PAYLOAD_KINDS:
             await duties.button(ctx, payload)

@@ -21,10 +21,8 @@ def ask_ref(person_id: int) -> str:
 
 async def ask(ctx: Ctx, text: str) -> None:
     """Show what would be sent to whom, and ask to confirm."""
-    from handlers.duties import service
-
     assert ctx.person is not None
-    duties = service(ctx)
+    duties = ctx.duties()
     grid = await duties.managed_grid(ctx.person)
     count = len(await duties.notice_residents(grid))
     if count == 0:
@@ -55,8 +53,6 @@ async def confirm_step(
 
 async def confirm(ctx: Ctx, code: str) -> None:
     """确认发送: sends the pending notice whose code the button carries, once."""
-    from handlers.duties import service
-
     assert ctx.person is not None
     conv = await ctx.conversation()
     if conv is None or conv.flow != FLOW_NOTICE:
@@ -65,7 +61,7 @@ async def confirm(ctx: Ctx, code: str) -> None:
     data = dict(conv.data)
     if not code or code != data.get("code"):
         raise OrderError("notice.confirm_stale")
-    notice = await service(ctx).send_notice(ctx.person, str(data["text"]))
+    notice = await ctx.duties().send_notice(ctx.person, str(data["text"]))
     await ctx.end_conversation()
     await ctx.notify.edit_for_person(
         ctx.person.id,

@@ -184,3 +184,28 @@ def test_dynamic_keys_exist() -> None:
                                        "other")]
     for lang, catalog in tr.catalogs.items():
         assert not [k for k in keys if k not in catalog], lang
+
+
+def test_handler_modules_import_one_another_without_a_cycle() -> None:
+    """Handlers are registered in tables (``handlers/commands.py``, the intake) rather than
+    reached back into: counting imports inside functions too, no handler module imports one
+    that imports it, directly or round about."""
+    modules = {
+        f"handlers.{p.stem}": p for p in (ROOT / "handlers").glob("*.py") if p.stem != "__init__"
+    }
+    graph = {
+        name: {m for m in _imports(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    cycles: list[list[str]] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        for nxt in sorted(graph[name]):
+            if nxt in trail:
+                cycles.append([*trail[trail.index(nxt):], nxt])
+            elif len(trail) < len(modules):
+                visit(nxt, [*trail, nxt])
+
+    for start in sorted(graph):
+        visit(start, [start])
+    assert not cycles, cycles[:5]
