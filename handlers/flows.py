@@ -46,21 +46,25 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         await common.show_menu(ctx)
         return
     handler = {
+        FLOW_BIND: bind.step,
+        FLOW_PROFILE: _profile_step,
         FLOW_ORDER: order_step,
         FLOW_ESCALATE: escalate_step,
         FLOW_DONE: done_step,
         FLOW_REVISIT: revisit_step,
         **duties.FLOWS,
     }.get(conv.flow)
-    if conv.flow == FLOW_BIND:
-        await bind.step(ctx, conv.state, dict(conv.data), payload)
-    elif conv.flow == FLOW_PROFILE:
-        await profile.step(ctx, conv.state, payload)
-    elif handler is not None:
+    if handler is not None:
         await handler(ctx, conv.state, dict(conv.data), payload)
     else:
         await ctx.end_conversation()
         await common.fallback(ctx)
+
+
+async def _profile_step(
+    ctx: Ctx, state: str, data: dict[str, Any], payload: p.Payload | None
+) -> None:
+    await profile.step(ctx, state, payload)  # /me keeps nothing in the conversation's data
 
 
 def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
