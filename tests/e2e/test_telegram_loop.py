@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
 from models import OrderEvent, ProcessedUpdate
 from tests.conftest import Harness
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, SentMessage
@@ -20,26 +15,6 @@ from tests.support.messages import has
 RESIDENT, WORKER, HEAD = 1001, 1002, 1006
 MEMBERS = (1003, 1004, 1005)
 
-
-@pytest.fixture
-async def tg_app(
-    database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
-            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
-            media_dir=tmp_path / "media",
-        )
-        app = Gridbot(settings)
-        await app.prepare()
-        # The real per-chat pace (1 msg/s) would make this test slow, not more true.
-        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        try:
-            yield Harness(app, None), tg  # type: ignore[arg-type]
-        finally:
-            await app.stop()
 
 
 async def bind(tg: FakeTelegramServer, h: Harness, user: FakeUser, role: str, grid: str,

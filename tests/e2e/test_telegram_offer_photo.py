@@ -5,11 +5,9 @@ takes the order, the same message's caption says so and its buttons are gone."""
 from __future__ import annotations
 
 from tests.conftest import Harness
-from tests.e2e.test_telegram_loop import bind, has, tg_app
+from tests.e2e.test_telegram_loop import bind, has
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.fakes.wechat_server import PNG
-
-__all__ = ["tg_app"]
 
 RESIDENT, WORKER, LI, ZHAO = 1101, 1102, 1103, 1104
 

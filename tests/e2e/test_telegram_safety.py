@@ -18,7 +18,7 @@ from bot.channels.base import Limits
 from bot.config import load_settings
 from models import Identity, OutboxMessage
 from tests.conftest import Harness
-from tests.e2e.test_telegram_loop import bind, tg_app  # noqa: F401  (fixture)
+from tests.e2e.test_telegram_loop import bind
 from tests.fakes.db_drop import connection_drops_once, inserting
 from tests.fakes.telegram_server import FakeTelegramServer, FakeUser, serve_asgi
 from tests.support.messages import has
@@ -59,7 +59,7 @@ async def _order_to_confirm(tg: FakeTelegramServer, resident: FakeUser, text: st
 
 
 async def test_a_group_message_never_moves_private_pushes_to_the_group(
-    tg_app: tuple[Harness, FakeTelegramServer],  # noqa: F811
+    tg_app: tuple[Harness, FakeTelegramServer],
 ) -> None:
     h, tg = tg_app
     resident, worker, member = await _bind_people(h, tg)

@@ -3,15 +3,8 @@ the media store, and the grid worker hears it with the order card (sendVoice).""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import select
 
-from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
 from models import Identity, Person, utcnow
 from tests.conftest import Harness
 from tests.fakes.telegram_server import FakeTelegramServer
@@ -21,25 +14,6 @@ RESIDENT, WORKER = 3001, 3002
 #: An OGG/Opus recording, as Telegram's voice messages are (the header is what is checked).
 OGG = b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead" + b"\x01" * 64
 
-
-@pytest.fixture
-async def tg_app(
-    database_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
-            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
-            media_dir=tmp_path / "media",
-        )
-        app = Gridbot(settings)
-        await app.prepare()
-        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        try:
-            yield Harness(app, None), tg  # type: ignore[arg-type]
-        finally:
-            await app.stop()
 
 
 async def chatting(h: Harness, key: str, user_id: int) -> None:
