@@ -40,7 +40,7 @@ from xml.parsers.expat import ExpatError
 
 import httpx
 import xmltodict
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
@@ -51,6 +51,7 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.replies import TextReply
 
 from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
+from bot.channels.shared_token import SharedToken
 from bot.config import TemplateSpec, template_specs
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
@@ -59,7 +60,6 @@ from bot.ports import HandleResult, Inbound, Intake, Outbound
 from bot.request_body import read_capped
 from models import (
     Identity,
-    KeyValue,
     OfferedChoices,
     OutboxMessage,
     Person,
@@ -79,7 +79,6 @@ TOKEN_KV_KEY = "wechat_access_token"
 #: pg_advisory_xact_lock key of the token refresher ("wxtk").
 TOKEN_LOCK_KEY = 0x7778746B
 #: Refresh this long before WeChat says the token expires.
-TOKEN_MARGIN = timedelta(minutes=5)
 WINDOW = timedelta(hours=48)
 #: WeChat refuses texts over 2048 bytes (passive and customer-service alike).
 TEXT_LIMIT_BYTES = 2000
@@ -245,9 +244,9 @@ class WeChatApi:
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self.http = httpx.AsyncClient(timeout=timeout)
-        self._token: str | None = None
-        self._expires_at: datetime | None = None
-        self._lock = asyncio.Lock()
+        self.token = SharedToken(
+            sessionmaker, TOKEN_KV_KEY, TOKEN_LOCK_KEY, self._fetch_token, clock
+        )
         self.token_fetches = 0
 
     async def close(self) -> None:
@@ -255,54 +254,14 @@ class WeChatApi:
         await self.http.aclose()
 
     # ---- access token --------------------------------------------------------------------
-    def _fresh(self, token: str | None, expires_at: datetime | None, stale: str | None) -> bool:
-        return (
-            token is not None
-            and token != stale
-            and expires_at is not None
-            and expires_at - TOKEN_MARGIN > self.clock()
-        )
-
     async def access_token(self, *, stale: str | None = None) -> str:
-        """The current access token; ``stale`` is one WeChat just refused.
+        """The current access token; ``stale`` is one WeChat just refused. Shared by every
+        instance (:class:`~bot.channels.shared_token.SharedToken`); fetched from the
+        ``stable_token`` endpoint, which hands every caller the same token instead of
+        invalidating the previous one."""
+        return await self.token.get(stale=stale)
 
-        One refresher at a time: in this process an asyncio lock, across processes the token
-        row in ``kv`` (PostgreSQL: under an advisory lock), and the ``stable_token`` endpoint,
-        which hands every caller the same token instead of invalidating the previous one.
-        """
-        if self._fresh(self._token, self._expires_at, stale):
-            assert self._token is not None
-            return self._token
-        async with self._lock:
-            if self._fresh(self._token, self._expires_at, stale):
-                assert self._token is not None
-                return self._token
-            async with self.sessionmaker() as session, session.begin():
-                if session.bind is not None and session.bind.dialect.name == "postgresql":
-                    await session.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": TOKEN_LOCK_KEY}
-                    )
-                row = await session.get(KeyValue, TOKEN_KV_KEY, populate_existing=True)
-                token, expires_at = None, None
-                if row is not None:
-                    try:
-                        cached = json.loads(row.value)
-                        token = str(cached["token"])
-                        expires_at = datetime.fromisoformat(cached["expires_at"])
-                    except (ValueError, KeyError, TypeError):
-                        token = None
-                if not self._fresh(token, expires_at, stale):
-                    token, expires_at = await self._fetch_token(force=stale is not None)
-                    value = json.dumps({"token": token, "expires_at": expires_at.isoformat()})
-                    if row is None:
-                        session.add(KeyValue(key=TOKEN_KV_KEY, value=value))
-                    else:
-                        row.value = value
-            self._token, self._expires_at = token, expires_at
-            assert token is not None
-            return token
-
-    async def _fetch_token(self, *, force: bool) -> tuple[str, datetime]:
+    async def _fetch_token(self, force: bool) -> tuple[str, datetime]:
         self.token_fetches += 1
         try:
             response = await self.http.post(

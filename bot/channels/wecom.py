@@ -41,7 +41,7 @@ from xml.parsers.expat import ExpatError
 
 import httpx
 import xmltodict
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
@@ -51,6 +51,7 @@ from wechatpy.enterprise import parse_message
 from wechatpy.enterprise.crypto import WeChatCrypto
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter, Unreachable
+from bot.channels.shared_token import SharedToken
 from bot.channels.wechat import SKIPPED, _same, clip_bytes, signature
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
@@ -69,7 +70,6 @@ CALLBACK_PATH = "/wecom"
 TIMESTAMP_SKEW = 300
 #: pg_advisory_xact_lock key of the token refresher ("wctk").
 TOKEN_LOCK_KEY = 0x7763746B
-TOKEN_MARGIN = timedelta(minutes=5)
 #: Errors that mean the access token is no longer valid (expired, invalid).
 TOKEN_ERRORS = frozenset({42001, 40014})
 #: API call frequency over the limit: wait and send again.
@@ -127,60 +127,21 @@ class WeComApi:
         self.base_url = base_url.rstrip("/")
         self.clock = clock
         self.http = httpx.AsyncClient(timeout=timeout)
-        self.token_key = f"wecom_token:{corp_id}:{agent_id}"[:64]
-        self._token: str | None = None
-        self._expires_at: datetime | None = None
-        self._lock = asyncio.Lock()
+        self.token = SharedToken(
+            sessionmaker, f"wecom_token:{corp_id}:{agent_id}"[:64], TOKEN_LOCK_KEY,
+            self._fetch_token, clock,
+        )
         self.token_fetches = 0
 
     async def close(self) -> None:
         await self.http.aclose()
 
-    def _fresh(self, token: str | None, expires_at: datetime | None, stale: str | None) -> bool:
-        return (
-            token is not None
-            and token != stale
-            and expires_at is not None
-            and expires_at - TOKEN_MARGIN > self.clock()
-        )
-
     async def access_token(self, *, stale: str | None = None) -> str:
-        """The app's access token; ``stale`` is one WeCom just refused. Kept in ``kv`` (under
-        an advisory lock on PostgreSQL) so that every instance uses the same one."""
-        if self._fresh(self._token, self._expires_at, stale):
-            assert self._token is not None
-            return self._token
-        async with self._lock:
-            if self._fresh(self._token, self._expires_at, stale):
-                assert self._token is not None
-                return self._token
-            async with self.sessionmaker() as session, session.begin():
-                if session.bind is not None and session.bind.dialect.name == "postgresql":
-                    await session.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": TOKEN_LOCK_KEY}
-                    )
-                row = await session.get(KeyValue, self.token_key, populate_existing=True)
-                token: str | None = None
-                expires_at: datetime | None = None
-                if row is not None:
-                    try:
-                        cached = json.loads(row.value)
-                        token = str(cached["token"])
-                        expires_at = datetime.fromisoformat(cached["expires_at"])
-                    except (ValueError, KeyError, TypeError):
-                        token = None
-                if not self._fresh(token, expires_at, stale):
-                    token, expires_at = await self._fetch_token()
-                    value = json.dumps({"token": token, "expires_at": expires_at.isoformat()})
-                    if row is None:
-                        session.add(KeyValue(key=self.token_key, value=value))
-                    else:
-                        row.value = value
-            self._token, self._expires_at = token, expires_at
-            assert token is not None
-            return token
+        """The app's access token; ``stale`` is one WeCom just refused. Shared by every
+        instance (:class:`~bot.channels.shared_token.SharedToken`)."""
+        return await self.token.get(stale=stale)
 
-    async def _fetch_token(self) -> tuple[str, datetime]:
+    async def _fetch_token(self, force: bool) -> tuple[str, datetime]:
         """``gettoken``: WeCom hands out the same token until it expires."""
         self.token_fetches += 1
         try:
