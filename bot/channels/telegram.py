@@ -55,7 +55,7 @@ from telegram.error import (
     TelegramError,
 )
 from telegram.error import RetryAfter as TelegramRetryAfter
-from telegram.ext import Application, ApplicationBuilder
+from telegram.ext import Application, ApplicationBuilder, ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter
@@ -386,7 +386,7 @@ class TelegramChannel:
         # No PTB Updater in either mode: its polling confirms a batch of updates (the next
         # getUpdates offset) before they are handled, so a crash lost them. See _poll.
         builder = builder.updater(None)
-        self.application: Application[Any, Any, Any, Any, Any, Any] = builder.build()
+        self.application: Application[ExtBot[None], Any, Any, Any, Any, Any] = builder.build()
         self._poll_task: asyncio.Task[None] | None = None
         #: Polling: the next getUpdates offset (every update below it is handled), and the
         #: offset Telegram has been told (confirmed) so far.

@@ -199,7 +199,7 @@ def _coords(
 ) -> tuple[float, float] | Literal[Missing.MISSING] | None:
     """A building's optional coordinates: both or neither; ``None`` in both clears them."""
     if lat is MISSING and lon is MISSING:
-        return MISSING
+        return Missing.MISSING
     if lat is None and lon is None:
         return None
     if lat is MISSING or lon is MISSING or lat is None or lon is None:
