@@ -462,7 +462,7 @@ def settings_help() -> str:
 # ---- the WeChat section: template messages -------------------------------------------------
 # Which template each kind of push uses and what fills its fields; parsed here so that a bad
 # ``GRIDBOT_WECHAT_TEMPLATES`` is refused when the settings are loaded (the adapter,
-# bot/channels/wechat.py, uses the parsed specs).
+# bot/channels/wechat/, uses the parsed specs).
 
 #: Values a template field may name: ``{title}`` (first line), ``{number}`` (order number),
 #: ``{text}`` (the rest of the message), ``{time}`` (local time of the push).

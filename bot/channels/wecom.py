@@ -52,7 +52,8 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter, Unreachable
 from bot.channels.shared_token import SharedToken
-from bot.channels.wechat import SKIPPED, _same, clip_bytes, signature
+from bot.channels.wechat import SKIPPED, clip_bytes
+from bot.channels.wechat.callback import same, signature
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
 from bot.media import PREFIX as MEDIA_PREFIX
@@ -378,7 +379,7 @@ class WeComChannel:
         if not self._fresh_timestamp(timestamp):
             return False
         expected = signature(self.token, timestamp, nonce, cipher)
-        return _same(expected, params.get("msg_signature", ""))
+        return same(expected, params.get("msg_signature", ""))
 
     def process_get(self, params: Mapping[str, str]) -> tuple[int, str]:
         """The URL check when the app's 接收消息 settings are saved: ``echostr`` is ciphertext;
