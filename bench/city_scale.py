@@ -4,7 +4,7 @@ On a generated Yunfu-sized tree (``bench/citygen.py``) in a fresh database (drop
 
 * generation time per table (COPY), and the real importer (``gridbot import``) timed on the
   same kind of files at one or two small scales, extrapolated;
-* routing of a new order: ``route_new_order`` alone and the whole ``OrderService.submit``
+* routing of a new order: ``new_order_target`` alone and the whole ``OrderService.submit``
   transaction (as the handler runs it: role, building, submit, commit) for N random residents,
   cold (new engine, first touch) and warm (the same residents again); the slowest statements;
 * the database's size and its largest tables;
@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 from bench.citygen import CityKeys, fresh_database, generate, plan_city, write_files  # noqa: E402
 from bot.core.notify import Notifier  # noqa: E402
 from bot.core.orders import NewOrder, OrderService  # noqa: E402
-from bot.core.routing import route_new_order  # noqa: E402
+from bot.core.responsibility import new_order_target  # noqa: E402
 from bot.i18n import Translator  # noqa: E402
 from models import Building, Grid, Order, OrderEvent, Person, Role  # noqa: E402
 from models.db import make_engine, make_sessionmaker  # noqa: E402
@@ -115,7 +115,7 @@ class StatementLog:
 async def _members_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str]) -> float:
     """``members_in_subtree`` of a resident's micro-grid (the assign list, the clocks'
     broadcast), in a fresh session (seconds)."""
-    from bot.core.routing import members_in_subtree
+    from bot.core.responsibility import members_in_subtree
 
     async with maker() as session:
         grid = await session.get(Grid, keys.building_grid[resident[1]])
@@ -126,12 +126,12 @@ async def _members_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str
 
 
 async def _route_one(maker: Any, keys: CityKeys, resident: tuple[int, int, str]) -> float:
-    """``route_new_order`` for a resident's micro-grid, in a fresh session (seconds)."""
+    """``new_order_target`` for a resident's micro-grid, in a fresh session (seconds)."""
     async with maker() as session:
         grid = await session.get(Grid, keys.building_grid[resident[1]])
         assert grid is not None
         t0 = time.perf_counter()
-        target = await route_new_order(session, grid)
+        target = await new_order_target(session, grid)
         spent = time.perf_counter() - t0
         assert target is not None
     return spent
@@ -184,7 +184,7 @@ async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
     """EXPLAIN (ANALYZE, BUFFERS) of the statements that routing a new order and listing the
     members who can take it run, as the product sends them (same SQL, same parameters): on a
     micro-grid, and the member list of a whole top-level grid (the largest subtree)."""
-    from bot.core.routing import members_in_subtree
+    from bot.core.responsibility import members_in_subtree
 
     captured: list[tuple[str, str, Any]] = []
     what = ""
@@ -200,8 +200,8 @@ async def explain(engine: AsyncEngine, keys: CityKeys) -> list[JSON]:
             grid = await session.get(Grid, micro)
             top = await session.get(Grid, keys.grid_ids[0][0])
             assert grid is not None and top is not None
-            what = "route_new_order(micro-grid)"
-            await route_new_order(session, grid)
+            what = "new_order_target(micro-grid)"
+            await new_order_target(session, grid)
             what = "members_in_subtree(micro-grid)"
             await members_in_subtree(session, grid)
             what = "members_in_subtree(top grid)"
@@ -258,7 +258,7 @@ class Subject:
 async def routing(
     url: str, keys: CityKeys, samples: int, seed: int, baseline: tuple[str, CityKeys] | None
 ) -> JSON:
-    """(a): route_new_order and the whole submit transaction, cold then warm.
+    """(a): new_order_target and the whole submit transaction, cold then warm.
 
     With ``baseline`` (a tiny city in a database of its own), every step is run on it right
     after the same step on the city, resident by resident: both see the same machine load,

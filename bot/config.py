@@ -345,16 +345,18 @@ class Settings(BaseSettings):
         """Whether ``gridbot run`` serves the local web chat.
 
         ``webchat_enabled`` when set; unset, only the local demo gets it: the demo community on
-        a loopback web host that serves no platform callback (a Telegram webhook or WeChat
-        means a proxy makes this server reachable from outside). :meth:`webchat_refusal` says
-        why an enabled web chat may not run.
+        a loopback web host that serves no platform callback (a Telegram webhook, WeChat, WeCom:
+        each platform's row in :mod:`bot.channels.registry` says when it has one, which means
+        a proxy makes this server reachable from outside). :meth:`webchat_refusal` says why an
+        enabled web chat may not run.
         """
         if self.webchat_enabled is not None:
             return self.webchat_enabled
-        public_callbacks = self.telegram_mode == "webhook" and bool(self.telegram_token)
-        public_callbacks |= bool(self.wechat_appid and self.wechat_token)
-        public_callbacks |= bool(self.wecom_corp_id and self.wecom_token)
-        return self.demo and is_loopback(self.web_host) and not public_callbacks
+        # The table of platforms imports this module (and no adapter: those it imports only
+        # when they are built), hence here rather than at the top.
+        from bot.channels.registry import serves_public_callbacks
+
+        return self.demo and is_loopback(self.web_host) and not serves_public_callbacks(self)
 
     @property
     def console_on(self) -> bool:
@@ -462,7 +464,7 @@ def settings_help() -> str:
 # ---- the WeChat section: template messages -------------------------------------------------
 # Which template each kind of push uses and what fills its fields; parsed here so that a bad
 # ``GRIDBOT_WECHAT_TEMPLATES`` is refused when the settings are loaded (the adapter,
-# bot/channels/wechat.py, uses the parsed specs).
+# bot/channels/wechat/, uses the parsed specs).
 
 #: Values a template field may name: ``{title}`` (first line), ``{number}`` (order number),
 #: ``{text}`` (the rest of the message), ``{time}`` (local time of the push).

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import OrderError
-from bot.core.routing import path_ids, people_with_role
+from bot.core.responsibility import path_ids, people_with_role
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers.context import Ctx

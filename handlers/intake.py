@@ -2,7 +2,7 @@
 
 Order of business for every event: recognise a redelivery (the dedupe row is written in the same
 transaction as everything the event causes, so a crash leaves neither), find who is speaking,
-refuse oversized text, then route to a button, a command, the user's current flow, or help.
+refuse oversized text, then hand it to a button, a command, the user's current flow, or help.
 """
 
 from __future__ import annotations
@@ -26,7 +26,17 @@ from bot.core.orders import OrderError, OrderService
 from bot.core.points import PointsRules
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
-from handlers import bind, commands, common, dispatch, duties, flows, free_text, link, profile
+from handlers import (
+    bind,
+    commands,
+    common,
+    duties,
+    flows,
+    free_text,
+    link,
+    order_buttons,
+    profile,
+)
 from handlers.context import Ctx
 from models import Identity, Person, ProcessedUpdate, utcnow
 
@@ -101,7 +111,7 @@ class Intake:
                 return HandleResult(duplicate=True)
             ctx = await self._context(session, event, now)
             if refusal is None:
-                await self._route(ctx)
+                await self._screen(ctx)
             else:
                 if refusal.end_flow:
                     await ctx.end_conversation()
@@ -178,7 +188,7 @@ class Intake:
             first_visit=first_visit,
         )
 
-    async def _route(self, ctx: Ctx) -> None:
+    async def _screen(self, ctx: Ctx) -> None:
         event = ctx.event
         if event.group:
             await self._in_group(ctx)
@@ -191,9 +201,9 @@ class Intake:
             ctx.say("error.too_long", limit=str(self.settings.max_text_length))
             ctx.toast = ctx.t("error.too_long_short")
             return
-        await self._dispatch(ctx)
+        await self._to_handler(ctx)
 
-    async def _dispatch(self, ctx: Ctx) -> None:
+    async def _to_handler(self, ctx: Ctx) -> None:
         event = ctx.event
         text = (event.text or "").strip()
         if event.button is not None:
@@ -262,7 +272,7 @@ class Intake:
         if payload.kind in duties.PAYLOAD_KINDS:
             await duties.button(ctx, payload)
             return
-        await dispatch.button(ctx, payload)
+        await order_buttons.button(ctx, payload)
 
     async def _in_group(self, ctx: Ctx) -> None:
         """Something addressed to the bot in a group chat. Whatever it asks, the answer

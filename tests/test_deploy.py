@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from bot.channels.registry import ADAPTERS, platform_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -53,28 +55,10 @@ CORE_SETTINGS = frozenset(
         "GRIDBOT_CONFIG",
     }
 )
-# Further settings of bot.config.Settings, optional and with good defaults.
+# Further settings of bot.config.Settings, optional and with good defaults (the platforms' own
+# are PLATFORM_SETTINGS).
 EXTRA_SETTINGS = frozenset(
     {
-        "GRIDBOT_TELEGRAM_FILE_URL",
-        "GRIDBOT_TELEGRAM_CONNECTIONS",
-        "GRIDBOT_WECHAT_APPID",
-        "GRIDBOT_WECHAT_SECRET",
-        "GRIDBOT_WECHAT_TOKEN",
-        "GRIDBOT_WECHAT_AES_KEY",
-        "GRIDBOT_WECHAT_API_URL",
-        "GRIDBOT_WECHAT_REPLY_DEADLINE",
-        "GRIDBOT_WECHAT_TIMESTAMP_SKEW",
-        "GRIDBOT_WECHAT_PUSH_QUOTA",
-        "GRIDBOT_WECHAT_MSGMENU",
-        "GRIDBOT_WECHAT_TEMPLATES",
-        # 企业微信 (WeCom)
-        "GRIDBOT_WECOM_CORP_ID",
-        "GRIDBOT_WECOM_AGENT_ID",
-        "GRIDBOT_WECOM_SECRET",
-        "GRIDBOT_WECOM_TOKEN",
-        "GRIDBOT_WECOM_AES_KEY",
-        "GRIDBOT_WECOM_API_URL",
         "GRIDBOT_DEFAULT_LOCALE",
         "GRIDBOT_INVITE_DAYS",
         "GRIDBOT_MAX_TEXT_LENGTH",
@@ -121,7 +105,10 @@ EXTRA_SETTINGS = frozenset(
         "GRIDBOT_DUPLICATE_WINDOW_MINUTES",
     }
 )
-KNOWN_SETTINGS = CORE_SETTINGS | EXTRA_SETTINGS
+# Every platform's own settings (``telegram_*``, ``wechat_*``, ``wecom_*``...), from the table of
+# platforms: adding a platform adds its settings here without an edit.
+PLATFORM_SETTINGS = frozenset(f"GRIDBOT_{name.upper()}" for name in platform_settings())
+KNOWN_SETTINGS = CORE_SETTINGS | EXTRA_SETTINGS | PLATFORM_SETTINGS
 # Names the config file path, so it is an environment variable only, not a config-file key.
 ENV_ONLY = frozenset({"GRIDBOT_CONFIG"})
 PREFIX = "GRIDBOT_"
@@ -652,6 +639,21 @@ def test_env_example_matches_bot_config_settings() -> None:
 
     toml_keys = set(tomllib.loads(TOML_EXAMPLE.read_text()))
     assert toml_keys <= set(settings_cls.model_fields), toml_keys - set(settings_cls.model_fields)
+
+
+def test_every_platform_has_its_settings_section() -> None:
+    """Each platform's prefix names fields of Settings (a misspelt one would leave its settings
+    unknown here), and no platform's prefix takes another's fields."""
+    from bot.config import Settings
+
+    for spec in ADAPTERS:
+        own = {f for f in Settings.model_fields if f.startswith(spec.settings_prefix)}
+        assert own, f"no setting starts with {spec.settings_prefix!r} ({spec.name})"
+        others = [o.name for o in ADAPTERS if o is not spec and any(
+            f.startswith(o.settings_prefix) for f in own)]
+        assert not others, (spec.name, others)
+    assert {"GRIDBOT_WECHAT_TEMPLATES", "GRIDBOT_WECOM_API_URL"} <= PLATFORM_SETTINGS
+    assert "GRIDBOT_DEFAULT_LOCALE" not in PLATFORM_SETTINGS
 
 
 def toml_documented_keys() -> set[str]:

@@ -33,7 +33,7 @@ from bot.core.invites import (
     telegram_link,
     valid_bot_username,
 )
-from bot.core.routing import ancestors, people_with_role
+from bot.core.responsibility import ancestors, people_with_role
 from bot.i18n import Translator
 from bot.printing.qr import qr_png
 from bot.printing.qr_sheet import BuildingPage, SheetWords, write_sheet

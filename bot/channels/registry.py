@@ -1,10 +1,13 @@
 """The platforms Gridbot talks to, in one table: adding a platform is one adapter module and
 one row here (plus its settings section and catalog keys).
 
-Each row says when the platform is configured and where its ``build`` function is; the
-module is imported only when configured, so an unused platform's library is never loaded.
+Each row says when the platform is configured, where its ``build`` function is, which
+settings are its own (their prefix) and when it has callbacks from outside; the module is
+imported only when configured, so an unused platform's library is never loaded.
 ``build(host)`` makes the adapter from its own settings and what the host gives every adapter
-(:class:`~bot.channels.base.ChannelHost`).
+(:class:`~bot.channels.base.ChannelHost`). Whatever needs the list of platforms asks this
+table: the local web chat's default (:attr:`bot.config.Settings.webchat_on`), the deployment
+tests' known settings (:func:`platform_settings`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ class AdapterSpec:
     configured: Callable[[Settings], bool]
     #: ``module:function`` taking a :class:`ChannelHost` and returning the adapter.
     builder: str
+    #: The prefix of the platform's own fields of :class:`Settings` (its settings section).
+    settings_prefix: str
+    #: Whether, so configured, the platform calls this server from outside (a webhook, a
+    #: callback URL): a proxy then makes the server reachable, so the web chat stays off.
+    public_callbacks: Callable[[Settings], bool] = lambda s: False
 
     def build(self, host: ChannelHost) -> Adapter:
         module, _, function = self.builder.partition(":")
@@ -45,10 +53,20 @@ class AdapterSpec:
 
 
 ADAPTERS: tuple[AdapterSpec, ...] = (
-    AdapterSpec("web", lambda s: s.webchat_on, "bot.channels.webchat:build"),
-    AdapterSpec("telegram", lambda s: bool(s.telegram_token), "bot.channels.telegram:build"),
+    AdapterSpec("web", lambda s: s.webchat_on, "bot.channels.webchat:build", "webchat_"),
     AdapterSpec(
-        "wechat", lambda s: bool(s.wechat_appid and s.wechat_token), "bot.channels.wechat:build"
+        "telegram",
+        lambda s: bool(s.telegram_token),
+        "bot.channels.telegram:build",
+        "telegram_",
+        public_callbacks=lambda s: s.telegram_mode == "webhook" and bool(s.telegram_token),
+    ),
+    AdapterSpec(
+        "wechat",
+        lambda s: bool(s.wechat_appid and s.wechat_token),
+        "bot.channels.wechat:build",
+        "wechat_",
+        public_callbacks=lambda s: bool(s.wechat_appid and s.wechat_token),
     ),
     AdapterSpec(
         "wecom",
@@ -57,6 +75,8 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
             and s.wecom_token and s.wecom_aes_key
         ),
         "bot.channels.wecom:build",
+        "wecom_",
+        public_callbacks=lambda s: bool(s.wecom_corp_id and s.wecom_token),
     ),
 )
 
@@ -72,3 +92,18 @@ def spec_named(name: str) -> AdapterSpec:
         if spec.name == name:
             return spec
     raise LookupError(f"no channel adapter is named {name!r}")
+
+
+def serves_public_callbacks(settings: Settings) -> bool:
+    """Whether any platform, as the settings configure it, calls this server from outside."""
+    return any(spec.public_callbacks(settings) for spec in ADAPTERS)
+
+
+def platform_settings() -> frozenset[str]:
+    """The names of every platform's own fields of :class:`Settings` (by each row's prefix)."""
+    return frozenset(
+        name
+        for name in Settings.model_fields
+        for spec in ADAPTERS
+        if name.startswith(spec.settings_prefix)
+    )

@@ -569,7 +569,7 @@ class TelegramChannel:
         except Exception:
             log.warning("malformed webhook update %s", data.get("update_id"))
             return 400
-        return 200 if await self._dispatch(update) else 500
+        return 200 if await self._to_intake(update) else 500
 
     async def _poll(self) -> None:
         """Long-poll ``getUpdates``; confirm an update (the next call's ``offset``) only once
@@ -630,7 +630,7 @@ class TelegramChannel:
 
         async def one_chat(chat_updates: list[Update]) -> int | None:
             for update in chat_updates:
-                if not await self._dispatch(update):
+                if not await self._to_intake(update):
                     return update.update_id  # later ones of this chat wait for it
             return None
 
@@ -638,7 +638,7 @@ class TelegramChannel:
         failed = [r for r in results if r is not None]
         return min(failed) if failed else None
 
-    async def _dispatch(self, update: Update) -> bool:
+    async def _to_intake(self, update: Update) -> bool:
         """Hand one update to the core; answer a button press. False if the core failed."""
         inbound = to_inbound(update, self.bot_id, self._bot_username)
         result: HandleResult | None = None

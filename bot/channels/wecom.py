@@ -6,7 +6,8 @@ speaks encrypted callbacks. The URL check (GET) and every message carry ``msg_si
 (SHA-1 of the token, timestamp, nonce and ciphertext, compared in constant time), a timestamp
 that must be fresh, and AES ciphertext that names our corp id (wechatpy's
 ``wechatpy.enterprise.crypto.WeChatCrypto``). A query string seen before with another body is a
-replay (the WeChat adapter's request record, shared by every instance through the database).
+replay (the WeChat adapter's :class:`~bot.channels.wechat.callback.ReplayGuard`, shared by every
+instance through the database).
 Malformed XML, entity declarations and bad ciphertext are 400, a bad signature 403, and nothing
 is stored for either. Texts (``/start <invite>`` typed binds a member), images and locations
 become :class:`~bot.ports.Inbound` events deduplicated on ``MsgId`` (events: sender, time, event
@@ -32,17 +33,15 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from xml.parsers.expat import ExpatError
 
 import httpx
 import xmltodict
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
@@ -52,13 +51,14 @@ from wechatpy.enterprise.crypto import WeChatCrypto
 
 from bot.channels.base import ChannelHost, DeliveryError, Limits, RetryAfter, Unreachable
 from bot.channels.shared_token import SharedToken
-from bot.channels.wechat import SKIPPED, _same, clip_bytes, signature
+from bot.channels.wechat import SKIPPED, clip_bytes
+from bot.channels.wechat.callback import ReplayGuard, fresh_timestamp, same, signature
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
 from bot.media import PREFIX as MEDIA_PREFIX
 from bot.ports import Button, Inbound, Intake, Outbound
 from bot.request_body import read_capped
-from models import Identity, KeyValue, Person, WeChatCallback, utcnow
+from models import Identity, KeyValue, Person, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,13 @@ class WeComChannel:
         self.media = media
         self.clock = clock
         self.timestamp_skew = timestamp_skew
-        self._purged_at = 0.0
+        # The WeChat adapter's replay guard, on the same table (keys of WeCom requests are
+        # hashed with the channel's name, so the two never meet); cards' expired response
+        # codes are purged with its expired rows.
+        self.replays = ReplayGuard(
+            sessionmaker, clock, timestamp_skew, name=CHANNEL, scope=f"{CHANNEL}\n",
+            purge_also=self._purge_cards,
+        )
 
     # ---- lifecycle ----------------------------------------------------------------------
     def is_group(self, chat_id: str) -> bool:
@@ -369,16 +375,14 @@ class WeComChannel:
 
     # ---- callbacks ----------------------------------------------------------------------
     def _fresh_timestamp(self, timestamp: str) -> bool:
-        if not timestamp.isdigit():
-            return False
-        return abs(self.clock().timestamp() - int(timestamp)) <= self.timestamp_skew
+        return fresh_timestamp(timestamp, self.clock(), self.timestamp_skew)
 
     def _signed(self, params: Mapping[str, str], cipher: str) -> bool:
         timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
         if not self._fresh_timestamp(timestamp):
             return False
         expected = signature(self.token, timestamp, nonce, cipher)
-        return _same(expected, params.get("msg_signature", ""))
+        return same(expected, params.get("msg_signature", ""))
 
     def process_get(self, params: Mapping[str, str]) -> tuple[int, str]:
         """The URL check when the app's 接收消息 settings are saved: ``echostr`` is ciphertext;
@@ -429,7 +433,9 @@ class WeComChannel:
             log.warning("wecom callback for another app (%s) refused", agent)
             return 403, ""
         try:
-            fresh = await self._remember(nonce, timestamp, params.get("msg_signature", ""), body)
+            fresh = await self.replays.remember(
+                nonce, timestamp, params.get("msg_signature", ""), body
+            )
         except Exception:
             log.exception("wecom callback could not be recorded: WeCom will retry")
             return 500, ""
@@ -450,30 +456,6 @@ class WeComChannel:
             log.exception("wecom intake failed: answering 500 so that WeCom retries")
             return 500, ""
         return 200, ""
-
-    async def _remember(self, nonce: str, timestamp: str, given: str, body: bytes) -> bool:
-        """The replay guard of the WeChat adapter, on the same table (keys of WeCom requests
-        are hashed with the channel's name, so the two never meet): ``True`` for a new request
-        and for WeCom's retry of the same one, ``False`` for a seen query string with another
-        body."""
-        key = hashlib.sha256(f"{CHANNEL}\n{nonce}\n{timestamp}\n{given}".encode()).hexdigest()
-        digest = hashlib.sha256(body).hexdigest()
-        expires_at = datetime.fromtimestamp(int(timestamp) + self.timestamp_skew + 1, UTC)
-        try:
-            async with self.sessionmaker() as session, session.begin():
-                session.add(WeChatCallback(key=key, body_digest=digest, expires_at=expires_at))
-        except IntegrityError:
-            async with self.sessionmaker() as session:
-                seen = await session.get(WeChatCallback, key)
-            return seen is None or seen.body_digest in (None, digest)
-        if time.monotonic() - self._purged_at > 60:
-            self._purged_at = time.monotonic()
-            async with self.sessionmaker() as session, session.begin():
-                await session.execute(
-                    delete(WeChatCallback).where(WeChatCallback.expires_at < self.clock())
-                )
-                await self._purge_cards(session)
-        return True
 
     # ---- cards' response codes ----------------------------------------------------------
     async def _keep_response_code(self, task_id: str, user: str, code: str) -> None:

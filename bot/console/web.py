@@ -40,7 +40,7 @@ from bot.core.invites import signing_key
 from bot.core.notify import Notifier
 from bot.core.orders import ESCALATABLE, OrderError, OrderService
 from bot.core.points import PointsRules
-from bot.core.routing import can_manage, members_in_subtree
+from bot.core.responsibility import can_manage, members_in_subtree
 from bot.i18n import SUPPORTED, Translator, normalize_locale
 from bot.media import MediaStore
 from bot.ports import Outbound

@@ -2,7 +2,7 @@
 
 A city system posts a request through Open311 (``bot/open311.py`` turns the HTTP form into a
 :class:`CityHandOff`); :func:`hand_over` stores it as an order with source ``city`` through the
-same :meth:`OrderService.submit` a resident's order takes — routed up the tree, its outbox rows
+same :meth:`OrderService.submit` a resident's order takes — sent up the tree, its outbox rows
 to the handlers written in the same transaction — together with a :class:`CityRequest` row that
 keeps the city's own id.
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.notify import Notifier
 from bot.core.orders import OrderService, Released
-from bot.core.routing import path_ids
+from bot.core.responsibility import path_ids
 from bot.i18n import Translator
 from models import Grid, Person, Role
 from models.duties import Household, PatrolPlan, VisitPlan

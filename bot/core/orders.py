@@ -19,14 +19,14 @@ from bot.core import cards, points
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
 from bot.core.points import PointsRules
-from bot.core.routing import (
+from bot.core.responsibility import (
     Target,
     ancestors,
     can_manage,
     escalation_target,
     members_in_subtree,
+    new_order_target,
     people_with_role,
-    route_new_order,
 )
 from bot.i18n import Translator
 from bot.ports import Button, Outbound
@@ -271,7 +271,7 @@ class OrderService:
         """Who currently handles the order: the people responsible at its handling grid."""
         grid = await self.session.get(Grid, order.handling_grid_id)
         assert grid is not None
-        target = await route_new_order(self.session, grid)
+        target = await new_order_target(self.session, grid)
         return target.person_ids if target else []
 
     async def _tell_resident(
@@ -338,7 +338,7 @@ class OrderService:
     async def submit(
         self, resident: Person, building: Building, room: str | None, data: NewOrder
     ) -> Order:
-        """Store a new order and route it to its micro-grid's worker(s) (or up the tree)."""
+        """Store a new order and send it to its micro-grid's worker(s) (or up the tree)."""
         category = await self.session.scalar(
             select(Category).where(Category.code == data.category)
         )
@@ -346,7 +346,7 @@ class OrderService:
             raise OrderError("error.unknown_category")
         grid = await self.session.get(Grid, building.grid_id)
         assert grid is not None
-        target = await route_new_order(self.session, grid)
+        target = await new_order_target(self.session, grid)
         order = Order(
             resident_id=resident.id,
             building_id=building.id,
@@ -369,7 +369,7 @@ class OrderService:
         await self.session.flush()
         self._event(order, resident.id, "submit", None)
         if target is None:
-            log.error("order %s has nobody to route to in grid %s", order.id, grid.code)
+            log.error("order %s has nobody responsible for it in grid %s", order.id, grid.code)
         else:
             reached = await self._notify_handlers(
                 order, target.person_ids, data.note_key, **data.note_args

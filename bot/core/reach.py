@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.core.cards import number
 from bot.core.notify import Notifier
-from bot.core.routing import escalation_target, route_new_order
+from bot.core.responsibility import escalation_target, new_order_target
 from bot.i18n import Translator
 from bot.ports import Outbound
 from models import Grid, Identity, Offer, Order, OutboxMessage, Person
@@ -85,7 +85,7 @@ async def report_unreachable(
         log.warning("outbox %s could not be pushed and is about no order", row.id)
         return []
     grid = await session.get(Grid, order.handling_grid_id)
-    target = await route_new_order(session, grid) if grid is not None else None
+    target = await new_order_target(session, grid) if grid is not None else None
     handlers = [pid for pid in (target.person_ids if target else []) if pid != person.id]
     name, no = person.name, number(order)
     # When the unreachable person is the order's only handler (or no handler has a chat with

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core.routing import path_ids
+from bot.core.responsibility import path_ids
 from bot.reports.kpi import month_before
 from models import Building, Category, Grid, Order, OrderEvent, Person, PointsEntry, Revisit, Role
 from models.people import ROLE_HEAD, ROLE_MEMBER, ROLE_RESIDENT, ROLE_WORKER

@@ -85,7 +85,7 @@ from sqlalchemy.orm import aliased
 from bot.config import Settings
 from bot.core.duties import Clocks, resolve_clocks
 from bot.core.points import standings
-from bot.core.routing import path_ids
+from bot.core.responsibility import path_ids
 from bot.reports.sql import digits, epoch_us, first_of, flag, last_of, path_segment
 from models import (
     Building,

@@ -29,6 +29,7 @@ def test_web_chat_is_on_only_for_the_local_demo(tmp_path: Path) -> None:
     assert not load_settings(database_url=db, telegram_token="1:x",
                              telegram_mode="webhook").webchat_on
     assert not load_settings(database_url=db, wechat_appid="wx1", wechat_token="t").webchat_on
+    assert not load_settings(database_url=db, wecom_corp_id="ww1", wecom_token="t").webchat_on
     assert load_settings(database_url=db, telegram_token="1:x").webchat_on  # polling demo
     # Asked for explicitly: only on loopback.
     assert load_settings(database_url=db, webchat_enabled=False).webchat_refusal() is None

@@ -28,7 +28,7 @@ async def grid_id(harness: Harness, code: str) -> int:
         return found
 
 
-# ---- routing ----------------------------------------------------------------------------------
+# ---- responsibility ---------------------------------------------------------------------------
 
 
 async def test_order_goes_to_the_micro_grid_worker(harness: Harness) -> None:

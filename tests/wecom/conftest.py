@@ -1,5 +1,10 @@
 """The service with WeCom (and the WeChat Official Account for residents) against the fake
-APIs, its web server on a real port, and senders that call it as WeCom and WeChat do."""
+APIs, its web server on a real port, and senders that call it as WeCom and WeChat do.
+
+A test that runs that whole service (the ``wc`` fixture, or :func:`wecom_stack` in
+``test_wecom_loop.py``) is marked ``e2e``, as tests/e2e are: the fast loop
+``pytest -m "not e2e and not browser and not faults"`` leaves it out and keeps the callback's
+unit tests (parsing, WeCom's sample crypto)."""
 
 from __future__ import annotations
 
@@ -32,6 +37,16 @@ from tests.fakes.wecom_server import (
     WeComSender,
 )
 from tests.wechat.conftest import WX
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(item.path).resolve().parents and "wc" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass

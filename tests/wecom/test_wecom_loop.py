@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.wechat.test_wechat_loop import option, place_order
 from tests.wecom.conftest import wecom_stack
 
 RESIDENT = "o-resident-zhang"
 WORKER, MEMBER, LATE = "wangwangge", "lidangyuan", "zhaodangyuan"
+
+pytestmark = pytest.mark.e2e  # the whole service (wecom_stack), not the ``wc`` fixture
 
 
 async def test_resident_on_wechat_worker_and_member_on_wecom(

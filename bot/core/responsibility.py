@@ -1,4 +1,5 @@
-"""Routing up the grid tree: who handles an order, who is above, who can be dispatched."""
+"""Responsibility up the grid tree: who handles an order (new or escalated), who is above,
+who may dispatch it and to which members."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ async def _first_responsible(
     return None
 
 
-async def route_new_order(session: AsyncSession, grid: Grid) -> Target | None:
+async def new_order_target(session: AsyncSession, grid: Grid) -> Target | None:
     """Workers of the micro-grid; else the nearest head up the tree; else an admin."""
     return await _first_responsible(
         session, [grid, *await ancestors(session, grid)], (ROLE_WORKER,)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
-from bot.core.routing import can_manage
+from bot.core.responsibility import can_manage
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
 from models import Grid, Offer, Person, Revisit
