@@ -1,5 +1,10 @@
 """The service with the WeChat channel against the fake WeChat API, its web server on a real
-port, and a sender that posts signed (and in safe mode encrypted) callbacks to it."""
+port, and a sender that posts signed (and in safe mode encrypted) callbacks to it.
+
+A test that runs that whole service (the ``wx`` fixture, or :func:`wechat_stack` called in its
+body) is marked ``e2e``, as tests/e2e and the WeCom ones are: the fast loop
+``pytest -m "not e2e and not browser and not faults"`` leaves it out and keeps the unit tests
+(XML sanitising, template settings)."""
 
 from __future__ import annotations
 
@@ -30,6 +35,18 @@ from tests.fakes.wechat_server import (
     FakeWeChatServer,
     WeChatSender,
 )
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE not in Path(item.path).resolve().parents:
+            continue
+        function = getattr(item, "function", None)
+        code_names = function.__code__.co_names if function is not None else ()
+        if "wx" in getattr(item, "fixturenames", ()) or "wechat_stack" in code_names:
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass
