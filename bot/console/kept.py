@@ -15,6 +15,10 @@ every instance reads the same rows, and a restart does not start cold.
   (a subtree nobody opened this month) it waits ``console_report_wait_ms`` for the computation
   it starts, then shows what it has and says the figures are being computed.
 
+On PostgreSQL a computation runs in a thread of its own with its own event loop and
+connection (:func:`compute_apart`), so the pages this process serves meanwhile are not held up
+behind it; two instances may compute the same new subtree at once (the newer result is kept).
+
 What is kept is what the overview and its chart show: the subtree's row and its child grids'
 rows (figures of the month and of the month before, score, rank, rates below a floor), never
 orders or people.
@@ -22,6 +26,7 @@ orders or people.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -32,7 +37,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import NullPool
 
 from bot.config import Settings
 from bot.reports.kpi import (
@@ -46,6 +52,7 @@ from bot.reports.kpi import (
     load_scope,
 )
 from models import ConsoleReport, Grid, Role
+from models.db import make_engine, make_sessionmaker
 from models.people import ROLE_ADMIN, ROLE_HEAD
 
 log = logging.getLogger(__name__)
@@ -166,6 +173,31 @@ async def compute(
     return Overview(scope.root.id, period.label, now, made.total, made.children)
 
 
+async def compute_apart(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    code: str,
+    period: Period,
+    now: datetime,
+) -> Overview:
+    """:func:`compute` in a thread of its own (its own event loop and connection) on
+    PostgreSQL: a city's month is seconds of work, which on this process's loop would hold up
+    every page it serves meanwhile. On SQLite (one process, small) on this loop."""
+    bind = sessionmaker.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name == "sqlite":
+        return await compute(sessionmaker, settings, code, period, now)
+    url = bind.url.render_as_string(hide_password=False)
+
+    async def apart() -> Overview:
+        engine = make_engine(url, poolclass=NullPool)
+        try:
+            return await compute(make_sessionmaker(engine), settings, code, period, now)
+        finally:
+            await engine.dispose()
+
+    return await asyncio.to_thread(asyncio.run, apart())
+
+
 async def store(
     sessionmaker: async_sessionmaker[AsyncSession],
     overview: Overview,
@@ -272,7 +304,8 @@ async def refresh(
         if time.monotonic() - started > settings.console_report_seconds * 0.8:
             break
         try:
-            await store(sessionmaker, await compute(sessionmaker, settings, code, period, clock()))
+            made = await compute_apart(sessionmaker, settings, code, period, clock())
+            await store(sessionmaker, made)
             done += 1
         except Exception:  # one bad subtree does not stop the others
             log.exception("console: could not compute the overview of %s %s", code,

@@ -81,8 +81,8 @@ COOKIE = "gridbot_console"
 #: The language chosen in the console (else the person's, else the community's).
 LANG_COOKIE = "gridbot_console_lang"
 TEMPLATES = Path(__file__).parent / "templates"
-#: Seconds a computed report (overview, chart, bulletin) is reused for the same subtree and
-#: period: a phone reloading the overview does not recompute a month of orders each time.
+#: Seconds a computed report (members, exports, bulletin) is reused for the same subtree and
+#: period. (The overview and its chart read the kept reports of :mod:`bot.console.kept`.)
 REPORT_TTL = 30.0
 #: Seconds an older report is still shown while a fresh one is computed in the background.
 REPORT_STALE = 600.0
@@ -366,8 +366,9 @@ class Console:
 
         Kept in memory: younger than :data:`REPORT_TTL` it is served as is; older but younger
         than :data:`REPORT_STALE` it is served while a fresh one is computed in the background
-        (a city's month takes seconds to compute; its overview should not). Computed here on a
-        first view or after :data:`REPORT_STALE`."""
+        (a city's month takes seconds to compute). Computed here on a first view or after
+        :data:`REPORT_STALE`: the members page, exports and bulletins (the overview reads the
+        kept reports, :mod:`bot.console.kept`)."""
         key = (scope.path, period.label)
         now = time.monotonic()
         hit = self._reports.get(key)
@@ -488,7 +489,7 @@ class Console:
 
         async def run() -> None:
             try:
-                made = await kept.compute(
+                made = await kept.compute_apart(
                     self.sessionmaker, self.settings, code, period, self.clock()
                 )
                 done.set_result(made)
