@@ -555,8 +555,12 @@ class Console:
         grid = await self._grid(session, viewer, request.query_params.get("grid"))
         period = self._period(request.query_params.get("month"), self.this_month())
         assert period is not None
-        scope = await load_scope(session, grid.code)
-        choices = list(dict.fromkeys([*viewer.roots, *scope.children()]))
+        children = (
+            await session.scalars(
+                select(Grid).where(Grid.parent_id == grid.id).order_by(Grid.code, Grid.id)
+            )
+        ).all()  # as Scope.children(), without loading the whole subtree
+        choices = list(dict.fromkeys([*viewer.roots, *children]))
         found, acted = await self.kept_overview(session, viewer, grid, period)
         query = urlencode({"grid": grid.code, "month": period.label})
         if found is None:
