@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -509,10 +510,11 @@ class Console:
 
     async def kept_overview(
         self, session: AsyncSession, viewer: Viewer, grid: Grid, period: Period
-    ) -> tuple[kept.Overview | None, datetime | None]:
+    ) -> tuple[kept.Overview | None, datetime | None, bool]:
         """The kept overview of ``grid`` and ``period`` (never waiting for a computation longer
-        than ``console_report_wait_ms``), and when the viewer last acted in the console after
-        it was computed (its figures may not show that yet)."""
+        than ``console_report_wait_ms``), when the viewer last acted in the console after it
+        was computed (its figures may not show that yet), and whether to compute it again
+        (older than the cadence, or the viewer acted since)."""
         now = self.clock()
         found = await kept.read(session, grid.id, period.label)
         if found is None:
@@ -526,10 +528,8 @@ class Console:
                     asyncio.shield(computing), self.settings.console_report_wait_ms / 1000
                 )
             except TimeoutError:
-                return None, None
-            if found is None:
-                return None, None
-            return found, None
+                return None, None, False
+            return found, None, False
         acted = await session.scalar(
             select(func.max(ConsoleAction.created_at)).where(
                 ConsoleAction.person_id == viewer.person.id,
@@ -537,10 +537,8 @@ class Console:
             )
         )
         stale = now - found.computed_at > timedelta(seconds=self.settings.console_report_seconds)
-        if stale or acted is not None:
-            self._compute(grid, period)
         await kept.mark_viewed(session, grid.id, period.label, now)
-        return found, acted
+        return found, acted, stale or acted is not None
 
     def _clock_text(self, when: datetime) -> str:
         """``14:05`` today, ``2026-11-28 14:05`` another day (local time)."""
@@ -561,7 +559,7 @@ class Console:
             )
         ).all()  # as Scope.children(), without loading the whole subtree
         choices = list(dict.fromkeys([*viewer.roots, *children]))
-        found, acted = await self.kept_overview(session, viewer, grid, period)
+        found, acted, again = await self.kept_overview(session, viewer, grid, period)
         query = urlencode({"grid": grid.code, "month": period.label})
         if found is None:
             return self.render(
@@ -579,12 +577,18 @@ class Console:
             for row in report.children
             if row.below
         ]
-        return self.render(
+        response = self.render(
             "overview.html", viewer.lang, viewer, report=report, rates=rates, below=below,
             grid=grid, period=period, chart_query=query, grids=choices,
             computed_at=self._clock_text(found.computed_at),
             acted_at=self._clock_text(acted) if acted is not None else None,
         )
+        if again:  # once the page is on its way
+            response.background = BackgroundTask(self._spawn, grid, period)
+        return response
+
+    async def _spawn(self, grid: Grid, period: Period) -> None:
+        self._compute(grid, period)
 
     async def chart(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
         """The bulletin's chart (PNG) of a subtree and month: the same code draws both."""
