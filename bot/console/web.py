@@ -91,6 +91,8 @@ REPORT_STALE = 600.0
 MAX_REPORTS = 128
 #: An overview whose figures are being computed reloads itself after this many seconds.
 REFRESH_SECONDS = 5
+#: Console actions that change the overview's figures (a notice does not).
+FIGURE_ACTIONS = ("escalate", "assign", "points")
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 #: The largest id a URL may name (ids are 32-bit integers; a larger number matches nothing).
 MAX_ID = 2**31 - 1
@@ -533,6 +535,7 @@ class Console:
         acted = await session.scalar(
             select(func.max(ConsoleAction.created_at)).where(
                 ConsoleAction.person_id == viewer.person.id,
+                ConsoleAction.action.in_(FIGURE_ACTIONS),
                 ConsoleAction.created_at > found.computed_at,
             )
         )
