@@ -13,9 +13,15 @@ Timed, p50/p95 of ``--requests`` requests each:
 - the orders page (50 rows, newest first) for the admin and the head: the first page, a page
   200 pages deep (keyset: ``id < last id``), filtered by category and by overdue;
 - baseline: the same deep page with ``OFFSET`` (the usual paging), the id query alone;
-- the overview (KPIs of this month and last, grids below floors) for the head and the admin:
-  "cold" (the report computed for every request, as on the first view) and "warm" (within the
-  console's ``REPORT_TTL``, as on a reload).
+- the overview (KPIs of this month and last, grids below floors) for the head and the admin,
+  from the kept reports (``bot.console.kept``): "warm" (a kept report of the subtree, as the
+  background job leaves it), "stale" (kept but older than the cadence: shown while this
+  instance recomputes it) and "cold" (nothing kept: the page waits ``console_report_wait_ms``
+  and says the figures are being computed; the computation that follows is timed too, as
+  "figures ready", and waited for before the next request);
+- baseline, same run: the report computed for the request as the overview did before
+  (``Console.report`` after its memory is cleared: the computation alone, no page);
+- the background job's run (``bot.console.kept.refresh``) over the two viewers' grids.
 
     .venv/bin/python bench/console.py --scale 0.01             # a small run (shared machine)
     .venv/bin/python bench/console.py --scale 1 --orders 15    # Yunfu scale: not here
@@ -30,11 +36,12 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,11 +57,12 @@ from starlette.routing import Mount  # noqa: E402
 
 from bench.accountability import populate, set_indexes  # noqa: E402
 from bot.config import load_settings  # noqa: E402
-from bot.console import auth  # noqa: E402
+from bot.console import auth, kept  # noqa: E402
 from bot.console.web import COOKIE, PREFIX, Console  # noqa: E402
 from bot.i18n import Translator  # noqa: E402
 from bot.media import MediaStore  # noqa: E402
-from models import Grid, Order, Person, Role  # noqa: E402
+from bot.reports.kpi import load_scope  # noqa: E402
+from models import ConsoleReport, Grid, Order, Person, Role  # noqa: E402
 from models.db import make_engine, make_sessionmaker  # noqa: E402
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -82,6 +90,69 @@ async def measure(n: int, call: Callable[[], Awaitable[Any]]) -> dict[str, float
         await call()
         times.append(time.perf_counter() - t0)
     return quantiles(times)
+
+
+async def overviews(
+    console: Console, settings: Any, client: httpx.AsyncClient, grid_code: str, requests: int
+) -> dict[str, Any]:
+    """The overview of ``grid_code`` (the viewer's grid): computed for the request as before
+    (the baseline), cold (nothing kept), warm (kept) and stale (kept, older than the cadence)."""
+    period = kept.month_of(NOW, settings)
+    sessionmaker = console.sessionmaker
+    async with sessionmaker() as session:
+        grid_id = await session.scalar(select(Grid.id).where(Grid.code == grid_code))
+    ready: list[float] = []
+    times: dict[str, list[float]] = {"cold": [], "stale": []}
+
+    async def settle() -> None:
+        """Wait for this instance's background computation (untimed: "figures ready")."""
+        t0 = time.perf_counter()
+        await asyncio.gather(*console._tasks)
+        ready.append(time.perf_counter() - t0)
+
+    async def timed(label: str) -> str:
+        t0 = time.perf_counter()
+        answer = await client.get("/console/")
+        times[label].append(time.perf_counter() - t0)
+        assert answer.status_code == 200
+        return answer.text
+
+    async def cold() -> None:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(ConsoleReport.__table__.delete().where(
+                ConsoleReport.grid_id == grid_id))
+        await timed("cold")
+        await settle()
+
+    async def stale() -> None:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(ConsoleReport.__table__.update().where(
+                ConsoleReport.grid_id == grid_id).values(computed_at=NOW - timedelta(hours=1)))
+        assert "computed-at" in await timed("stale")
+        await settle()
+
+    async def on_request() -> None:
+        console._reports.clear()
+        async with sessionmaker() as session:
+            scope = await load_scope(session, grid_code)
+            await console.report(session, scope, period)
+
+    async def warm() -> None:
+        answer = await client.get("/console/")
+        assert answer.status_code == 200 and "computed-at" in answer.text
+
+    few = max(3, requests // 5)
+    out: dict[str, Any] = {
+        "baseline_overview_computed_for_the_request": await measure(few, on_request)}
+    for _ in range(few + 1):  # the first one warms the pool
+        await cold()
+    out["overview_cold_nothing_kept"] = quantiles(times["cold"][1:])
+    out["figures_ready_after_cold_s"] = round(statistics.median(ready[1:]), 2)
+    out["overview_warm_kept"] = await measure(requests, warm)
+    for _ in range(few + 1):
+        await stale()
+    out["overview_stale_kept_recomputing"] = quantiles(times["stale"][1:])
+    return out
 
 
 async def add_viewers(url: str) -> dict[str, str]:
@@ -149,23 +220,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         answer = await client.get(path)
                         assert answer.status_code == 200, (path, answer.status_code)
 
-                    async def cold(client: httpx.AsyncClient = client) -> None:
-                        console._reports.clear()
-                        await get("/console/")
-
                     pages = {
                         "orders_first_page": lambda: get("/console/orders"),
                         f"orders_page_{DEEP}_keyset": lambda: get(
                             f"/console/orders?before={newest}"),
                         "orders_by_category": lambda: get("/console/orders?category=repair"),
                         "orders_overdue": lambda: get("/console/orders?overdue=1"),
-                        "overview_cold": cold,
-                        "overview_warm": lambda: get("/console/"),
                     }
                     result[who] = {}
                     for label, call in pages.items():
-                        n = args.requests if "cold" not in label else max(3, args.requests // 5)
-                        result[who][label] = await measure(n, call)
+                        result[who][label] = await measure(args.requests, call)
+                    result[who].update(await overviews(
+                        console, settings, client, "city" if who == "admin" else "g2-0",
+                        args.requests))
+            # The background job's run over the viewers' grids (nothing kept).
+            async with console.sessionmaker() as session, session.begin():
+                await session.execute(ConsoleReport.__table__.delete())
+            t0 = time.perf_counter()
+            computed = await kept.refresh(console.sessionmaker, settings, lambda: NOW)
+            result["background_run"] = {"overviews": computed,
+                                        "seconds": round(time.perf_counter() - t0, 2)}
             # The baseline: the deep page's ids by OFFSET (the id query alone, the same rows).
             async with engine.connect() as conn:
                 async def offset() -> None:
@@ -208,7 +282,11 @@ def main() -> None:
     parser.add_argument("--reuse", metavar="NAME", help="time a kept database again (no populate)")
     parser.add_argument("--out", help="also write the JSON report here")
     args = parser.parse_args()
+    before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result = asyncio.run(run(args))
+    result["uptime_before"] = before
+    result["uptime_after"] = subprocess.run(["uptime"], capture_output=True,
+                                            text=True).stdout.strip()
     out = json.dumps(result, ensure_ascii=False, indent=2)
     print(out)
     if args.out:

@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     console_idle_minutes: int = Field(
         30, ge=1, le=24 * 60, description="A console session ends after this many idle minutes"
     )
+    console_report_seconds: int = Field(
+        300, ge=30, le=24 * 3600,
+        description="The console's overview reports of this month are recomputed in the "
+        "background (by the scheduler's leader) when older than this many seconds",
+    )
+    console_report_batch: int = Field(
+        40, ge=1, le=10_000,
+        description="Overview reports computed at most per background run (the top grids and "
+        "the recently viewed first; the rest at the next run)",
+    )
+    console_report_wait_ms: int = Field(
+        100, ge=0, le=60_000,
+        description="An overview with no kept report waits this long for it before it shows "
+        "what it has and says the figures are being computed",
+    )
     demo_duties: bool = Field(
         True, description="With the demo community, also load its demo patrol and visit plans"
     )

@@ -1,7 +1,7 @@
 """Gridbot's data: typed SQLAlchemy models, engine/session factories and migrations."""
 
 from models.base import Base, utcnow
-from models.console import ConsoleAction, ConsoleLink, ConsoleSession
+from models.console import ConsoleAction, ConsoleLink, ConsoleReport, ConsoleSession
 from models.duties import (
     ClockSetting,
     DutyFire,
@@ -42,6 +42,7 @@ __all__ = [
     "Community",
     "ConsoleAction",
     "ConsoleLink",
+    "ConsoleReport",
     "ConsoleSession",
     "Conversation",
     "DutyFire",

@@ -52,3 +52,22 @@ class ConsoleAction(Base):
     target: Mapped[str] = mapped_column(String(100))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ConsoleReport(Base):
+    """The overview report of one grid's subtree for one month, kept for every instance of the
+    console (computed in the background, see ``bot.console.kept``): when it was computed and
+    the figures as JSON (this month and the one before, per child grid)."""
+
+    __tablename__ = "console_report"
+
+    grid_id: Mapped[int] = mapped_column(
+        ForeignKey("grid.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: ``YYYY-MM``
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column()
+    #: When someone last opened this overview in the console (recently viewed scopes are
+    #: recomputed first); ``None``: only computed for a head's or admin's own grid.
+    viewed_at: Mapped[datetime | None] = mapped_column(index=True)
+    report: Mapped[str] = mapped_column(Text)

@@ -101,6 +101,9 @@ EXTRA_SETTINGS = frozenset(
         "GRIDBOT_CONSOLE_ENABLED",
         "GRIDBOT_PUBLIC_URL",
         "GRIDBOT_CONSOLE_IDLE_MINUTES",
+        "GRIDBOT_CONSOLE_REPORT_SECONDS",
+        "GRIDBOT_CONSOLE_REPORT_BATCH",
+        "GRIDBOT_CONSOLE_REPORT_WAIT_MS",
         # Residents' orders: the "same thing?" question
         "GRIDBOT_DUPLICATE_WINDOW_MINUTES",
     }

@@ -26,12 +26,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bot.config import Settings
-from bot.console import auth
+from bot.console import auth, kept
 from bot.console.queries import OPEN, STATUSES, OrderFilter, order_ids, order_page
 from bot.core import points
 from bot.core.cards import number
@@ -81,13 +82,17 @@ COOKIE = "gridbot_console"
 #: The language chosen in the console (else the person's, else the community's).
 LANG_COOKIE = "gridbot_console_lang"
 TEMPLATES = Path(__file__).parent / "templates"
-#: Seconds a computed report (overview, chart, bulletin) is reused for the same subtree and
-#: period: a phone reloading the overview does not recompute a month of orders each time.
+#: Seconds a computed report (members, exports, bulletin) is reused for the same subtree and
+#: period. (The overview and its chart read the kept reports of :mod:`bot.console.kept`.)
 REPORT_TTL = 30.0
 #: Seconds an older report is still shown while a fresh one is computed in the background.
 REPORT_STALE = 600.0
 #: Reports kept in memory at most (the oldest goes first).
 MAX_REPORTS = 128
+#: An overview whose figures are being computed reloads itself after this many seconds.
+REFRESH_SECONDS = 5
+#: Console actions that change the overview's figures (a notice does not).
+FIGURE_ACTIONS = ("escalate", "assign", "points")
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 #: The largest id a URL may name (ids are 32-bit integers; a larger number matches nothing).
 MAX_ID = 2**31 - 1
@@ -195,6 +200,9 @@ class Console:
         #: (subtree path, period) → (when computed, monotonic; the report)
         self._reports: dict[tuple[str, str], tuple[float, Report]] = {}
         self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: (grid id, period) → the overview being computed by this instance
+        self._computing: dict[tuple[int, str], asyncio.Future[kept.Overview | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[Route]:
         """Mounted at ``/console``."""
@@ -361,8 +369,9 @@ class Console:
 
         Kept in memory: younger than :data:`REPORT_TTL` it is served as is; older but younger
         than :data:`REPORT_STALE` it is served while a fresh one is computed in the background
-        (a city's month takes seconds to compute; its overview should not). Computed here on a
-        first view or after :data:`REPORT_STALE`."""
+        (a city's month takes seconds to compute). Computed here on a first view or after
+        :data:`REPORT_STALE`: the members page, exports and bulletins (the overview reads the
+        kept reports, :mod:`bot.console.kept`)."""
         key = (scope.path, period.label)
         now = time.monotonic()
         hit = self._reports.get(key)
@@ -469,13 +478,98 @@ class Console:
 
     # ---- overview ------------------------------------------------------------------------
 
+    def _compute(self, grid: Grid, period: Period) -> asyncio.Future[kept.Overview | None]:
+        """This instance computes and keeps the overview of ``grid`` and ``period`` in the
+        background (once at a time per subtree and month); the future has it (``None``: it
+        failed), set before it is stored."""
+        key = (grid.id, period.label)
+        running = self._computing.get(key)
+        if running is not None:
+            return running
+        done: asyncio.Future[kept.Overview | None] = asyncio.get_running_loop().create_future()
+        self._computing[key] = done
+        code = grid.code
+
+        async def run() -> None:
+            try:
+                made = await kept.compute_apart(
+                    self.sessionmaker, self.settings, code, period, self.clock()
+                )
+                done.set_result(made)
+                await kept.store(self.sessionmaker, made, viewed_at=self.clock())
+            except Exception:  # the next view tries again
+                log.exception("console: could not compute the overview of %s %s", code,
+                              period.label)
+                if not done.done():
+                    done.set_result(None)
+            finally:
+                self._computing.pop(key, None)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return done
+
+    async def kept_overview(
+        self, session: AsyncSession, viewer: Viewer, grid: Grid, period: Period
+    ) -> tuple[kept.Overview | None, datetime | None, bool]:
+        """The kept overview of ``grid`` and ``period`` (never waiting for a computation longer
+        than ``console_report_wait_ms``), when the viewer last acted in the console after it
+        was computed (its figures may not show that yet), and whether to compute it again
+        (older than the cadence, or the viewer acted since)."""
+        now = self.clock()
+        found = await kept.read(session, grid.id, period.label)
+        if found is None:
+            computing = self._compute(grid, period)
+            # What this request wrote (the session's last activity) is committed first: the
+            # computation's own transaction must not wait for this one (SQLite has one writer,
+            # and its transactions begin IMMEDIATE), and the connection goes back to the pool.
+            await session.commit()
+            try:
+                found = await asyncio.wait_for(
+                    asyncio.shield(computing), self.settings.console_report_wait_ms / 1000
+                )
+            except TimeoutError:
+                return None, None, False
+            return found, None, False
+        acted = await session.scalar(
+            select(func.max(ConsoleAction.created_at)).where(
+                ConsoleAction.person_id == viewer.person.id,
+                ConsoleAction.action.in_(FIGURE_ACTIONS),
+                ConsoleAction.created_at > found.computed_at,
+            )
+        )
+        stale = now - found.computed_at > timedelta(seconds=self.settings.console_report_seconds)
+        await kept.mark_viewed(session, grid.id, period.label, now)
+        return found, acted, stale or acted is not None
+
+    def _clock_text(self, when: datetime) -> str:
+        """``14:05`` today, ``2026-11-28 14:05`` another day (local time)."""
+        local = when.astimezone(self.settings.tz)
+        today = self.clock().astimezone(self.settings.tz).date()
+        return local.strftime("%H:%M" if local.date() == today else "%Y-%m-%d %H:%M")
+
     async def overview(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
-        """This month against last: the KPIs, the chart, the grids below a floor."""
+        """This month against last: the KPIs, the chart, the grids below a floor, from the
+        kept report (``bot.console.kept``) with the time it was computed; none kept yet, what
+        is cheap (the grid, its children to choose) and a note that it is being computed."""
         grid = await self._grid(session, viewer, request.query_params.get("grid"))
         period = self._period(request.query_params.get("month"), self.this_month())
         assert period is not None
-        scope = await load_scope(session, grid.code)
-        report = await self.report(session, scope, period)
+        children = (
+            await session.scalars(
+                select(Grid).where(Grid.parent_id == grid.id).order_by(Grid.code, Grid.id)
+            )
+        ).all()  # as Scope.children(), without loading the whole subtree
+        choices = list(dict.fromkeys([*viewer.roots, *children]))
+        found, acted, again = await self.kept_overview(session, viewer, grid, period)
+        query = urlencode({"grid": grid.code, "month": period.label})
+        if found is None:
+            return self.render(
+                "overview.html", viewer.lang, viewer, report=None, grid=grid, period=period,
+                grids=choices, chart_query=query, refresh=REFRESH_SECONDS,
+            )
+        report = found.as_report(period)
         lb = Labels(self.tr, viewer.lang)
         rates = [
             (lb.rate(name), report.total.figures.rate(name), report.total.previous.rate(name))
@@ -486,20 +580,29 @@ class Console:
             for row in report.children
             if row.below
         ]
-        query = urlencode({"grid": grid.code, "month": period.label})
-        choices = list(dict.fromkeys([*viewer.roots, *scope.children()]))
-        return self.render(
+        response = self.render(
             "overview.html", viewer.lang, viewer, report=report, rates=rates, below=below,
             grid=grid, period=period, chart_query=query, grids=choices,
+            computed_at=self._clock_text(found.computed_at),
+            acted_at=self._clock_text(acted) if acted is not None else None,
         )
+        if again:  # once the page is on its way
+            response.background = BackgroundTask(self._spawn, grid, period)
+        return response
+
+    async def _spawn(self, grid: Grid, period: Period) -> None:
+        self._compute(grid, period)
 
     async def chart(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
         """The bulletin's chart (PNG) of a subtree and month: the same code draws both."""
         grid = await self._grid(session, viewer, request.query_params.get("grid"))
         period = self._period(request.query_params.get("month"), self.this_month())
         assert period is not None
-        scope = await load_scope(session, grid.code)
-        report = await self.report(session, scope, period)
+        found = await kept.read(session, grid.id, period.label)
+        if found is not None:
+            report = found.as_report(period)
+        else:
+            report = await self.report(session, await load_scope(session, grid.code), period)
         lang = viewer.lang
 
         def t(key: str, **args: str) -> str:

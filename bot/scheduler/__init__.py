@@ -18,7 +18,8 @@ Design (see the APScheduler section of the platform notes for why):
   next run time (a reminder missed while the service was down is still due), changed ones are
   replaced, orphans removed.
 * **Jobs are module-level coroutines** (``patrol_reminder``, ``visit_reminder``, ``sweep``,
-  ``daily_digest``, ``month_end``) stored as ``module:function`` with plain arguments (ids).
+  ``daily_digest``, ``month_end``, ``monthly_bulletin``,
+  ``console_reports``) stored as ``module:function`` with plain arguments (ids).
   The executor adds ``rt=`` (a :class:`DutyRuntime`: database, catalogs, settings, clock) and
   ``due_at=`` (the run time) as keywords: no globals, nothing unpicklable stored.
 * **Misfires.** Every job has ``coalesce=True`` and ``misfire_grace_time`` =
@@ -186,6 +187,17 @@ async def monthly_bulletin(
     await monthly(rt.service, due_at)
 
 
+async def console_reports(
+    *, rt: DutyRuntime | None = None, due_at: datetime | None = None
+) -> None:
+    """Every ``console_report_seconds``: this month's console overviews computed ahead of
+    anyone asking, kept for every instance (:func:`bot.console.kept.refresh`)."""
+    assert rt is not None, "run by LoopExecutor"
+    from bot.console.kept import refresh
+
+    await refresh(rt.sessionmaker, rt.settings, rt.clock)
+
+
 #: Jobs whose occurrences may share a transaction: job function → batch function.
 BATCHED: dict[Callable[..., Any], Callable[..., Awaitable[None]]] = {
     patrol_reminder: patrol_reminders,
@@ -212,6 +224,7 @@ JOB_KINDS: dict[str, tuple[Callable[..., Any], Callable[..., BaseTrigger]]] = {
     "digest": (daily_digest, daily_trigger),
     "month_end": (month_end, daily_trigger),
     "bulletin": (monthly_bulletin, daily_trigger),
+    "console_reports": (console_reports, sweep_trigger),
 }
 
 
@@ -225,6 +238,7 @@ __all__ = [
     "DutyRuntime",
     "DutyScheduler",
     "SchedulerRefused",
+    "console_reports",
     "daily_digest",
     "daily_trigger",
     "missed",

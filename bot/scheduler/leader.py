@@ -274,6 +274,9 @@ class DutyScheduler:
             (at.hour, at.minute, tz.key),
             (),
         )
+        if self.settings.console_on:
+            every = self.settings.console_report_seconds
+            wanted[f"console-reports:{every}"] = ("console_reports", (every, tz.key), ())
         return wanted
 
     def _plan_version(self, session: Session) -> tuple[Any, ...]:

@@ -111,7 +111,10 @@ async def console_harness(
     app = Gridbot(
         load_settings(
             database_url=database_url, demo=True, demo_history=False, secret_key="test-key",
-            media_dir=tmp_path / "media", qr_dir=tmp_path / "qr", **settings,
+            media_dir=tmp_path / "media", qr_dir=tmp_path / "qr",
+            # An overview waits for its first report here (tests of the figures); the state
+            # "being computed" is tested with a wait of 0.
+            **{"console_report_wait_ms": 30_000, **settings},
         ),
         clock=clock,
     )

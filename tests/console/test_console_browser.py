@@ -43,7 +43,7 @@ async def test_the_console_in_a_browser(tmp_path: Path) -> None:
     people = {CHEN: "p-chen-shuji", LIU: "p-liu-wanggezhang"}
     async with running(
         DutyService, url, tmp_path, people, public_url=f"http://127.0.0.1:{port}",
-        demo_history=False,
+        demo_history=False, console_report_wait_ms=0,
     ) as svc:
         now = svc.clock()
         sm = svc.app.sessionmaker
@@ -74,10 +74,15 @@ async def test_the_console_in_a_browser(tmp_path: Path) -> None:
                     page = await ctx.new_page()
                     await page.goto(link)
                     await page.get_by_test_id("sign-in").click()
-                    # The overview: this month's figures and the chart.
+                    # The overview: nothing kept yet (and no time to wait), so it says the
+                    # figures are being computed and reloads itself; then this month's figures,
+                    # their time, and the chart.
                     await expect(page.get_by_test_id("overview-title")).to_contain_text(
                         "新华社区 · 2027-03")
-                    await expect(page.get_by_test_id("received")).to_have_text("3")
+                    await expect(page.get_by_test_id("computing")).to_contain_text("正在计算")
+                    await expect(page.get_by_test_id("received")).to_have_text(
+                        "3", timeout=30_000)
+                    await expect(page.get_by_test_id("computed-at")).to_contain_text("计算于")
                     chart = page.locator("img.chart")
                     await expect(chart).to_have_count(1)
                     # The chart is a PNG the browser decodes (a broken image has no width).
