@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channels.base import PushPolicy
 from bot.config import Settings
 from bot.core import payloads
-from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
 from bot.core.points import PointsRules
+from bot.core.quiet_hours import hold_order_pushes
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
 from handlers import bind, commands, common, dispatch, duties, flows, free_text, link, profile

@@ -15,7 +15,6 @@ import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,10 +28,12 @@ from bot.config import Settings
 from bot.core import cards, points
 from bot.core.cards import number
 from bot.core.notify import Notifier
+from bot.core.order_clocks import Clocks, resolve_clocks
 from bot.core.orders import NewOrder, OrderError, OrderService
 from bot.core.overdue import due_at as order_due_at
 from bot.core.overdue import overdue_by
 from bot.core.points import PointsRules
+from bot.core.quiet_hours import community_quiet_end
 from bot.core.routing import (
     ancestors,
     can_manage,
@@ -47,8 +48,6 @@ from bot.ports import Button, Outbound
 from models import (
     Building,
     Category,
-    ClockSetting,
-    Community,
     DutyFire,
     Grid,
     Household,
@@ -58,7 +57,6 @@ from models import (
     PatrolPlan,
     PatrolRun,
     Person,
-    QuietHours,
     Role,
     VisitLog,
     VisitPlan,
@@ -132,31 +130,6 @@ def notice_ref(notice_id: int) -> str:
 # ---- time helpers -----------------------------------------------------------------------------
 
 
-def parse_hhmm(value: str) -> time:
-    """``"07:30"`` → ``time(7, 30)``."""
-    hours, _, minutes = value.strip().partition(":")
-    return time(int(hours), int(minutes or 0))
-
-
-def parse_span(value: str) -> tuple[time, time]:
-    """``"22:00-07:00"`` → (start, end)."""
-    start, _, end = value.partition("-")
-    return parse_hhmm(start), parse_hhmm(end)
-
-
-def quiet_end(now: datetime, start: time, end: time, tz: ZoneInfo) -> datetime | None:
-    """When the quiet hours that contain ``now`` end; ``None`` when ``now`` is not quiet."""
-    local = now.astimezone(tz)
-    t = local.time()
-    if start == end:
-        return None
-    inside = (start <= t or t < end) if start > end else (start <= t < end)
-    if not inside:
-        return None
-    day = local.date() if t < end else local.date() + timedelta(days=1)
-    return datetime.combine(day, end, tz)
-
-
 def previous_due(frequency: str, due_at: datetime, tz: ZoneInfo) -> datetime:
     """The due time one period before ``due_at`` (same local wall time)."""
     local = due_at.astimezone(tz)
@@ -165,130 +138,6 @@ def previous_due(frequency: str, due_at: datetime, tz: ZoneInfo) -> datetime:
         day = min(local.day, calendar.monthrange(year, month)[1])
         return local.replace(year=year, month=month, day=day)
     return datetime.combine(local.date() - PERIODS[frequency], local.timetz())
-
-
-async def community_quiet_end(
-    session: AsyncSession, settings: Settings, grid_id: int, now: datetime
-) -> datetime | None:
-    """End of the quiet hours of the grid's community (its ``quiet_hours`` row, else the
-    ``quiet_hours`` setting in the community's time zone), if ``now`` is quiet there."""
-    grid = await session.get(Grid, grid_id)
-    row = await session.get(QuietHours, grid.community_id) if grid else None
-    if row is not None:
-        return quiet_end(now, parse_hhmm(row.start), parse_hhmm(row.end), ZoneInfo(row.timezone))
-    start, end = parse_span(settings.quiet_hours)
-    community = await session.get(Community, grid.community_id) if grid else None
-    tz = ZoneInfo(community.timezone) if community else settings.tz
-    return quiet_end(now, start, end, tz)
-
-
-#: Outbox refs of the order flow that name their order (``disp:12``) or offer (``offer:7``).
-_ORDER_REFS = ("disp", "note", "task", "rate")
-
-
-async def hold_order_pushes(
-    session: AsyncSession,
-    settings: Settings,
-    rows: list[OutboxMessage],
-    now: datetime,
-    *,
-    reply_chat: tuple[str, str] | None = None,
-) -> int:
-    """Quiet hours for the order flow, in one place: every new message about an order that is
-    pushed to someone else (not the chat being answered, not an edit of a message already
-    there) waits until the quiet hours of the order's community end, unless the order's
-    category is urgent. Called once per handled event, before its transaction commits.
-    Returns how many rows now wait."""
-    order_of: dict[int, int] = {}
-    offers: dict[int, int] = {}
-    for i, row in enumerate(rows):
-        if row.edit_ref or not row.ref or (row.channel, row.chat_id) == reply_chat:
-            continue
-        kind, _, arg = row.ref.partition(":")
-        if not arg.isdigit():
-            continue
-        if kind in _ORDER_REFS:
-            order_of[i] = int(arg)
-        elif kind == "offer":
-            offers[i] = int(arg)
-    if offers:
-        from models import Offer
-
-        found = dict(
-            (
-                await session.execute(
-                    select(Offer.id, Offer.order_id).where(Offer.id.in_(set(offers.values())))
-                )
-            ).all()
-        )
-        order_of.update({i: found[o] for i, o in offers.items() if o in found})
-    if not order_of:
-        return 0
-    facts = {
-        oid: (grid_id, bool(urgent))
-        for oid, grid_id, urgent in (
-            await session.execute(
-                select(Order.id, Order.grid_id, Category.urgent)
-                .outerjoin(Category, Category.code == Order.category)
-                .where(Order.id.in_(set(order_of.values())))
-            )
-        ).all()
-    }
-    until: dict[int, datetime | None] = {}
-    held = 0
-    for i, oid in order_of.items():
-        if oid not in facts or facts[oid][1]:
-            continue
-        grid_id = facts[oid][0]
-        if grid_id not in until:
-            until[grid_id] = await community_quiet_end(session, settings, grid_id, now)
-        if until[grid_id] is not None:
-            rows[i].not_before = until[grid_id]  # type: ignore[assignment]
-            held += 1
-    return held
-
-
-@dataclass
-class Clocks:
-    """The order clocks that apply to one category at one level (minutes/hours/days)."""
-
-    dispatch_minutes: int
-    accept_minutes: int
-    deadline_hours: int
-    overdue_escalate_minutes: int
-    rate_days: int
-
-
-async def resolve_clocks(
-    session: AsyncSession, settings: Settings, category: str, depth: int, cache: dict[Any, Any]
-) -> Clocks:
-    """The clocks of a category at a level: most specific setting row first, then the
-    category's deadline, then the service defaults. ``cache`` (a dict the caller keeps for one
-    pass) holds the rows and the answers, so a pass reads ``clock_setting`` once."""
-    key = (category, depth)
-    if key in cache:
-        return cache[key]
-    if "rows" not in cache:
-        cache["rows"] = (await session.scalars(select(ClockSetting))).all()
-        cache["cats"] = {c.code: c for c in (await session.scalars(select(Category)))}
-    rows: list[ClockSetting] = sorted(
-        (r for r in cache["rows"] if r.category in (None, category) and r.depth in (None, depth)),
-        key=lambda r: (r.category is not None, r.depth is not None),
-    )
-    cat = cache["cats"].get(category)
-    values: dict[str, Any] = {
-        "dispatch_minutes": settings.order_dispatch_minutes,
-        "accept_minutes": settings.order_accept_minutes,
-        "deadline_hours": cat.deadline_hours if cat else 72,
-        "overdue_escalate_minutes": settings.order_overdue_escalate_minutes,
-        "rate_days": settings.order_rate_days,
-    }
-    for row in rows:  # least specific first: the most specific wins
-        for name in values:
-            if getattr(row, name) is not None:
-                values[name] = getattr(row, name)
-    cache[key] = Clocks(**values)
-    return cache[key]
 
 
 class DutyService:
@@ -1452,15 +1301,10 @@ class DutyService:
 __all__ = [
     "VISIT_FINE",
     "VISIT_HELP",
-    "Clocks",
     "DutyService",
     "checkin_payload",
-    "community_quiet_end",
-    "hold_order_pushes",
     "notice_ref",
-    "parse_span",
     "previous_due",
-    "quiet_end",
     "visit_payload",
     "whistle_payload",
     "whistle_ref",

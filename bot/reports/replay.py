@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import resolve_clocks
+from bot.core.order_clocks import resolve_clocks
 from bot.reports.kpi import (
     ACCEPT_ACTIONS,
     DISPATCH_ACTIONS,
