@@ -10,7 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.core.notify import Notifier
 from bot.core.orders import OrderService
 from bot.i18n import Translator

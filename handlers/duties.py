@@ -7,7 +7,7 @@ from typing import Any
 
 from bot.core import payloads as p
 from bot.core.cards import number
-from bot.core.duties import whistle_ref
+from bot.core.duties.whistles import whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Outbound
 from handlers import duty_lists, notice

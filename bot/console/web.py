@@ -35,7 +35,7 @@ from bot.console import auth
 from bot.console.queries import OPEN, STATUSES, OrderFilter, order_ids, order_page
 from bot.core import points
 from bot.core.cards import number
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.core.invites import signing_key
 from bot.core.notify import Notifier
 from bot.core.orders import ESCALATABLE, OrderError, OrderService

@@ -23,7 +23,7 @@ _PATTERNS = {
     "rv": re.compile(r"^rv:(?P<id>\d{1,12})$"),
     "f": re.compile(r"^f:(?P<act>[a-z]{1,5})(?::(?P<arg>[A-Za-z0-9_-]{1,32}))?$"),
     "m": re.compile(r"^m:(?P<act>[a-z]{1,16})$"),
-    # duties: patrol check-in, visit outcome, whistle answer (built in bot.core.duties)
+    # duties: patrol check-in, visit outcome, whistle answer
     "dp": re.compile(r"^dp:(?P<act>ci):(?P<id>\d{1,12})$"),
     "dv": re.compile(r"^dv:(?P<act>ok|help):(?P<id>\d{1,12})$"),
     "dw": re.compile(r"^dw:(?P<act>on|no):(?P<id>\d{1,12})$"),
@@ -101,3 +101,18 @@ def notice_confirm(code: str) -> str:
 def menu(action: str) -> str:
     """Payload of a main-menu shortcut."""
     return f"m:{action}"
+
+
+def check_in(run_id: int) -> str:
+    """Payload of "check in" on a patrol reminder."""
+    return f"dp:ci:{run_id}"
+
+
+def visit(action: str, plan_id: int) -> str:
+    """Payload of "all fine" (``ok``) / "needs help" (``help``) on a visit reminder."""
+    return f"dv:{action}:{plan_id}"
+
+
+def whistle(action: str, whistle_id: int) -> str:
+    """Payload of "on my way" (``on``) / "cannot" (``no``) on a whistle."""
+    return f"dw:{action}:{whistle_id}"

@@ -42,7 +42,6 @@ def quiet_end(now: datetime, start: time, end: time, tz: ZoneInfo) -> datetime |
     return datetime.combine(day, end, tz)
 
 
-
 async def community_quiet_end(
     session: AsyncSession, settings: Settings, grid_id: int, now: datetime
 ) -> datetime | None:
