@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.core import cards
+from bot.core import cards, refs
 from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.routing import can_manage
@@ -111,7 +111,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
                     Button(ctx.t("btn.keep_order"), p.order("view", oid)),
                 ]
             ],
-            ref=cancel_ask_ref(oid),
+            ref=refs.cancel_ask(oid),
         )
     elif action == "cxy":
         order = await ctx.orders.cancel(person, oid)
@@ -119,7 +119,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         # The question loses its buttons (where the platform can edit): nothing to press twice.
         await ctx.notify.edit_for_person(
             person.id,
-            cancel_ask_ref(oid),
+            refs.cancel_ask(oid),
             lambda lang: Outbound(
                 ctx.tr.t(lang, "resident.cancelled", number=cards.number(order))
             ),
@@ -129,11 +129,6 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         await show_order(ctx, oid)
     else:  # pragma: no cover - parse() only lets known actions through
         raise OrderError("error.button_invalid")
-
-
-def cancel_ask_ref(order_id: int) -> str:
-    """Outbox ref of the "withdraw this order?" question."""
-    return f"cxask:{order_id}"
 
 
 async def show_order(ctx: Ctx, order_id: int) -> None:

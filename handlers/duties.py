@@ -7,7 +7,6 @@ from typing import Any
 
 from bot.core import payloads as p
 from bot.core.cards import number
-from bot.core.duties.whistles import whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Outbound
 from handlers import duty_lists, notice
@@ -150,11 +149,10 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
             ctx.say(f"{name}.usage")
             return
         if name == "whistle":
-            whistle = await duties.blow_whistle(
+            await duties.blow_whistle(
                 ctx.person, arg, (ctx.event.channel, ctx.event.chat_id)
             )
             ctx.toast = ctx.t("whistle.sent_short")
-            assert whistle_ref(whistle.id)
         else:
             await notice.ask(ctx, arg)
         return

@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.core import cards
+from bot.core import cards, refs
 from bot.core import payloads as p
-from bot.core.orders import NewOrder, OrderError, receipt_ref
+from bot.core.orders import NewOrder, OrderError
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers import bind, common, duties, free_text, profile
@@ -319,12 +319,12 @@ def _summary_lines(ctx: Ctx, data: dict[str, Any]) -> list[str]:
 
 def _confirm_ref(data: dict[str, Any]) -> str | None:
     """Outbox ref of the confirmation (edited once it is answered: no live buttons stay)."""
-    return f"confirm:{data['key']}" if data.get("key") else None
+    return refs.confirm(data["key"]) if data.get("key") else None
 
 
 def _question_ref(data: dict[str, Any]) -> str | None:
     """Outbox ref of the "same thing?" question (edited once it is answered, too)."""
-    return f"dupq:{data['key']}" if data.get("key") else None
+    return refs.duplicate_question(data["key"]) if data.get("key") else None
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -483,7 +483,7 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
             ctx.t("order.received", number=cards.number(order)),
             [[Button(ctx.t("btn.cancel_order"), p.order("cx", order.id))]],
         ),
-        ref=receipt_ref(order.id),
+        ref=refs.receipt(order.id),
     )
     # The location step replaced the menu keyboard: it comes back on the receipt.
     await common.show_menu(ctx)

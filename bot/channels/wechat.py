@@ -53,6 +53,7 @@ from wechatpy.replies import TextReply
 from bot.channels.base import ChannelHost, ChatHold, DeliveryError, Limits, Unreachable
 from bot.channels.shared_token import SharedToken
 from bot.config import TemplateSpec, template_specs
+from bot.core.refs import RefKind, parse_ref
 from bot.i18n import Translator
 from bot.media import MAX_BYTES, MediaStore, keep_inbound_files
 from bot.media import PREFIX as MEDIA_PREFIX
@@ -94,8 +95,13 @@ GONE = frozenset({43004, 40003})
 BUSY = -1
 #: Menu click keys and the commands they run (anything else is ignored).
 MENU_KEYS = ("order", "myorders", "tasks", "queue", "mygrid", "me", "link", "help")
-#: Push kind of an outbox row by the prefix of its ``ref`` (when the payload names none).
-KIND_BY_REF = {"offer": "offer", "disp": "offer", "task": "accepted", "rate": "rate"}
+#: Push kind of an outbox row by the kind of its ``ref`` (when the payload names none).
+KIND_BY_REF = {
+    RefKind.OFFER: "offer",
+    RefKind.DISPATCH: "offer",
+    RefKind.TASK: "accepted",
+    RefKind.RATE: "rate",
+}
 SKIPPED = "dropped"
 #: Temporary media stays valid three days; a cached media_id is reused until an hour before.
 MEDIA_VALIDITY = timedelta(days=3)
@@ -135,8 +141,8 @@ def push_kind(row: OutboxMessage) -> str:
     kind = (row.payload or {}).get("kind")
     if kind:
         return str(kind)
-    prefix = (row.ref or "").split(":", 1)[0]
-    return KIND_BY_REF.get(prefix, "other")
+    ref = parse_ref(row.ref)
+    return KIND_BY_REF.get(ref.kind, "other") if ref is not None else "other"
 
 
 def sanitize_cdata(value: str) -> str:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import cards
+from bot.core import cards, refs
 from bot.core.cards import number
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
@@ -226,7 +226,7 @@ class OrderClocks(DutyBase):
         view = await self.orders.view(order)
         await self.notify.edit_for_person(
             order.resident_id,
-            f"rate:{order.id}",
+            refs.rate(order.id),
             lambda lang: Outbound(cards.card_text(self.tr, lang, view, contact=False, full=True)),
         )
         await self.orders._tell_resident(order, "clock.auto_closed")

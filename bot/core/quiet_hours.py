@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
+from bot.core.refs import RefKind, parse_ref
 from models import Category, Community, Grid, Order, OutboxMessage, QuietHours
 
 
@@ -57,8 +58,9 @@ async def community_quiet_end(
     return quiet_end(now, start, end, tz)
 
 
-#: Outbox refs of the order flow that name their order (``disp:12``) or offer (``offer:7``).
-_ORDER_REFS = ("disp", "note", "task", "rate")
+#: Outbox refs of the order flow pushed to others that name their order (``disp:12``); an
+#: ``offer:7`` names its offer.
+_ORDER_REFS = frozenset({RefKind.DISPATCH, RefKind.NOTE, RefKind.TASK, RefKind.RATE})
 
 
 async def hold_order_pushes(
@@ -79,13 +81,13 @@ async def hold_order_pushes(
     for i, row in enumerate(rows):
         if row.edit_ref or not row.ref or (row.channel, row.chat_id) == reply_chat:
             continue
-        kind, _, arg = row.ref.partition(":")
-        if not arg.isdigit():
+        ref = parse_ref(row.ref)
+        if ref is None:
             continue
-        if kind in _ORDER_REFS:
-            order_of[i] = int(arg)
-        elif kind == "offer":
-            offers[i] = int(arg)
+        if ref.kind in _ORDER_REFS:
+            order_of[i] = ref.id
+        elif ref.kind is RefKind.OFFER:
+            offers[i] = ref.id
     if offers:
         from models import Offer
 

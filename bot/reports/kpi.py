@@ -85,6 +85,7 @@ from sqlalchemy.orm import aliased
 from bot.config import Settings
 from bot.core.order_clocks import Clocks, resolve_clocks
 from bot.core.points import standings
+from bot.core.refs import Ref, RefKind
 from bot.core.routing import path_ids
 from bot.reports.sql import digits, epoch_us, first_of, flag, last_of, path_segment
 from models import (
@@ -599,7 +600,7 @@ def order_rows(
     )
     channel = (
         select(OutboxMessage.channel)
-        .where(OutboxMessage.ref == literal("receipt:") + cast(Order.id, String))
+        .where(OutboxMessage.ref == literal(Ref.prefix(RefKind.RECEIPT)) + cast(Order.id, String))
         .limit(1)
         .scalar_subquery()
     )

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 
+from bot.core import refs
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
 from bot.ports import Outbound
 from models import Grid, Notice, OutboxMessage, Person, Role
 from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
 from models.people import ROLE_RESIDENT
-
-
-def notice_ref(notice_id: int) -> str:
-    """Outbox ref of every copy of a notice (counted for the sender's report)."""
-    return f"notice:{notice_id}"
 
 
 class NoticeDuties(DutyBase):
@@ -60,7 +56,7 @@ class NoticeDuties(DutyBase):
             row = await self.notify.to_person(
                 pid,
                 lambda lang: Outbound(self.tr.t(lang, "notice.text", grid=grid.name, text=text)),
-                ref=notice_ref(notice.id),
+                ref=refs.notice(notice.id),
             )
             if row is not None:
                 rows.append(row)
@@ -79,7 +75,7 @@ class NoticeDuties(DutyBase):
                 (
                     await self.session.execute(
                         select(OutboxMessage.status, func.count())
-                        .where(OutboxMessage.ref == notice_ref(notice.id))
+                        .where(OutboxMessage.ref == refs.notice(notice.id))
                         .group_by(OutboxMessage.status)
                     )
                 ).all()

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.core import payloads, points
+from bot.core import payloads, points, refs
 from bot.core.duties.base import YIELD_EVERY, DutyBase
 from bot.core.orders import OrderError
 from bot.core.routing import can_manage
@@ -89,7 +89,7 @@ class PatrolDuties(DutyBase):
                     [[Button(self.tr.t(lang, "btn.check_in"), payloads.check_in(run))]],
                 )
 
-            await self._push(plan.person_id, render, plan.grid_id, ref=f"patrol:{run_id}")
+            await self._push(plan.person_id, render, plan.grid_id, ref=refs.patrol(run_id))
             if n % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # a burst's batch: let chat replies run in between
         await self._insert_pending(self.notify.written[written:])

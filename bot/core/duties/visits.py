@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.core import payloads, points
+from bot.core import payloads, points, refs
 from bot.core.duties.base import YIELD_EVERY, DutyBase
 from bot.core.orders import NewOrder, OrderError
 from bot.core.routing import can_manage
@@ -135,7 +135,7 @@ class VisitDuties(DutyBase):
                 ],
             )
 
-        await self._push(plan.member_id, render, household.grid_id, ref=f"visit:{plan.id}")
+        await self._push(plan.member_id, render, household.grid_id, ref=refs.visit(plan.id))
 
     async def _visit_overdue(self, plan: VisitPlan, household: Household, since: datetime) -> None:
         grid = await self.session.get(Grid, household.grid_id)

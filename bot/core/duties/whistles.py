@@ -7,18 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from bot.core import payloads, points
+from bot.core import payloads, points, refs
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from models import Grid, Person, Role, Whistle, WhistleAnswer
 from models.duties import ANSWER_CANNOT, ANSWER_COMING
 from models.people import ROLE_MEMBER, ROLE_WORKER
-
-
-def whistle_ref(whistle_id: int) -> str:
-    """Outbox ref of the caller's live roll-call message."""
-    return f"whistle:{whistle_id}"
 
 
 class WhistleDuties(DutyBase):
@@ -64,7 +59,7 @@ class WhistleDuties(DutyBase):
             chat_id,
             Outbound(await self.roll_call(lang, whistle)),
             person_id=caller.id,
-            ref=whistle_ref(whistle.id),
+            ref=refs.whistle(whistle.id),
         )
         return whistle
 
@@ -139,7 +134,7 @@ class WhistleDuties(DutyBase):
         lang = await self.notify.locale_of(whistle.caller_id)
         text = await self.roll_call(lang, whistle)
         await self.notify.edit_for_person(
-            whistle.caller_id, whistle_ref(whistle.id), lambda _lang: Outbound(text)
+            whistle.caller_id, refs.whistle(whistle.id), lambda _lang: Outbound(text)
         )
         return answer
 
