@@ -19,7 +19,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
     """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``)."""
     assert ctx.person is not None and payload.id is not None
     person, oid = ctx.person, payload.id
-    if payload.kind == "oa":
+    if payload.kind is p.PayloadKind.ASSIGN:
         order = await ctx.orders.assign(person, oid, int(payload.arg or 0))
         member = await ctx.session.get(Person, int(payload.arg or 0))
         ctx.toast = ctx.t("dispatch.assigned_short")
@@ -27,7 +27,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
             "dispatch.assigned", number=cards.number(order), name=member.name if member else "-"
         )
         return
-    if payload.kind == "or":
+    if payload.kind is p.PayloadKind.RATE:
         stars = int(payload.arg or 0)
         # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
         # rating rolls it back with everything else.
@@ -36,7 +36,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         await ctx.orders.rate(person, oid, stars)
         ctx.toast = ctx.t("resident.rated_short")
         return
-    if payload.kind == "rv":
+    if payload.kind is p.PayloadKind.REVISIT:
         revisit = await ctx.session.get(Revisit, oid)
         if revisit is None or revisit.status != "open":
             raise OrderError("error.revisit_done_already")

@@ -16,7 +16,6 @@ from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
 
-PAYLOAD_KINDS = ("dp", "dv", "dw", "nc")
 COMMANDS = ("whistle", "notice", "household", "visitplan")
 #: Separator of the fields of /household and /visitplan (ASCII or full-width bar).
 FIELD_SEPARATORS = ("|", "｜")
@@ -25,16 +24,16 @@ FIELD_SEPARATORS = ("|", "｜")
 async def button(ctx: Ctx, payload: p.Payload) -> None:
     """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``),
     send a notice (``nc``)."""
-    if payload.kind == "nc":
+    if payload.kind is p.PayloadKind.NOTICE_CONFIRM:
         await notice.confirm(ctx, payload.arg or "")
         return
     assert ctx.person is not None and payload.id is not None
     duties = ctx.duties()
-    if payload.kind == "dp":
+    if payload.kind is p.PayloadKind.PATROL:
         await duties.start_check_in(ctx.person, payload.id)
         await ctx.set_conversation(FLOW_CHECKIN, "note", {"run_id": payload.id})
         ctx.say("patrol.ask_note", [cancel_row(ctx)])
-    elif payload.kind == "dv":
+    elif payload.kind is p.PayloadKind.VISIT:
         outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
         await duties.start_visit(ctx.person, payload.id)
         await ctx.set_conversation(FLOW_VISIT, "note", {"plan_id": payload.id, "outcome": outcome})

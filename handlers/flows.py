@@ -71,9 +71,9 @@ def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
     """A reply-keyboard tap (or typed label) of "skip"/"cancel" counts as the button."""
     text = (ctx.event.text or "").strip()
     if text and text in ctx.tr.all_variants("btn.skip"):
-        return p.Payload("f", "skip")
+        return p.Payload(p.PayloadKind.FLOW, "skip")
     if text and text in ctx.tr.all_variants("btn.cancel_flow"):
-        return p.Payload("f", "x")
+        return p.Payload(p.PayloadKind.FLOW, "x")
     return None
 
 

@@ -235,7 +235,7 @@ class Intake:
     async def _button(self, ctx: Ctx, payload: payloads.Payload) -> None:
         if ctx.person is None:
             raise OrderError("error.not_bound")
-        if payload.kind == "f":
+        if payload.kind is payloads.PayloadKind.FLOW:
             conv = await ctx.conversation()
             if payload.action == "lang":
                 await common.set_language(ctx, payload.arg or "")
@@ -255,11 +255,11 @@ class Intake:
                 raise OrderError("error.button_stale")
             await flows.step(ctx, conv, payload)
             return
-        if payload.kind == "m":
+        if payload.kind is payloads.PayloadKind.MENU:
             await ctx.end_conversation()
             await commands.run(ctx, payload.action, "")
             return
-        if payload.kind in duties.PAYLOAD_KINDS:
+        if payload.kind in payloads.DUTY_KINDS:
             await duties.button(ctx, payload)
             return
         await dispatch.button(ctx, payload)
