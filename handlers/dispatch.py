@@ -10,7 +10,7 @@ from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.routing import can_manage
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
+from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx, Step
 from models import Grid, Offer, Person, Revisit
 from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
@@ -43,7 +43,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         grid = await ctx.session.get(Grid, revisit.grid_id)
         if grid is None or not await can_manage(ctx.session, person.id, grid):
             raise OrderError("error.not_your_button")
-        await ctx.set_conversation(FLOW_REVISIT, "note", {"revisit_id": oid})
+        await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": oid})
         ctx.say(
             "revisit.ask_note",
             [
@@ -78,7 +78,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         ctx.toast = ctx.t("dispatch.handle_short")
     elif action == "esc":
         await ctx.orders.escalation_check(person, oid)
-        await ctx.set_conversation(FLOW_ESCALATE, "reason", {"order_id": oid})
+        await ctx.set_conversation(FLOW_ESCALATE, Step.REASON, {"order_id": oid})
         ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
     elif action == "acc":
         order = await ctx.orders.accept(person, oid)
@@ -88,7 +88,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         ctx.toast = ctx.t("member.declined_short")
     elif action == "done":
         await ctx.orders.start_done(person, oid)
-        await ctx.set_conversation(FLOW_DONE, "note", {"order_id": oid})
+        await ctx.set_conversation(FLOW_DONE, Step.NOTE, {"order_id": oid})
         ctx.say(
             "member.ask_done_note",
             [

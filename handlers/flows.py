@@ -27,6 +27,8 @@ from handlers.context import (
     FLOW_PROFILE,
     FLOW_REVISIT,
     Ctx,
+    FlowStep,
+    Step,
 )
 from models import Building, Category, Conversation, Order, Person, Role
 from models.orders import OPEN_STATES
@@ -45,7 +47,7 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         ctx.toast = ctx.t("flow.cancelled")
         await common.show_menu(ctx)
         return
-    handler = {
+    steps: dict[str, FlowStep] = {
         FLOW_BIND: bind.step,
         FLOW_PROFILE: _profile_step,
         FLOW_ORDER: order_step,
@@ -53,7 +55,8 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         FLOW_DONE: done_step,
         FLOW_REVISIT: revisit_step,
         **duties.FLOWS,
-    }.get(conv.flow)
+    }
+    handler = steps.get(conv.flow)
     if handler is not None:
         await handler(ctx, conv.state, dict(conv.data), payload)
     else:
@@ -99,7 +102,9 @@ async def _residence(ctx: Ctx) -> Role:
 async def start_order(ctx: Ctx) -> None:
     """Begin the order flow: a resident picks a category."""
     residence = await _residence(ctx)
-    await ctx.set_conversation(FLOW_ORDER, "category", {"role_id": residence.id, "key": new_key()})
+    await ctx.set_conversation(
+        FLOW_ORDER, Step.CATEGORY, {"role_id": residence.id, "key": new_key()}
+    )
     await _ask_category(ctx)
 
 
@@ -140,7 +145,7 @@ async def start_from_message(ctx: Ctx) -> None:
                 for c in categories
             ],
         )
-    await ctx.set_conversation(FLOW_ORDER, "category", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.CATEGORY, data)
     if guess is None:
         # One message (WeChat's passive reply carries one): what we heard, and the question.
         await _ask_category(ctx, ctx.t("order.started", description=_quote(text)))
@@ -183,16 +188,16 @@ async def order_step(
     """One step of placing an order."""
     ev = ctx.event
     text = (ev.text or "").strip()
-    if payload is not None and payload.action == "cat" and state != "category":
+    if payload is not None and payload.action == "cat" and state != Step.CATEGORY:
         # A category button of an earlier question: the resident changes their mind. Say
         # so, and ask the current step again (never keep the old category silently).
         code = await _category(ctx, payload.arg)
         data["category"] = code
-        await ctx.set_conversation(FLOW_ORDER, state, data)
+        await ctx.set_conversation(FLOW_ORDER, Step(state), data)
         ctx.say("order.category_changed", category=cards.category_name(ctx.tr, ctx.lang, code))
         await _ask_again(ctx, state, data)
         return
-    if state == "category":
+    if state == Step.CATEGORY:
         if payload is None or payload.action != "cat":
             await _ask_category(ctx)
             return
@@ -200,14 +205,14 @@ async def order_step(
         if data.get("description"):  # started from the resident's own words
             await _after_description(ctx, data)
             return
-        await ctx.set_conversation(FLOW_ORDER, "description", data)
+        await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
             category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
         )
         return
-    if state == "description":
+    if state == Step.DESCRIPTION:
         if ev.photo and not data.get("photo"):
             data["photo"] = ev.photo
         if ev.voice and not data.get("voice"):
@@ -215,18 +220,18 @@ async def order_step(
         if ev.voice and len(text) < MIN_DESCRIPTION:
             text = ctx.t("order.voice_only")
         if len(text) < MIN_DESCRIPTION or payload is not None:
-            await ctx.set_conversation(FLOW_ORDER, "description", data)
+            await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
             ctx.say("order.ask_description_again", [common.cancel_row(ctx)])
             return
         data["description"] = text
         await _after_description(ctx, data)
         return
-    if state == "photo":
+    if state == Step.PHOTO:
         if ev.photo:
             data["photo"] = ev.photo
         elif ev.voice:
             data["voice"] = ev.voice  # kept; a photo is still welcome
-            await ctx.set_conversation(FLOW_ORDER, "photo", data)
+            await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
             ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
             return
         elif ev.photo_lost:
@@ -236,7 +241,7 @@ async def order_step(
             return
         await _ask_location(ctx, data)
         return
-    if state == "location":
+    if state == Step.LOCATION:
         if ev.location:
             data["lat"], data["lon"] = ev.location
         elif payload is None or payload.action != "skip":
@@ -244,14 +249,14 @@ async def order_step(
             return
         await _confirm(ctx, data)
         return
-    if state == "confirm":
+    if state == Step.CONFIRM:
         if payload is None or payload.action != "ok":
             await _confirm(ctx, data)
             return
         if not await _ask_if_duplicate(ctx, data):
             await _submit(ctx, data)
         return
-    if state == "duplicate":
+    if state == Step.DUPLICATE:
         if payload is not None and payload.action == "new":
             await _submit(ctx, data)
         elif payload is not None and payload.action == "same":
@@ -273,30 +278,30 @@ async def _after_description(ctx: Ctx, data: dict[str, Any]) -> None:
     if data.get("photo"):
         await _ask_location(ctx, data)
     else:
-        await ctx.set_conversation(FLOW_ORDER, "photo", data)
+        await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
         ctx.say("order.ask_photo", [common.skip_row(ctx)])
 
 
 async def _ask_again(ctx: Ctx, state: str, data: dict[str, Any]) -> None:
     """The question of ``state`` once more (after the category changed)."""
-    if state == "description":
+    if state == Step.DESCRIPTION:
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
             category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
         )
-    elif state == "photo":
+    elif state == Step.PHOTO:
         ctx.say("order.ask_photo", [common.skip_row(ctx)])
-    elif state == "location":
+    elif state == Step.LOCATION:
         ctx.reply(common.location_question(ctx, "order.ask_location"))
-    elif state == "duplicate":
+    elif state == Step.DUPLICATE:
         await _ask_duplicate(ctx, data)
     else:
         await _confirm(ctx, data)
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, "location", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.LOCATION, data)
     ctx.reply(common.location_question(ctx, "order.ask_location"))
 
 
@@ -328,7 +333,7 @@ def _question_ref(data: dict[str, Any]) -> str | None:
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, "confirm", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.CONFIRM, data)
     lines = [ctx.t("order.confirm_title"), *_summary_lines(ctx, data)]
     ctx.reply(
         Outbound(
@@ -404,7 +409,7 @@ async def _ask_if_duplicate(ctx: Ctx, data: dict[str, Any]) -> bool:
 
 async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
     earlier = await ctx.orders.get(int(data["dup_of"]))
-    await ctx.set_conversation(FLOW_ORDER, "duplicate", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.DUPLICATE, data)
     minutes = max(1, int((ctx.now - _aware(earlier.created_at, ctx.now)).total_seconds() // 60))
     key = data.get("key") or ""
     ctx.reply(

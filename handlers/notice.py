@@ -12,7 +12,7 @@ from bot.core import payloads as p
 from bot.core import refs
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_NOTICE, Ctx
+from handlers.context import FLOW_NOTICE, Ctx, Step
 
 
 async def ask(ctx: Ctx, text: str) -> None:
@@ -24,7 +24,7 @@ async def ask(ctx: Ctx, text: str) -> None:
     if count == 0:
         raise OrderError("notice.nobody", grid=grid.name)
     code = secrets.token_hex(4)
-    await ctx.set_conversation(FLOW_NOTICE, "confirm", {"text": text, "code": code})
+    await ctx.set_conversation(FLOW_NOTICE, Step.CONFIRM, {"text": text, "code": code})
     ctx.reply(
         ctx.t("notice.confirm", grid=grid.name, count=str(count), text=text),
         [
