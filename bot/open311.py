@@ -38,7 +38,7 @@ from starlette.routing import Route
 from bot.config import Open311Key, Settings
 from bot.core.cards import number
 from bot.core.city import UNPLACED_CODE, CityHandOff, CityRefused, hand_over
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.core.notify import Notifier
 from bot.i18n import Translator
 from models import Building, Category, CityRequest, Grid, Order, OrderEvent

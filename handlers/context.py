@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.core.notify import Notifier
 from bot.core.orders import OrderService
+from bot.core.payloads import Payload
 from bot.i18n import Translator
 from bot.ports import Button, Inbound, Outbound
 from models import Conversation, Identity, Person, Role
@@ -105,15 +108,17 @@ class Ctx:
         assert self._conv is None or isinstance(self._conv, Conversation)
         return self._conv
 
-    async def set_conversation(self, flow: str, state: str, data: dict[str, Any]) -> None:
+    async def set_conversation(self, flow: Flow, state: Step, data: dict[str, Any]) -> None:
         """Enter (or move within) a flow."""
+        assert state in FLOW_STEPS[flow], (flow, state)
         assert self.identity is not None
         conv = await self.conversation()
         if conv is None:
-            conv = Conversation(identity_id=self.identity.id, flow=flow, state=state)
+            conv = Conversation(identity_id=self.identity.id, flow=flow.value, state=state.value)
             self.session.add(conv)
             self._conv = conv
-        conv.flow, conv.state, conv.data, conv.updated_at = flow, state, dict(data), self.now
+        conv.flow, conv.state = flow.value, state.value
+        conv.data, conv.updated_at = dict(data), self.now
 
     async def end_conversation(self) -> None:
         """Leave whatever flow the sender was in."""
@@ -129,15 +134,80 @@ class Ctx:
         self._conv = None
 
 
-# Names of the conversation flows kept in the ``conversation`` table.
-FLOW_BIND = "bind"
-FLOW_ORDER = "order"
-FLOW_ESCALATE = "esc"
-FLOW_DONE = "done"
-FLOW_REVISIT = "revisit"
-FLOW_CHECKIN = "checkin"
-FLOW_VISIT = "visit"
-FLOW_NOTICE = "notice"
-FLOW_HOUSEHOLD = "household"
-FLOW_VISITPLAN = "visitplan"
-FLOW_PROFILE = "me"
+class Flow(StrEnum):
+    """The conversation flows; the value is kept in ``conversation.flow``."""
+
+    BIND = "bind"
+    ORDER = "order"
+    ESCALATE = "esc"
+    DONE = "done"
+    REVISIT = "revisit"
+    CHECKIN = "checkin"
+    VISIT = "visit"
+    NOTICE = "notice"
+    HOUSEHOLD = "household"
+    VISITPLAN = "visitplan"
+    PROFILE = "me"
+
+
+class Step(StrEnum):
+    """Where in its flow a conversation is; the value is kept in ``conversation.state``."""
+
+    NAME = "name"
+    ROOM = "room"
+    PHONE = "phone"
+    CATEGORY = "category"
+    DESCRIPTION = "description"
+    PHOTO = "photo"
+    LOCATION = "location"
+    CONFIRM = "confirm"
+    DUPLICATE = "duplicate"
+    REASON = "reason"
+    NOTE = "note"
+    BUILDING = "building"
+    KIND = "kind"
+    HOUSEHOLD = "household"
+    MEMBER = "member"
+    FREQUENCY = "frequency"
+
+
+#: The steps of each flow (the step functions are in ``handlers.flows``' table).
+FLOW_STEPS: dict[Flow, frozenset[Step]] = {
+    Flow.BIND: frozenset({Step.NAME, Step.ROOM, Step.PHONE}),
+    Flow.ORDER: frozenset(
+        {Step.CATEGORY, Step.DESCRIPTION, Step.PHOTO, Step.LOCATION, Step.CONFIRM, Step.DUPLICATE}
+    ),
+    Flow.ESCALATE: frozenset({Step.REASON}),
+    Flow.DONE: frozenset({Step.NOTE}),
+    Flow.REVISIT: frozenset({Step.NOTE}),
+    Flow.CHECKIN: frozenset({Step.NOTE, Step.PHOTO, Step.LOCATION}),
+    Flow.VISIT: frozenset({Step.NOTE}),
+    Flow.NOTICE: frozenset({Step.CONFIRM}),
+    Flow.HOUSEHOLD: frozenset({Step.BUILDING, Step.KIND}),
+    Flow.VISITPLAN: frozenset({Step.HOUSEHOLD, Step.MEMBER, Step.FREQUENCY}),
+    Flow.PROFILE: frozenset({Step.NAME, Step.PHONE, Step.ROOM}),
+}
+
+def declared_step(flow: str, state: str) -> bool:
+    """Whether a stored conversation's ``flow`` and ``state`` are a declared step."""
+    try:
+        return Step(state) in FLOW_STEPS.get(Flow(flow), frozenset())
+    except ValueError:
+        return False
+
+
+#: A flow's step function: (context, current step, the flow's data, the button pressed if any).
+FlowStep = Callable[[Ctx, str, dict[str, Any], Payload | None], Awaitable[None]]
+
+# The flows by the names the handler modules import.
+FLOW_BIND = Flow.BIND
+FLOW_ORDER = Flow.ORDER
+FLOW_ESCALATE = Flow.ESCALATE
+FLOW_DONE = Flow.DONE
+FLOW_REVISIT = Flow.REVISIT
+FLOW_CHECKIN = Flow.CHECKIN
+FLOW_VISIT = Flow.VISIT
+FLOW_NOTICE = Flow.NOTICE
+FLOW_HOUSEHOLD = Flow.HOUSEHOLD
+FLOW_VISITPLAN = Flow.VISITPLAN
+FLOW_PROFILE = Flow.PROFILE

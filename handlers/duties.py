@@ -7,17 +7,15 @@ from typing import Any
 
 from bot.core import payloads as p
 from bot.core.cards import number
-from bot.core.duties import whistle_ref
 from bot.core.orders import OrderError
 from bot.ports import Outbound
 from handlers import duty_lists, notice
 from handlers.common import cancel_row, location_question, skip_row
-from handlers.context import FLOW_CHECKIN, FLOW_NOTICE, FLOW_VISIT, Ctx
+from handlers.context import FLOW_CHECKIN, FLOW_NOTICE, FLOW_VISIT, Ctx, FlowStep, Step
 from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
 
-PAYLOAD_KINDS = ("dp", "dv", "dw", "nc")
 COMMANDS = ("whistle", "notice", "household", "visitplan")
 #: Separator of the fields of /household and /visitplan (ASCII or full-width bar).
 FIELD_SEPARATORS = ("|", "｜")
@@ -26,19 +24,21 @@ FIELD_SEPARATORS = ("|", "｜")
 async def button(ctx: Ctx, payload: p.Payload) -> None:
     """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``),
     send a notice (``nc``)."""
-    if payload.kind == "nc":
+    if payload.kind is p.PayloadKind.NOTICE_CONFIRM:
         await notice.confirm(ctx, payload.arg or "")
         return
     assert ctx.person is not None and payload.id is not None
     duties = ctx.duties()
-    if payload.kind == "dp":
+    if payload.kind is p.PayloadKind.PATROL:
         await duties.start_check_in(ctx.person, payload.id)
-        await ctx.set_conversation(FLOW_CHECKIN, "note", {"run_id": payload.id})
+        await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, {"run_id": payload.id})
         ctx.say("patrol.ask_note", [cancel_row(ctx)])
-    elif payload.kind == "dv":
+    elif payload.kind is p.PayloadKind.VISIT:
         outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
         await duties.start_visit(ctx.person, payload.id)
-        await ctx.set_conversation(FLOW_VISIT, "note", {"plan_id": payload.id, "outcome": outcome})
+        await ctx.set_conversation(
+            FLOW_VISIT, Step.NOTE, {"plan_id": payload.id, "outcome": outcome}
+        )
         if outcome == VISIT_HELP:
             ctx.say("visit.ask_help", [cancel_row(ctx)])
         else:
@@ -57,21 +57,21 @@ async def checkin_step(
     ev = ctx.event
     text = (ev.text or "").strip()
     skip = payload is not None and payload.action == "skip"
-    if state == "note":
+    if state == Step.NOTE:
         if ev.photo:
             data["photo"] = ev.photo
         if not text or payload is not None:
-            await ctx.set_conversation(FLOW_CHECKIN, "note", data)
+            await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, data)
             ctx.say("patrol.ask_note", [cancel_row(ctx)])
             return
         data["note"] = text
         if data.get("photo"):
             await _ask_location(ctx, data)
             return
-        await ctx.set_conversation(FLOW_CHECKIN, "photo", data)
+        await ctx.set_conversation(FLOW_CHECKIN, Step.PHOTO, data)
         ctx.say("patrol.ask_photo", [skip_row(ctx)])
         return
-    if state == "photo":
+    if state == Step.PHOTO:
         if ev.photo:
             data["photo"] = ev.photo
         elif not skip:
@@ -94,7 +94,7 @@ async def checkin_step(
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_CHECKIN, "location", data)
+    await ctx.set_conversation(FLOW_CHECKIN, Step.LOCATION, data)
     ctx.reply(location_question(ctx, "patrol.ask_location"))
 
 
@@ -125,7 +125,7 @@ async def visit_step(
         ctx.say("visit.logged")
 
 
-FLOWS = {
+FLOWS: dict[str, FlowStep] = {
     FLOW_CHECKIN: checkin_step,
     FLOW_VISIT: visit_step,
     FLOW_NOTICE: notice.confirm_step,
@@ -150,11 +150,10 @@ async def command(ctx: Ctx, name: str, arg: str) -> None:
             ctx.say(f"{name}.usage")
             return
         if name == "whistle":
-            whistle = await duties.blow_whistle(
+            await duties.blow_whistle(
                 ctx.person, arg, (ctx.event.channel, ctx.event.chat_id)
             )
             ctx.toast = ctx.t("whistle.sent_short")
-            assert whistle_ref(whistle.id)
         else:
             await notice.ask(ctx, arg)
         return

@@ -16,7 +16,7 @@ from bot.core import payloads as p
 from bot.core.orders import OrderError
 from bot.ports import Button
 from handlers.common import cancel_row
-from handlers.context import FLOW_HOUSEHOLD, FLOW_VISITPLAN, Ctx
+from handlers.context import FLOW_HOUSEHOLD, FLOW_VISITPLAN, Ctx, Flow, FlowStep, Step
 from models import Building, Grid, Household, Person, Role, VisitPlan
 from models.duties import FREQUENCIES, HOUSEHOLD_KINDS
 from models.people import ROLE_MEMBER
@@ -27,8 +27,8 @@ ALL_BUILDINGS_UP_TO = 12
 
 async def _ask(
     ctx: Ctx,
-    flow: str,
-    state: str,
+    flow: Flow,
+    state: Step,
     data: dict[str, Any],
     key: str,
     choices: list[tuple[str, str]],
@@ -92,7 +92,7 @@ async def _household_building(ctx: Ctx, data: dict[str, Any], text: str) -> None
          f"b{b.id}")
         for b in choices
     ]
-    await _ask(ctx, FLOW_HOUSEHOLD, "building", data, key, options, text=text[:32])
+    await _ask(ctx, FLOW_HOUSEHOLD, Step.BUILDING, data, key, options, text=text[:32])
 
 
 async def _household_kind(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -102,7 +102,7 @@ async def _household_kind(ctx: Ctx, data: dict[str, Any]) -> None:
         if code is None:
             options = [(ctx.t(f"household.kind.{k}"), k) for k in HOUSEHOLD_KINDS]
             key = "duty.pick_kind_unknown" if text else "duty.pick_kind"
-            await _ask(ctx, FLOW_HOUSEHOLD, "kind", data, key, options, text=text[:20])
+            await _ask(ctx, FLOW_HOUSEHOLD, Step.KIND, data, key, options, text=text[:20])
             return
         data["kind"] = code
     await _household_add(ctx, data)
@@ -131,7 +131,7 @@ async def household_step(
     """A pick (or a typed answer) to the building or kind question."""
     picked = _picked(data, payload)
     text = (ctx.event.text or "").strip()
-    if state == "building":
+    if state == Step.BUILDING:
         if picked is not None:
             data["building_id"] = int(picked[1:])
             await _household_kind(ctx, data)
@@ -175,7 +175,7 @@ async def _plan_household(ctx: Ctx, data: dict[str, Any], text: str) -> None:
         label = ctx.t("duty.household_label", name=h.name,
                       building=building.name if building else "-")
         options.append((label, f"h{h.id}"))
-    await _ask(ctx, FLOW_VISITPLAN, "household", data, "duty.pick_household", options,
+    await _ask(ctx, FLOW_VISITPLAN, Step.HOUSEHOLD, data, "duty.pick_household", options,
                text=text[:32])
 
 
@@ -198,7 +198,7 @@ async def _plan_member(ctx: Ctx, data: dict[str, Any]) -> None:
                 where = await _grid_name(ctx, grid_id) if grid_id else "-"
                 options.append((ctx.t("duty.member_label", name=m.name, grid=where),
                                 f"m{m.id}"))
-            await _ask(ctx, FLOW_VISITPLAN, "member", data, "duty.pick_member", options,
+            await _ask(ctx, FLOW_VISITPLAN, Step.MEMBER, data, "duty.pick_member", options,
                        text=text[:32])
             return
         data["member_id"] = found.one.id
@@ -212,7 +212,7 @@ async def _plan_frequency(ctx: Ctx, data: dict[str, Any]) -> None:
         if code is None:
             options = [(ctx.t(f"frequency.{f}"), f) for f in FREQUENCIES]
             key = "duty.pick_frequency_unknown" if text else "duty.pick_frequency"
-            await _ask(ctx, FLOW_VISITPLAN, "frequency", data, key, options, text=text[:20])
+            await _ask(ctx, FLOW_VISITPLAN, Step.FREQUENCY, data, key, options, text=text[:20])
             return
         data["frequency"] = code
     await _plan_add(ctx, data)
@@ -251,14 +251,14 @@ async def visitplan_step(
     """A pick (or a typed answer) to the household, member or frequency question."""
     picked = _picked(data, payload)
     text = (ctx.event.text or "").strip()
-    if state == "household":
+    if state == Step.HOUSEHOLD:
         if picked is not None:
             data["household_id"] = int(picked[1:])
             await _plan_member(ctx, data)
         elif text:
             await _plan_household(ctx, data, text)
         return
-    if state == "member":
+    if state == Step.MEMBER:
         if picked is not None:
             data["member_id"] = int(picked[1:])
         elif text:
@@ -272,7 +272,7 @@ async def visitplan_step(
     await _plan_frequency(ctx, data)
 
 
-FLOWS = {FLOW_HOUSEHOLD: household_step, FLOW_VISITPLAN: visitplan_step}
+FLOWS: dict[str, FlowStep] = {FLOW_HOUSEHOLD: household_step, FLOW_VISITPLAN: visitplan_step}
 
 
 def next_morning(now: datetime, ctx: Ctx) -> datetime:

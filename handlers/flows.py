@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.core import cards
+from bot.core import cards, refs
 from bot.core import payloads as p
-from bot.core.orders import NewOrder, OrderError, receipt_ref
+from bot.core.orders import NewOrder, OrderError
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers import bind, common, duties, free_text, profile
@@ -27,6 +27,9 @@ from handlers.context import (
     FLOW_PROFILE,
     FLOW_REVISIT,
     Ctx,
+    FlowStep,
+    Step,
+    declared_step,
 )
 from models import Building, Category, Conversation, Order, Person, Role
 from models.orders import OPEN_STATES
@@ -45,7 +48,7 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         ctx.toast = ctx.t("flow.cancelled")
         await common.show_menu(ctx)
         return
-    handler = {
+    steps: dict[str, FlowStep] = {
         FLOW_BIND: bind.step,
         FLOW_PROFILE: _profile_step,
         FLOW_ORDER: order_step,
@@ -53,10 +56,11 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         FLOW_DONE: done_step,
         FLOW_REVISIT: revisit_step,
         **duties.FLOWS,
-    }.get(conv.flow)
-    if handler is not None:
+    }
+    handler = steps.get(conv.flow)
+    if handler is not None and declared_step(conv.flow, conv.state):
         await handler(ctx, conv.state, dict(conv.data), payload)
-    else:
+    else:  # a flow or step no longer declared (a row from another version): start afresh
         await ctx.end_conversation()
         await common.fallback(ctx)
 
@@ -71,9 +75,9 @@ def _typed_flow_button(ctx: Ctx) -> p.Payload | None:
     """A reply-keyboard tap (or typed label) of "skip"/"cancel" counts as the button."""
     text = (ctx.event.text or "").strip()
     if text and text in ctx.tr.all_variants("btn.skip"):
-        return p.Payload("f", "skip")
+        return p.Payload(p.PayloadKind.FLOW, "skip")
     if text and text in ctx.tr.all_variants("btn.cancel_flow"):
-        return p.Payload("f", "x")
+        return p.Payload(p.PayloadKind.FLOW, "x")
     return None
 
 
@@ -99,7 +103,9 @@ async def _residence(ctx: Ctx) -> Role:
 async def start_order(ctx: Ctx) -> None:
     """Begin the order flow: a resident picks a category."""
     residence = await _residence(ctx)
-    await ctx.set_conversation(FLOW_ORDER, "category", {"role_id": residence.id, "key": new_key()})
+    await ctx.set_conversation(
+        FLOW_ORDER, Step.CATEGORY, {"role_id": residence.id, "key": new_key()}
+    )
     await _ask_category(ctx)
 
 
@@ -140,7 +146,7 @@ async def start_from_message(ctx: Ctx) -> None:
                 for c in categories
             ],
         )
-    await ctx.set_conversation(FLOW_ORDER, "category", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.CATEGORY, data)
     if guess is None:
         # One message (WeChat's passive reply carries one): what we heard, and the question.
         await _ask_category(ctx, ctx.t("order.started", description=_quote(text)))
@@ -183,16 +189,16 @@ async def order_step(
     """One step of placing an order."""
     ev = ctx.event
     text = (ev.text or "").strip()
-    if payload is not None and payload.action == "cat" and state != "category":
+    if payload is not None and payload.action == "cat" and state != Step.CATEGORY:
         # A category button of an earlier question: the resident changes their mind. Say
         # so, and ask the current step again (never keep the old category silently).
         code = await _category(ctx, payload.arg)
         data["category"] = code
-        await ctx.set_conversation(FLOW_ORDER, state, data)
+        await ctx.set_conversation(FLOW_ORDER, Step(state), data)
         ctx.say("order.category_changed", category=cards.category_name(ctx.tr, ctx.lang, code))
         await _ask_again(ctx, state, data)
         return
-    if state == "category":
+    if state == Step.CATEGORY:
         if payload is None or payload.action != "cat":
             await _ask_category(ctx)
             return
@@ -200,14 +206,14 @@ async def order_step(
         if data.get("description"):  # started from the resident's own words
             await _after_description(ctx, data)
             return
-        await ctx.set_conversation(FLOW_ORDER, "description", data)
+        await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
             category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
         )
         return
-    if state == "description":
+    if state == Step.DESCRIPTION:
         if ev.photo and not data.get("photo"):
             data["photo"] = ev.photo
         if ev.voice and not data.get("voice"):
@@ -215,18 +221,18 @@ async def order_step(
         if ev.voice and len(text) < MIN_DESCRIPTION:
             text = ctx.t("order.voice_only")
         if len(text) < MIN_DESCRIPTION or payload is not None:
-            await ctx.set_conversation(FLOW_ORDER, "description", data)
+            await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
             ctx.say("order.ask_description_again", [common.cancel_row(ctx)])
             return
         data["description"] = text
         await _after_description(ctx, data)
         return
-    if state == "photo":
+    if state == Step.PHOTO:
         if ev.photo:
             data["photo"] = ev.photo
         elif ev.voice:
             data["voice"] = ev.voice  # kept; a photo is still welcome
-            await ctx.set_conversation(FLOW_ORDER, "photo", data)
+            await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
             ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
             return
         elif ev.photo_lost:
@@ -236,7 +242,7 @@ async def order_step(
             return
         await _ask_location(ctx, data)
         return
-    if state == "location":
+    if state == Step.LOCATION:
         if ev.location:
             data["lat"], data["lon"] = ev.location
         elif payload is None or payload.action != "skip":
@@ -244,14 +250,14 @@ async def order_step(
             return
         await _confirm(ctx, data)
         return
-    if state == "confirm":
+    if state == Step.CONFIRM:
         if payload is None or payload.action != "ok":
             await _confirm(ctx, data)
             return
         if not await _ask_if_duplicate(ctx, data):
             await _submit(ctx, data)
         return
-    if state == "duplicate":
+    if state == Step.DUPLICATE:
         if payload is not None and payload.action == "new":
             await _submit(ctx, data)
         elif payload is not None and payload.action == "same":
@@ -273,30 +279,30 @@ async def _after_description(ctx: Ctx, data: dict[str, Any]) -> None:
     if data.get("photo"):
         await _ask_location(ctx, data)
     else:
-        await ctx.set_conversation(FLOW_ORDER, "photo", data)
+        await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
         ctx.say("order.ask_photo", [common.skip_row(ctx)])
 
 
 async def _ask_again(ctx: Ctx, state: str, data: dict[str, Any]) -> None:
     """The question of ``state`` once more (after the category changed)."""
-    if state == "description":
+    if state == Step.DESCRIPTION:
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
             category=cards.category_name(ctx.tr, ctx.lang, data["category"]),
         )
-    elif state == "photo":
+    elif state == Step.PHOTO:
         ctx.say("order.ask_photo", [common.skip_row(ctx)])
-    elif state == "location":
+    elif state == Step.LOCATION:
         ctx.reply(common.location_question(ctx, "order.ask_location"))
-    elif state == "duplicate":
+    elif state == Step.DUPLICATE:
         await _ask_duplicate(ctx, data)
     else:
         await _confirm(ctx, data)
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, "location", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.LOCATION, data)
     ctx.reply(common.location_question(ctx, "order.ask_location"))
 
 
@@ -319,16 +325,16 @@ def _summary_lines(ctx: Ctx, data: dict[str, Any]) -> list[str]:
 
 def _confirm_ref(data: dict[str, Any]) -> str | None:
     """Outbox ref of the confirmation (edited once it is answered: no live buttons stay)."""
-    return f"confirm:{data['key']}" if data.get("key") else None
+    return refs.confirm(data["key"]) if data.get("key") else None
 
 
 def _question_ref(data: dict[str, Any]) -> str | None:
     """Outbox ref of the "same thing?" question (edited once it is answered, too)."""
-    return f"dupq:{data['key']}" if data.get("key") else None
+    return refs.duplicate_question(data["key"]) if data.get("key") else None
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, "confirm", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.CONFIRM, data)
     lines = [ctx.t("order.confirm_title"), *_summary_lines(ctx, data)]
     ctx.reply(
         Outbound(
@@ -404,7 +410,7 @@ async def _ask_if_duplicate(ctx: Ctx, data: dict[str, Any]) -> bool:
 
 async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
     earlier = await ctx.orders.get(int(data["dup_of"]))
-    await ctx.set_conversation(FLOW_ORDER, "duplicate", data)
+    await ctx.set_conversation(FLOW_ORDER, Step.DUPLICATE, data)
     minutes = max(1, int((ctx.now - _aware(earlier.created_at, ctx.now)).total_seconds() // 60))
     key = data.get("key") or ""
     ctx.reply(
@@ -483,7 +489,7 @@ async def _submit(ctx: Ctx, data: dict[str, Any]) -> None:
             ctx.t("order.received", number=cards.number(order)),
             [[Button(ctx.t("btn.cancel_order"), p.order("cx", order.id))]],
         ),
-        ref=receipt_ref(order.id),
+        ref=refs.receipt(order.id),
     )
     # The location step replaced the menu keyboard: it comes back on the receipt.
     await common.show_menu(ctx)

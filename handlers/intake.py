@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channels.base import PushPolicy
 from bot.config import Settings
 from bot.core import payloads
-from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import OrderError, OrderService
 from bot.core.points import PointsRules
+from bot.core.quiet_hours import hold_order_pushes
 from bot.i18n import Translator, normalize_locale
 from bot.ports import HandleResult, Inbound, IntakeUnavailable, Outbound
 from handlers import (
@@ -245,7 +245,7 @@ class Intake:
     async def _button(self, ctx: Ctx, payload: payloads.Payload) -> None:
         if ctx.person is None:
             raise OrderError("error.not_bound")
-        if payload.kind == "f":
+        if payload.kind is payloads.PayloadKind.FLOW:
             conv = await ctx.conversation()
             if payload.action == "lang":
                 await common.set_language(ctx, payload.arg or "")
@@ -265,11 +265,11 @@ class Intake:
                 raise OrderError("error.button_stale")
             await flows.step(ctx, conv, payload)
             return
-        if payload.kind == "m":
+        if payload.kind is payloads.PayloadKind.MENU:
             await ctx.end_conversation()
             await commands.run(ctx, payload.action, "")
             return
-        if payload.kind in duties.PAYLOAD_KINDS:
+        if payload.kind in payloads.DUTY_KINDS:
             await duties.button(ctx, payload)
             return
         await order_buttons.button(ctx, payload)

@@ -9,14 +9,10 @@ import secrets
 from typing import Any
 
 from bot.core import payloads as p
+from bot.core import refs
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_NOTICE, Ctx
-
-
-def ask_ref(person_id: int) -> str:
-    """Outbox ref of the sender's "send this notice?" question (edited once answered)."""
-    return f"notice-ask:{person_id}"
+from handlers.context import FLOW_NOTICE, Ctx, Step
 
 
 async def ask(ctx: Ctx, text: str) -> None:
@@ -28,7 +24,7 @@ async def ask(ctx: Ctx, text: str) -> None:
     if count == 0:
         raise OrderError("notice.nobody", grid=grid.name)
     code = secrets.token_hex(4)
-    await ctx.set_conversation(FLOW_NOTICE, "confirm", {"text": text, "code": code})
+    await ctx.set_conversation(FLOW_NOTICE, Step.CONFIRM, {"text": text, "code": code})
     ctx.reply(
         ctx.t("notice.confirm", grid=grid.name, count=str(count), text=text),
         [
@@ -37,7 +33,7 @@ async def ask(ctx: Ctx, text: str) -> None:
                 Button(ctx.t("btn.cancel_flow"), p.flow("x")),
             ]
         ],
-        ref=ask_ref(ctx.person.id),
+        ref=refs.notice_ask(ctx.person.id),
     )
 
 
@@ -65,7 +61,7 @@ async def confirm(ctx: Ctx, code: str) -> None:
     await ctx.end_conversation()
     await ctx.notify.edit_for_person(
         ctx.person.id,
-        ask_ref(ctx.person.id),
+        refs.notice_ask(ctx.person.id),
         lambda lang: Outbound(ctx.tr.t(lang, "notice.confirmed", text=str(data["text"]))),
     )
     ctx.toast = ctx.t("notice.confirmed_short")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.core import cards
+from bot.core import cards, refs
 from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.responsibility import can_manage
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx
+from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx, Step
 from models import Grid, Offer, Person, Revisit
 from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
@@ -19,7 +19,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
     """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``)."""
     assert ctx.person is not None and payload.id is not None
     person, oid = ctx.person, payload.id
-    if payload.kind == "oa":
+    if payload.kind is p.PayloadKind.ASSIGN:
         order = await ctx.orders.assign(person, oid, int(payload.arg or 0))
         member = await ctx.session.get(Person, int(payload.arg or 0))
         ctx.toast = ctx.t("dispatch.assigned_short")
@@ -27,7 +27,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
             "dispatch.assigned", number=cards.number(order), name=member.name if member else "-"
         )
         return
-    if payload.kind == "or":
+    if payload.kind is p.PayloadKind.RATE:
         stars = int(payload.arg or 0)
         # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
         # rating rolls it back with everything else.
@@ -36,14 +36,14 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         await ctx.orders.rate(person, oid, stars)
         ctx.toast = ctx.t("resident.rated_short")
         return
-    if payload.kind == "rv":
+    if payload.kind is p.PayloadKind.REVISIT:
         revisit = await ctx.session.get(Revisit, oid)
         if revisit is None or revisit.status != "open":
             raise OrderError("error.revisit_done_already")
         grid = await ctx.session.get(Grid, revisit.grid_id)
         if grid is None or not await can_manage(ctx.session, person.id, grid):
             raise OrderError("error.not_your_button")
-        await ctx.set_conversation(FLOW_REVISIT, "note", {"revisit_id": oid})
+        await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": oid})
         ctx.say(
             "revisit.ask_note",
             [
@@ -78,7 +78,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         ctx.toast = ctx.t("dispatch.handle_short")
     elif action == "esc":
         await ctx.orders.escalation_check(person, oid)
-        await ctx.set_conversation(FLOW_ESCALATE, "reason", {"order_id": oid})
+        await ctx.set_conversation(FLOW_ESCALATE, Step.REASON, {"order_id": oid})
         ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
     elif action == "acc":
         order = await ctx.orders.accept(person, oid)
@@ -88,7 +88,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         ctx.toast = ctx.t("member.declined_short")
     elif action == "done":
         await ctx.orders.start_done(person, oid)
-        await ctx.set_conversation(FLOW_DONE, "note", {"order_id": oid})
+        await ctx.set_conversation(FLOW_DONE, Step.NOTE, {"order_id": oid})
         ctx.say(
             "member.ask_done_note",
             [
@@ -111,7 +111,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
                     Button(ctx.t("btn.keep_order"), p.order("view", oid)),
                 ]
             ],
-            ref=cancel_ask_ref(oid),
+            ref=refs.cancel_ask(oid),
         )
     elif action == "cxy":
         order = await ctx.orders.cancel(person, oid)
@@ -119,7 +119,7 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         # The question loses its buttons (where the platform can edit): nothing to press twice.
         await ctx.notify.edit_for_person(
             person.id,
-            cancel_ask_ref(oid),
+            refs.cancel_ask(oid),
             lambda lang: Outbound(
                 ctx.tr.t(lang, "resident.cancelled", number=cards.number(order))
             ),
@@ -129,11 +129,6 @@ async def button(ctx: Ctx, payload: p.Payload) -> None:
         await show_order(ctx, oid)
     else:  # pragma: no cover - parse() only lets known actions through
         raise OrderError("error.button_invalid")
-
-
-def cancel_ask_ref(order_id: int) -> str:
-    """Outbox ref of the "withdraw this order?" question."""
-    return f"cxask:{order_id}"
 
 
 async def show_order(ctx: Ctx, order_id: int) -> None:

@@ -13,7 +13,7 @@ from bot.core import payloads as p
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from handlers import common
-from handlers.context import FLOW_PROFILE, Ctx
+from handlers.context import FLOW_PROFILE, Ctx, Step
 from models import Building, Role
 from models.people import ROLE_RESIDENT
 
@@ -101,12 +101,12 @@ async def edit(ctx: Ctx, what: str, value: str | None = None) -> None:
         raise OrderError("error.not_bound")
     if what not in ("name", "phone", "room"):
         raise OrderError("error.button_invalid")
-    if what == "room" and await _residence(ctx) is None:
+    if what == Step.ROOM and await _residence(ctx) is None:
         raise OrderError("me.no_room")
     if value is not None:
         await _apply(ctx, what, value.strip())
         return
-    await ctx.set_conversation(FLOW_PROFILE, what, {})
+    await ctx.set_conversation(FLOW_PROFILE, Step(what), {})
     ctx.say(f"me.ask_{what}", [common.cancel_row(ctx)])
 
 
@@ -121,27 +121,27 @@ async def _apply(ctx: Ctx, what: str, text: str) -> None:
     """Store the new name, phone or room; bad input is asked again and changes nothing."""
     assert ctx.person is not None
     again = [common.cancel_row(ctx)]
-    if what == "name":
+    if what == Step.NAME:
         name = clean_name(text)
         if name is None:
-            await ctx.set_conversation(FLOW_PROFILE, what, {})
+            await ctx.set_conversation(FLOW_PROFILE, Step.NAME, {})
             ctx.say("bind.bad_name", again)
             return
         ctx.person.name = name
-    elif what == "phone":
+    elif what == Step.PHONE:
         phone = normalize_phone(text)
         if phone is None:
-            await ctx.set_conversation(FLOW_PROFILE, what, {})
+            await ctx.set_conversation(FLOW_PROFILE, Step.PHONE, {})
             ctx.say("me.bad_phone", again)
             return
         ctx.person.phone = phone
-    elif what == "room":
+    elif what == Step.ROOM:
         residence = await _residence(ctx)
         if residence is None:
             await ctx.end_conversation()
             raise OrderError("me.no_room")
         if not room_ok(text):
-            await ctx.set_conversation(FLOW_PROFILE, what, {})
+            await ctx.set_conversation(FLOW_PROFILE, Step.ROOM, {})
             ctx.say("me.bad_room", again)
             return
         residence.room = text

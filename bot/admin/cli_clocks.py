@@ -3,7 +3,7 @@
 ``clocks list`` prints the defaults (``GRIDBOT_ORDER_*`` and each category's deadline) and every
 row; ``clocks set`` creates or updates the row of one (category, level) scope; ``clocks unset``
 clears durations of a row or deletes it. How the order clocks read the rows:
-:meth:`bot.core.duties.DutyService.clocks_for`.
+:meth:`bot.core.order_clocks.OrderClocks.clocks_for`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``clocks:`` section of a community file write, and how a level name or depth is resolved.
 
 A row sets durations for one scope, (category, depth), either of which may be ``None`` (any);
-the order clocks read them (:mod:`bot.core.duties`).
+the order clocks read them (:mod:`bot.core.order_clocks`).
 """
 
 from __future__ import annotations

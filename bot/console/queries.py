@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot.config import Settings
-from bot.core.duties import resolve_clocks
+from bot.core.order_clocks import resolve_clocks
 from bot.reports.kpi import Period
 from models import Building, Category, Grid, Order, Person
 from models.orders import (
@@ -72,7 +72,7 @@ async def overdue_condition(
     session: AsyncSession, settings: Settings, now: datetime
 ) -> Any:
     """Overdue, the one rule of the order clock and the daily digest
-    (``bot.core.duties``): accepted, and ``now`` is at or past the acceptance time plus the
+    (``bot.core.order_clocks``): accepted, and ``now`` is at or past the acceptance time plus the
     deadline (hours) the clocks give the order's category at its handling grid's depth.
 
     Written as one condition per category and group of depths with the same deadlines, so

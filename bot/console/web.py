@@ -36,11 +36,12 @@ from bot.console import auth, kept
 from bot.console.queries import OPEN, STATUSES, OrderFilter, order_ids, order_page
 from bot.core import points
 from bot.core.cards import number
-from bot.core.duties import DutyService, hold_order_pushes
+from bot.core.duties.service import DutyService
 from bot.core.invites import signing_key
 from bot.core.notify import Notifier
 from bot.core.orders import ESCALATABLE, OrderError, OrderService
 from bot.core.points import PointsRules
+from bot.core.quiet_hours import hold_order_pushes
 from bot.core.responsibility import can_manage, members_in_subtree
 from bot.i18n import SUPPORTED, Translator, normalize_locale
 from bot.media import MediaStore

@@ -35,9 +35,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.core.duties import hold_order_pushes
 from bot.core.notify import Notifier
 from bot.core.orders import NewOrder, OrderService
+from bot.core.quiet_hours import hold_order_pushes
 from bot.i18n import Translator
 from models import Building, Category, CityRequest, Grid, Order, Person, Role
 from models.orders import SOURCE_CITY

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core import cards, points
+from bot.core import cards, points, refs
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
 from bot.core.points import PointsRules
@@ -102,16 +102,6 @@ class NewOrder:
     source: str = SOURCE_RESIDENT
     note_key: str = "dispatch.new"
     note_args: dict[str, str] = field(default_factory=dict)
-
-
-def receipt_ref(order_id: int) -> str:
-    """Outbox ref of the resident's "received" message (its cancel button goes stale)."""
-    return f"receipt:{order_id}"
-
-
-def offer_ref(offer_id: int) -> str:
-    """Outbox ref of the message that carries an offer (so it can be edited later)."""
-    return f"offer:{offer_id}"
 
 
 class OrderService:
@@ -201,7 +191,7 @@ class OrderService:
             for pid in (
                 await self.session.scalars(
                     select(OutboxMessage.person_id)
-                    .where(OutboxMessage.ref == f"disp:{order.id}")
+                    .where(OutboxMessage.ref == refs.dispatch(order.id))
                     .distinct()
                 )
             ).all()
@@ -231,9 +221,9 @@ class OrderService:
             )
 
         for pid in handlers:
-            await self.notify.edit_for_person(pid, f"disp:{order.id}", card)
+            await self.notify.edit_for_person(pid, refs.dispatch(order.id), card)
         if closed_receipt:
-            await self.notify.edit_for_person(order.resident_id, receipt_ref(order.id), receipt)
+            await self.notify.edit_for_person(order.resident_id, refs.receipt(order.id), receipt)
 
     @staticmethod
     def _stale_key(order: Order) -> str:
@@ -262,7 +252,7 @@ class OrderService:
             row = await self.notify.to_person(
                 pid,
                 lambda lang: cards.dispatch_card(self.tr, lang, view, note_key, **args),
-                ref=f"disp:{order.id}",
+                ref=refs.dispatch(order.id),
             )
             reached += row is not None
         return reached
@@ -282,7 +272,7 @@ class OrderService:
         await self.notify.to_person(
             order.resident_id,
             lambda lang: Outbound(self.tr.t(lang, key, number=number(order), **args), kind=kind),
-            ref=f"note:{order.id}",
+            ref=refs.note(order.id),
         )
 
     async def _assignee_name(self, order: Order) -> str:
@@ -303,7 +293,7 @@ class OrderService:
                     [[Button(self.tr.t(lang, "btn.view", number=number(order)),
                              cards.p.order("view", order.id))]],
                 ),
-                ref=f"news:{order.id}",
+                ref=refs.news(order.id),
             )
 
     async def _close_open_offers(
@@ -329,7 +319,7 @@ class OrderService:
             offer.status = new_status
             await self.notify.edit_for_person(
                 offer.person_id,
-                offer_ref(offer.id),
+                refs.offer(offer.id),
                 lambda lang: cards.offer_closed(self.tr, lang, view, key, **args),
             )
 
@@ -602,7 +592,7 @@ class OrderService:
             await self.notify.to_person(
                 pid,
                 lambda lang: cards.offer_card(self.tr, lang, view, assigned=assigned),
-                ref=offer_ref(offer.id),
+                ref=refs.offer(offer.id),
             )
             reached += 1
         return reached
@@ -731,7 +721,7 @@ class OrderService:
             view = await self.view(order)
             await self.notify.edit_for_person(
                 person.id,
-                offer_ref(mine.id),
+                refs.offer(mine.id),
                 lambda lang: cards.offer_closed(self.tr, lang, view, "offer.yours"),
             )
         await self._close_open_offers(order, OFFER_TAKEN, "offer.taken", name=person.name)
@@ -744,7 +734,7 @@ class OrderService:
         await self.notify.to_person(
             person.id,
             lambda lang: cards.assignee_card(self.tr, lang, view, "member.accepted"),
-            ref=f"task:{order.id}",
+            ref=refs.task(order.id),
         )
         await self._tell_resident(order, "resident.accepted", kind="accepted", name=person.name)
         for pid in await self._handlers(order):
@@ -777,7 +767,7 @@ class OrderService:
         view = await self.view(order)
         await self.notify.edit_for_person(
             person.id,
-            offer_ref(offer.id),
+            refs.offer(offer.id),
             lambda lang: cards.offer_closed(self.tr, lang, view, "offer.declined"),
         )
         await self.session.flush()
@@ -824,7 +814,7 @@ class OrderService:
         await self.notify.to_person(
             order.resident_id,
             lambda lang: cards.rating_card(self.tr, lang, view),
-            ref=f"rate:{order.id}",
+            ref=refs.rate(order.id),
         )
         await self._tell_handlers_news(order, "handler.done", name=person.name)
         return order
@@ -909,7 +899,7 @@ class OrderService:
             def withdrawn(lang: str, view: OrderView = view) -> Outbound:
                 return cards.offer_closed(self.tr, lang, view, "offer.withdrawn")
 
-            await self.notify.edit_for_person(person.id, offer_ref(offer.id), withdrawn)
+            await self.notify.edit_for_person(person.id, refs.offer(offer.id), withdrawn)
             done.offers_withdrawn += 1
             await self.session.flush()
             still_open = await self.session.scalar(
@@ -946,12 +936,14 @@ class OrderService:
                 select(OutboxMessage.ref)
                 .where(
                     OutboxMessage.person_id == person.id,
-                    OutboxMessage.ref.startswith("disp:", autoescape=True),
+                    OutboxMessage.ref.startswith(
+                        refs.Ref.prefix(refs.RefKind.DISPATCH), autoescape=True
+                    ),
                 )
                 .distinct()
             )
         ).all()
-        order_ids = sorted({int(ref.split(":", 1)[1]) for ref in carded if ref})
+        order_ids = sorted({r.id for ref in carded if (r := refs.parse_ref(ref)) is not None})
         for order_id in order_ids:
             order = await self.get(order_id)
             if order.status not in AWAITING_DISPATCH:

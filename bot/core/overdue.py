@@ -2,8 +2,8 @@
 and by ``/queue`` (which shows it).
 
 An order's current state has one clock (its values resolved per category and level by
-:func:`bot.core.duties.resolve_clocks`, shown by ``gridbot clocks``), counted from the order's
-last change (``updated_at``, set by every transition):
+:func:`bot.core.order_clocks.resolve_clocks`, shown by ``gridbot clocks``), counted from the
+order's last change (``updated_at``, set by every transition):
 
 * waiting for dispatch (submitted, escalated): ``dispatch_minutes`` — nobody dispatched it;
 * dispatched (offered): ``accept_minutes`` — nobody accepted it;
@@ -23,7 +23,7 @@ from models.orders import ACCEPTED, AWAITING_DISPATCH, DISPATCHED
 
 
 class StateClocks(Protocol):
-    """The clock values :func:`due_at` reads (``bot.core.duties.Clocks`` has them)."""
+    """The clock values :func:`due_at` reads (``bot.core.order_clocks.Clocks`` has them)."""
 
     @property
     def dispatch_minutes(self) -> int: ...

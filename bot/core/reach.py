@@ -13,8 +13,10 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.core import refs
 from bot.core.cards import number
 from bot.core.notify import Notifier
+from bot.core.refs import RefKind, parse_ref
 from bot.core.responsibility import escalation_target, new_order_target
 from bot.i18n import Translator
 from bot.ports import Outbound
@@ -22,22 +24,23 @@ from models import Grid, Identity, Offer, Order, OutboxMessage, Person
 
 log = logging.getLogger(__name__)
 
-#: Ref prefix of the notices themselves (never reported again, so nothing loops).
-NOTICE_PREFIX = "unreach:"
-#: Refs whose number is an order id (``offer:`` names an offer).
-ORDER_REFS = ("disp", "task", "rate", "receipt", "note")
+#: Refs whose number is an order id (``offer:`` names an offer). The notices themselves
+#: (:data:`RefKind.UNREACHABLE`) are never reported again, so nothing loops.
+ORDER_REFS = frozenset(
+    {RefKind.DISPATCH, RefKind.TASK, RefKind.RATE, RefKind.RECEIPT, RefKind.NOTE}
+)
 
 
-async def order_of(session: AsyncSession, ref: str | None) -> Order | None:
+async def order_of(session: AsyncSession, raw: str | None) -> Order | None:
     """The order an outbox ref is about, if any."""
-    prefix, _, ident = (ref or "").partition(":")
-    if not ident.isdigit():
+    ref = parse_ref(raw)
+    if ref is None:
         return None
-    if prefix == "offer":
-        offer = await session.get(Offer, int(ident))
+    if ref.kind is RefKind.OFFER:
+        offer = await session.get(Offer, ref.id)
         return await session.get(Order, offer.order_id) if offer is not None else None
-    if prefix in ORDER_REFS:
-        return await session.get(Order, int(ident))
+    if ref.kind in ORDER_REFS:
+        return await session.get(Order, ref.id)
     return None
 
 
@@ -57,7 +60,8 @@ async def report_unreachable(
     handler, the head of the parent grid (walking further up if need be) is told.
     """
     notifier = Notifier(session, tr, default_locale)
-    if row.person_id is None or (row.ref or "").startswith(NOTICE_PREFIX):
+    ref = parse_ref(row.ref)
+    if row.person_id is None or (ref is not None and ref.kind is RefKind.UNREACHABLE):
         log.warning("outbox %s could not be pushed and names nobody to tell", row.id)
         return []
     other = await session.scalar(
@@ -98,7 +102,7 @@ async def report_unreachable(
             written = await notifier.to_person(
                 pid,
                 lambda lang: Outbound(tr.t(lang, "push.unreachable", name=name, number=no)),
-                ref=f"{NOTICE_PREFIX}{order.id}",
+                ref=refs.unreachable(order.id),
             )
             told = told or written is not None
         if told or above is None:

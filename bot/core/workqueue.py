@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import resolve_clocks
+from bot.core.order_clocks import resolve_clocks
 from bot.core.overdue import overdue_by
 from models import Building, Grid, Order, Person
 from models.orders import AWAITING_DISPATCH, OPEN_STATES

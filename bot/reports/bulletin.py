@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.i18n import Translator
 from bot.media import MediaStore
 from bot.ports import Outbound
@@ -299,8 +299,8 @@ async def monthly_for_grid(
 async def monthly(runtime_service: Callable[[], Any], due_at: datetime) -> int:
     """Day 1: the bulletin of the month before to every admin and head, for each grid they
     hold that role on, one transaction per grid (``runtime_service`` opens one: a
-    :class:`~bot.core.duties.DutyService` context), so each grid's messages go out as soon as
-    they are made and a failure costs one grid. Returns how many went out."""
+    :class:`~bot.core.duties.service.DutyService` context), so each grid's messages go out as
+    soon as they are made and a failure costs one grid. Returns how many went out."""
     async with runtime_service() as duties:
         groups = await recipients(duties.session)
     sent = 0

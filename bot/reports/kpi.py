@@ -8,8 +8,8 @@ How the figures are made (the README's "Reports and the monthly bulletin" repeat
   whose own grid (the grid of the resident's building) lies in the subtree. Their events count
   **up to the period's end**, so a report for a past period gives the same answer whenever it
   is made (the ledger can be reconciled at year end).
-* **The clocks** are the configured ones (:func:`bot.core.duties.resolve_clocks`, the code the
-  order clocks and ``gridbot clocks`` use), for the order's category at the depth of the grid
+* **The clocks** are the configured ones (:func:`bot.core.order_clocks.resolve_clocks`, the code
+  the order clocks and ``gridbot clocks`` use), for the order's category at the depth of the grid
   handling it (as stored on the order, the rule the daily digest uses for "overdue").
 * **Rates** are :class:`Ratio` objects: numerator and denominator are kept, and a rate with
   an empty denominator is ``None`` (shown as "—"), never a division by zero.
@@ -83,8 +83,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot.config import Settings
-from bot.core.duties import Clocks, resolve_clocks
+from bot.core.order_clocks import Clocks, resolve_clocks
 from bot.core.points import standings
+from bot.core.refs import Ref, RefKind
 from bot.core.responsibility import path_ids
 from bot.reports.sql import digits, epoch_us, first_of, flag, last_of, path_segment
 from models import (
@@ -599,7 +600,7 @@ def order_rows(
     )
     channel = (
         select(OutboxMessage.channel)
-        .where(OutboxMessage.ref == literal("receipt:") + cast(Order.id, String))
+        .where(OutboxMessage.ref == literal(Ref.prefix(RefKind.RECEIPT)) + cast(Order.id, String))
         .limit(1)
         .scalar_subquery()
     )

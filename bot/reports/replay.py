@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.duties import resolve_clocks
+from bot.core import refs
+from bot.core.order_clocks import resolve_clocks
 from bot.reports.kpi import (
     ACCEPT_ACTIONS,
     DISPATCH_ACTIONS,
@@ -165,13 +166,17 @@ async def load_orders_replay(
         events[ev.order_id].append(ev)
     channels: dict[int, str] = {}
     for chunk in _chunks([o.id for o in orders]):
-        refs = [f"receipt:{i}" for i in chunk]
+        receipts = [refs.receipt(i) for i in chunk]
         for ref, channel in (
             await session.execute(
-                select(OutboxMessage.ref, OutboxMessage.channel).where(OutboxMessage.ref.in_(refs))
+                select(OutboxMessage.ref, OutboxMessage.channel).where(
+                    OutboxMessage.ref.in_(receipts)
+                )
             )
         ).all():
-            channels[int(str(ref).split(":", 1)[1])] = channel
+            parsed = refs.parse_ref(ref)
+            assert parsed is not None
+            channels[parsed.id] = channel
     cache: dict[Any, Any] = {}
     facts = []
     for o in orders:

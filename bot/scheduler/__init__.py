@@ -67,7 +67,7 @@ from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.core.duties import DutyService
+from bot.core.duties.service import DutyService
 from bot.core.notify import Notifier
 from bot.i18n import Translator
 from bot.scheduler.triggers import daily_trigger, patrol_trigger, sweep_trigger, visit_trigger

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from bot.config import Settings
-from bot.core.duties import parse_hhmm
+from bot.core.quiet_hours import parse_hhmm
 from bot.i18n import Translator
 from bot.instance import new_holder
 from bot.lease import Lease

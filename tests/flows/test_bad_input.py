@@ -3,6 +3,8 @@ polite answer and changes nothing."""
 
 from __future__ import annotations
 
+from sqlalchemy import update
+
 from models import Conversation, Order
 from tests.conftest import Harness
 from tests.flows.helpers import LIGHT, conversation_of, new_order, person, snapshot
@@ -165,3 +167,20 @@ async def test_stale_flow_buttons(harness: Harness) -> None:
     await resident.press("取消", message=ask)
     assert STALE in resident.last().text
     assert await snapshot(harness) == before
+
+
+async def test_a_conversation_in_a_step_no_longer_declared_starts_afresh(harness: Harness) -> None:
+    """A conversation row written by another version (a step this one does not declare) is
+    left politely: the sender gets the menu hint, the row goes, nothing else changes."""
+    resident = await harness.login("p-zhang-ayi")
+    await resident.send("/order")
+    await resident.press("维修")
+    assert await conversation_of(harness, resident) == ("order", "description")
+    async with harness.app.sessionmaker() as session, session.begin():
+        await session.execute(update(Conversation).values(state="retired_step"))
+    orders = await harness.count(Order)
+
+    await resident.send("楼道灯坏了")
+    assert "没有看懂您的意思" in resident.last().text and resident.last().message.menu
+    assert await conversation_of(harness, resident) is None
+    assert await harness.count(Order) == orders

@@ -17,23 +17,29 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.core.refs import RefKind, parse_ref
 from models import Identity, OutboxMessage
 
 #: How long after a person's last message customer-service messages may reach them.
 WINDOW = timedelta(hours=48)
-#: Push kind of an outbox row by the prefix of its ``ref`` (when the payload names none).
-KIND_BY_REF = {"offer": "offer", "disp": "offer", "task": "accepted", "rate": "rate"}
+#: Push kind of an outbox row by the kind of its ``ref`` (when the payload names none).
+KIND_BY_REF = {
+    RefKind.OFFER: "offer",
+    RefKind.DISPATCH: "offer",
+    RefKind.TASK: "accepted",
+    RefKind.RATE: "rate",
+}
 #: Strangers remembered at most (the oldest is forgotten first).
 STRANGERS = 10_000
 
 
 def push_kind(row: OutboxMessage) -> str:
-    """What kind of push a row is: from its payload's ``kind``, else its ref's prefix."""
+    """What kind of push a row is: from its payload's ``kind``, else its ref's kind."""
     kind = (row.payload or {}).get("kind")
     if kind:
         return str(kind)
-    prefix = (row.ref or "").split(":", 1)[0]
-    return KIND_BY_REF.get(prefix, "other")
+    ref = parse_ref(row.ref)
+    return KIND_BY_REF.get(ref.kind, "other") if ref is not None else "other"
 
 
 class PushWindow:
