@@ -40,6 +40,7 @@ from bot.core.cards import number
 from bot.core.city import UNPLACED_CODE, CityHandOff, CityRefused, hand_over
 from bot.core.duties.service import DutyService
 from bot.core.notify import Notifier
+from bot.core.order_clocks import ClockCache
 from bot.i18n import Translator
 from models import Building, Category, CityRequest, Grid, Order, OrderEvent
 from models.orders import ACCEPTED, DONE, OPEN_STATES
@@ -360,7 +361,7 @@ class Open311:
             self.settings,
             self.clock(),
         )
-        cache: dict[Any, Any] = {}
+        cache = ClockCache()
         out = []
         for o in orders:
             building, grid = buildings[o.building_id], grids[o.handling_grid_id]

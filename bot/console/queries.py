@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot.config import Settings
-from bot.core.order_clocks import resolve_clocks
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.reports.kpi import Period
 from models import Building, Category, Grid, Order, Person
 from models.orders import (
@@ -80,7 +80,7 @@ async def overdue_condition(
     by level)."""
     depths = sorted((await session.scalars(select(Grid.depth).distinct())).all())
     categories = sorted((await session.scalars(select(Category.code))).all())
-    cache: dict[Any, Any] = {}
+    cache = ClockCache()
     groups: dict[tuple[int, ...], list[int]] = {}
     for depth in depths:
         hours = tuple(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -47,23 +47,32 @@ class Clocks:
     rate_days: int
 
 
+@dataclass
+class ClockCache:
+    """What one pass has read of ``clock_setting`` and the clocks it has answered, so a pass
+    reads the table once (a caller keeps one for a pass, never longer)."""
+
+    rows: list[ClockSetting] | None = None
+    categories: dict[str, Category] = field(default_factory=dict)
+    answers: dict[tuple[str, int], Clocks] = field(default_factory=dict)
+
+
 async def resolve_clocks(
-    session: AsyncSession, settings: Settings, category: str, depth: int, cache: dict[Any, Any]
+    session: AsyncSession, settings: Settings, category: str, depth: int, cache: ClockCache
 ) -> Clocks:
     """The clocks of a category at a level: most specific setting row first, then the
-    category's deadline, then the service defaults. ``cache`` (a dict the caller keeps for one
-    pass) holds the rows and the answers, so a pass reads ``clock_setting`` once."""
+    category's deadline, then the service defaults."""
     key = (category, depth)
-    if key in cache:
-        return cache[key]
-    if "rows" not in cache:
-        cache["rows"] = (await session.scalars(select(ClockSetting))).all()
-        cache["cats"] = {c.code: c for c in (await session.scalars(select(Category)))}
-    rows: list[ClockSetting] = sorted(
-        (r for r in cache["rows"] if r.category in (None, category) and r.depth in (None, depth)),
+    if key in cache.answers:
+        return cache.answers[key]
+    if cache.rows is None:
+        cache.rows = list((await session.scalars(select(ClockSetting))).all())
+        cache.categories = {c.code: c for c in (await session.scalars(select(Category)))}
+    rows = sorted(
+        (r for r in cache.rows if r.category in (None, category) and r.depth in (None, depth)),
         key=lambda r: (r.category is not None, r.depth is not None),
     )
-    cat = cache["cats"].get(category)
+    cat = cache.categories.get(category)
     values: dict[str, Any] = {
         "dispatch_minutes": settings.order_dispatch_minutes,
         "accept_minutes": settings.order_accept_minutes,
@@ -75,15 +84,15 @@ async def resolve_clocks(
         for name in values:
             if getattr(row, name) is not None:
                 values[name] = getattr(row, name)
-    cache[key] = Clocks(**values)
-    return cache[key]
+    clocks = cache.answers[key] = Clocks(**values)
+    return clocks
 
 
 class OrderClocks(DutyBase):
     """The order clocks acting on open orders: auto-broadcast, escalate, remind, auto-close
     (a pass the scheduler runs; non-urgent orders wait out quiet hours)."""
 
-    async def clocks_for(self, category: str, depth: int, cache: dict[Any, Any]) -> Clocks:
+    async def clocks_for(self, category: str, depth: int, cache: ClockCache) -> Clocks:
         """The clocks of a category at a level (see :func:`resolve_clocks`)."""
         return await resolve_clocks(self.session, self.settings, category, depth, cache)
 
@@ -93,7 +102,7 @@ class OrderClocks(DutyBase):
         Non-urgent orders' clocks do not act during quiet hours (nobody could have answered).
         """
         done: dict[str, int] = defaultdict(int)
-        cache: dict[Any, Any] = {}
+        cache = ClockCache()
         orders = (
             await self.session.scalars(
                 select(Order).where(Order.status.in_(OPEN_STATES)).order_by(Order.id)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core import cards, points, refs
+from bot.core import cards, payloads, points, refs
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
 from bot.core.points import PointsRules
@@ -207,7 +207,7 @@ class OrderService:
             buttons = []
             if order.status in ESCALATABLE and order.status not in AWAITING_DISPATCH:
                 buttons = [
-                    [Button(self.tr.t(lang, "btn.escalate"), cards.p.order("esc", order.id))]
+                    [Button(self.tr.t(lang, "btn.escalate"), payloads.order("esc", order.id))]
                 ]
             text = cards.card_text(self.tr, lang, view, contact=True, full=True)
             return Outbound(text, buttons)
@@ -291,7 +291,7 @@ class OrderService:
                 lambda lang: Outbound(
                     self.tr.t(lang, key, number=number(order), **args),
                     [[Button(self.tr.t(lang, "btn.view", number=number(order)),
-                             cards.p.order("view", order.id))]],
+                             payloads.order("view", order.id))]],
                 ),
                 ref=refs.news(order.id),
             )
@@ -531,7 +531,7 @@ class OrderService:
                     + "\n\n"
                     + cards.card_text(self.tr, lang, view, contact=True, full=True),
                     buttons=[
-                        [Button(self.tr.t(lang, "btn.revisit_done"), cards.p.revisit(revisit.id))]
+                        [Button(self.tr.t(lang, "btn.revisit_done"), payloads.revisit(revisit.id))]
                     ],
                 ),
             )

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.order_clocks import resolve_clocks
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.core.overdue import overdue_by
 from models import Building, Grid, Order, Person
 from models.orders import AWAITING_DISPATCH, OPEN_STATES
@@ -74,7 +73,7 @@ async def work_queue(
             select(Person.id, Person.name).where(Person.id.in_(assignee_ids))
         )
         names = {pid: name for pid, name in people.all()}
-    cache: dict[Any, Any] = {}
+    cache = ClockCache()
     for order, depth, building in rows:
         clocks = await resolve_clocks(session, settings, order.category, depth, cache)
         item = QueueItem(

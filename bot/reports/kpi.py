@@ -83,7 +83,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot.config import Settings
-from bot.core.order_clocks import Clocks, resolve_clocks
+from bot.core.order_clocks import ClockCache, Clocks, resolve_clocks
 from bot.core.points import standings
 from bot.core.refs import Ref, RefKind
 from bot.core.responsibility import path_ids
@@ -472,7 +472,7 @@ async def cohort_clocks(
             .distinct()
         )
     ).all()
-    cache: dict[Any, Any] = {}
+    cache = ClockCache()
     return {(c, d): await resolve_clocks(session, settings, c, d, cache) for c, d in pairs}
 
 

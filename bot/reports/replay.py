@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
 from bot.core import refs
-from bot.core.order_clocks import resolve_clocks
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.reports.kpi import (
     ACCEPT_ACTIONS,
     DISPATCH_ACTIONS,
@@ -177,7 +177,7 @@ async def load_orders_replay(
             parsed = refs.parse_ref(ref)
             assert parsed is not None
             channels[parsed.id] = channel
-    cache: dict[Any, Any] = {}
+    cache = ClockCache()
     facts = []
     for o in orders:
         handling = scope.grids.get(o.handling_grid_id)

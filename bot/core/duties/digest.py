@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bot.core.duties.base import DutyBase
-from bot.core.order_clocks import resolve_clocks
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.core.overdue import overdue_by
 from models import Grid, Household, Order, PatrolRun, Role, VisitLog
 from models.duties import RUN_MISSED, RUN_SKIPPED
@@ -38,7 +38,7 @@ class DigestDuties(DutyBase):
         ).all()
         grids = (await self.session.scalars(select(Grid))).all()
         depths = {g.id: g.depth for g in grids}
-        clock_cache: dict[Any, Any] = {}
+        clock_cache = ClockCache()
         sent = 0
         for head_id, grid in heads:
             subtree = select(Grid.id).where(Grid.path.startswith(grid.path))
