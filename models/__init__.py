@@ -17,6 +17,7 @@ from models.duties import (
     Whistle,
     WhistleAnswer,
 )
+from models.facts import OrderFactsRow
 from models.grid import Building, Category, Community, Grid
 from models.messaging import (
     Conversation,
@@ -56,6 +57,7 @@ __all__ = [
     "OfferedChoices",
     "Order",
     "OrderEvent",
+    "OrderFactsRow",
     "OutboxMessage",
     "PatrolPlan",
     "PatrolRun",
