@@ -1411,6 +1411,7 @@ async def build_report(
     now: datetime,
     *,
     with_orders: bool = True,
+    naive: bool = False,
 ) -> Report:
     """The figures of ``scope`` for ``period`` and the period before, per child grid ranked
     by :func:`score`, the orders (the ledger's rows; none with ``with_orders=False``),
@@ -1420,7 +1421,7 @@ async def build_report(
     current: dict[str, Any] = {}
     before: dict[str, Any] = {}
     for per, store in ((period, current), (previous, before)):
-        store["orders"] = await cohort_figures(session, settings, scope, per)
+        store["orders"] = await cohort_figures(session, settings, scope, per, naive=naive)
         store["duties"] = await load_duties(session, scope, per)
     keys = {gid: child_key(scope, gid) for gid in scope.ids()}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.reports.kpi import (
@@ -25,7 +25,8 @@ from bot.reports.kpi import (
     settled,
     stored_facts,
 )
-from models import Building, Order, OrderEvent, OrderFactsRow, Person
+from models import Building, Community, Grid, Order, OrderEvent, OrderFactsRow, Person
+from models.db import make_engine, upgrade
 from models.facts import STATUS_CODE, epoch_us, rebuild, refresh
 from tests.conftest import Harness
 from tests.duties.conftest import SH
@@ -169,3 +170,41 @@ async def test_facts_equal_the_event_log_after_random_histories(harness: Harness
                                  .where(*settled(wide)))
         assert n == with_events
     assert from_facts > 300
+
+
+async def test_migration_0020_fills_the_rows_from_the_event_log(database_url: str) -> None:
+    """Orders and events written before 0020 (no rows then) get their rows from the upgrade."""
+    engine = make_engine(database_url)
+    at = local(2026, 10, 5, 10, 0)
+    try:
+        await upgrade(engine, "0016")
+        async with engine.begin() as conn:
+            await conn.execute(insert(Community), [{"id": 1, "code": "c", "name": "c"}])
+            await conn.execute(insert(Grid), [{"id": 1, "community_id": 1, "code": "g",
+                                               "name": "g", "depth": 0, "path": "/1/"}])
+            await conn.execute(insert(Building), [{"id": 1, "code": "b", "grid_id": 1,
+                                                   "name": "b", "address": ""}])
+            await conn.execute(insert(Person), [{"id": 1, "name": "p"}])
+            await conn.execute(insert(Order), [
+                {"id": n, "resident_id": 1, "building_id": 1, "grid_id": 1,
+                 "handling_grid_id": 1, "category": "repair", "description": "d",
+                 "created_at": at} for n in (1, 2, 3)])
+            steps = [(1, 0, "submit", "submitted", None), (1, 5, "assign", "dispatched", None),
+                     (1, 9, "accept", "accepted", None), (1, 60, "done", "done", None),
+                     (1, 90, "rate", "confirmed", "4"), (2, 0, "submit", "submitted", None),
+                     (2, 3, "cancel", "cancelled", None)]
+            await conn.execute(insert(OrderEvent), [
+                {"order_id": o, "actor_id": 1, "action": a, "to_status": s, "note": note,
+                 "created_at": at + timedelta(minutes=m)} for o, m, a, s, note in steps])
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            got = {r.order_id: r for r in (await conn.execute(select(OrderFactsRow))).all()}
+    finally:
+        await engine.dispose()
+    assert sorted(got) == [1, 2]  # order 3 has no events
+    one, two = got[1], got[2]
+    assert (one.first_us, one.accepted_us, one.done_us, one.stars, one.verdict) == (
+        epoch_us(at), epoch_us(at + timedelta(minutes=9)),
+        epoch_us(at + timedelta(minutes=60)), 4, 1)
+    assert one.offer_us == epoch_us(at + timedelta(minutes=5)) and one.handler_id == 1
+    assert two.status_code == STATUS_CODE["cancelled"] and two.responded_us is None
