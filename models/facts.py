@@ -5,7 +5,8 @@ The row is the order's events folded in their order (``created_at``, then ``id``
 time in integer microseconds since 1970 UTC: first and last event, first handling by a person
 (and who), first dispatch, first acceptance (whether it was "handle myself", and the last offer
 before it), the last "done", rating and cancel, the first close, the last word of the resident,
-the stars, counts of reopenings and escalations, auto-close, the last event's status. The
+the stars, counts of reopenings and escalations, auto-close, the last event's status; and the
+order's submission time and the channel of its receipt (the outbox message ``receipt:<id>``). The
 definitions are those of :func:`bot.reports.kpi.order_rows` (the figures are the same whether
 read from here or from the events; ``tests/reports/test_order_facts.py`` checks it).
 
@@ -29,11 +30,22 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, delete, event, insert, select
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    delete,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
+from models.messaging import OutboxMessage
 from models.orders import (
     ACCEPTED,
     AUTO_CLOSED,
@@ -74,13 +86,15 @@ class OrderFactsRow(Base):
     """The facts of one order read from all its events (see the module docstring)."""
 
     __tablename__ = "order_facts"
-    #: The reports' cohort check (``first_us``/``last_us`` inside the period) reads this row by
-    #: the order's id; ``last_us`` finds the orders still moving after a period's end.
-    __table_args__ = (Index("ix_order_facts_last_us", "last_us"),)
+    #: A period's cohort (orders submitted in it) is a range of ``submitted_us``: the reports
+    #: read the period's rows by this index instead of the whole table.
+    __table_args__ = (Index("ix_order_facts_submitted_us", "submitted_us"),)
 
     order_id: Mapped[int] = mapped_column(
         ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
+    #: The order's submission (``orders.created_at``, which never changes).
+    submitted_us: Mapped[int] = mapped_column(BigInteger)
     first_us: Mapped[int] = mapped_column(BigInteger)
     last_us: Mapped[int] = mapped_column(BigInteger)
     #: The last event's status (:data:`STATUS_CODE`; 0 for a status not listed).
@@ -106,18 +120,24 @@ class OrderFactsRow(Base):
     cancelled_us: Mapped[int | None] = mapped_column(BigInteger)
     escalations: Mapped[int] = mapped_column(SmallInteger, default=0)
     auto_closed: Mapped[int] = mapped_column(SmallInteger, default=0)
+    #: The channel of the order's receipt (the outbox message ``receipt:<id>``; the first).
+    channel: Mapped[str | None] = mapped_column(String(16))
 
 
-def fold(order_id: int, events: Iterable[Any]) -> dict[str, Any] | None:
+RECEIPT = "receipt:"
+
+
+def fold(order_id: int, submitted_at: datetime, events: Iterable[Any]) -> dict[str, Any] | None:
     """The facts row (column → value) of one order from its events, given in their order
     (rows with ``created_at``, ``action``, ``to_status``, ``actor_id``, ``note``); ``None``
     without events."""
     row: dict[str, Any] = {
-        "order_id": order_id, "first_us": None, "last_us": None, "status_code": 0,
+        "order_id": order_id, "submitted_us": epoch_us(submitted_at), "first_us": None,
+        "last_us": None, "status_code": 0,
         "responded_us": None, "handler_id": None, "dispatched_us": None, "accepted_us": None,
         "accepted_by_handle": None, "offer_us": None, "member_code": None, "done_us": None,
         "rated_us": None, "stars": None, "verdict": None, "reopened": 0, "closed_us": None,
-        "cancelled_us": None, "escalations": 0, "auto_closed": 0,
+        "cancelled_us": None, "escalations": 0, "auto_closed": 0, "channel": None,
     }
     last_offer = None
     for ev in events:
@@ -181,7 +201,20 @@ def _write(conn: Connection, order_ids: Sequence[int], rows: Sequence[Any]) -> i
     by_order: dict[int, list[Any]] = {}
     for r in rows:
         by_order.setdefault(r.order_id, []).append(r)
-    facts = [f for oid, evs in by_order.items() if (f := fold(oid, evs)) is not None]
+    submitted = dict(conn.execute(select(Order.id, Order.created_at)
+                                  .where(Order.id.in_(list(by_order)))).all()) if by_order else {}
+    facts = [f for oid, evs in by_order.items()
+             if oid in submitted and (f := fold(oid, submitted[oid], evs)) is not None]
+    if facts:
+        channels: dict[str | None, str] = {}
+        for ref, channel in conn.execute(
+            select(OutboxMessage.ref, OutboxMessage.channel)
+            .where(OutboxMessage.ref.in_([f"{RECEIPT}{f['order_id']}" for f in facts]))
+            .order_by(OutboxMessage.id.desc())
+        ).all():
+            channels[ref] = channel
+        for f in facts:
+            f["channel"] = channels.get(f"{RECEIPT}{f['order_id']}")
     conn.execute(delete(OrderFactsRow).where(OrderFactsRow.order_id.in_(order_ids)))
     if facts:
         conn.execute(insert(OrderFactsRow), facts)
@@ -208,12 +241,16 @@ def rebuild(conn: Connection, batch: int = 20000) -> int:
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, flush_context: Any) -> None:
-    """Every flush that adds, changes or deletes order events refreshes those orders' rows."""
-    touched = {
-        obj.order_id
-        for objs in (session.new, session.dirty, session.deleted)
-        for obj in objs
-        if isinstance(obj, OrderEvent) and obj.order_id is not None
-    }
+    """Every flush that adds, changes or deletes order events (or an order's receipt, which
+    names its channel) refreshes those orders' rows."""
+    touched: set[int] = set()
+    for objs in (session.new, session.dirty, session.deleted):
+        for obj in objs:
+            if isinstance(obj, OrderEvent) and obj.order_id is not None:
+                touched.add(obj.order_id)
+            elif isinstance(obj, OutboxMessage) and (obj.ref or "").startswith(RECEIPT):
+                number = (obj.ref or "")[len(RECEIPT):]
+                if number.isdigit():
+                    touched.add(int(number))
     if touched:
         refresh(session.connection(), touched)

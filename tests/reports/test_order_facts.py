@@ -25,13 +25,23 @@ from bot.reports.kpi import (
     settled,
     stored_facts,
 )
-from models import Building, Community, Grid, Order, OrderEvent, OrderFactsRow, Person
+from models import (
+    Building,
+    Community,
+    Grid,
+    Order,
+    OrderEvent,
+    OrderFactsRow,
+    OutboxMessage,
+    Person,
+)
 from models.db import make_engine, upgrade
 from models.facts import STATUS_CODE, epoch_us, rebuild, refresh
 from tests.conftest import Harness
 from tests.duties.conftest import SH
 from tests.reports.history import local
 from tests.reports.test_kpi_sql import random_history
+from tests.support.pg import fresh_database
 
 #: Every action the product writes (bot/core/orders.py), with a status it may lead to, and
 #: the column of the facts row it sets (None: only the last event and status move).
@@ -102,6 +112,12 @@ async def test_every_event_kind_updates_the_facts_row(harness: Harness) -> None:
             await session.refresh(row)
             assert row.last_us == epoch_us(later) and row.cancelled_us == epoch_us(later)
             assert row.status_code == STATUS_CODE["cancelled"]
+        # The order's receipt names its channel, whenever it is written.
+        session.add(OutboxMessage(channel="wechat", chat_id="c", payload={},
+                                  ref=f"receipt:{order.id}", status="sent"))
+        await session.flush()
+        await session.refresh(row)
+        assert row.channel == "wechat"
         # Deleting an order's events takes its row away (no events: no facts).
         session.add(OrderEvent(order_id=order.id, actor_id=None, action="submit",
                                to_status="submitted", created_at=at))
@@ -174,6 +190,14 @@ async def test_facts_equal_the_event_log_after_random_histories(harness: Harness
 
 async def test_migration_0020_fills_the_rows_from_the_event_log(database_url: str) -> None:
     """Orders and events written before 0020 (no rows then) get their rows from the upgrade."""
+    if database_url.startswith("postgresql"):
+        async with fresh_database("gridbot_t_facts") as url:
+            await _backfill(url)
+    else:
+        await _backfill(database_url)
+
+
+async def _backfill(database_url: str) -> None:
     engine = make_engine(database_url)
     at = local(2026, 10, 5, 10, 0)
     try:

@@ -23,6 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "order_facts",
         sa.Column("order_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("submitted_us", sa.BigInteger(), nullable=False),
         sa.Column("first_us", sa.BigInteger(), nullable=False),
         sa.Column("last_us", sa.BigInteger(), nullable=False),
         sa.Column("status_code", sa.SmallInteger(), nullable=False),
@@ -42,11 +43,12 @@ def upgrade() -> None:
         sa.Column("cancelled_us", sa.BigInteger(), nullable=True),
         sa.Column("escalations", sa.SmallInteger(), nullable=False),
         sa.Column("auto_closed", sa.SmallInteger(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=True),
         sa.ForeignKeyConstraint(["order_id"], ["orders.id"],
                                 name=op.f("fk_order_facts_order_id_orders"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("order_id", name=op.f("pk_order_facts")),
     )
-    op.create_index("ix_order_facts_last_us", "order_facts", ["last_us"])
+    op.create_index("ix_order_facts_submitted_us", "order_facts", ["submitted_us"])
     # The backfill: every order's events folded as the live updates fold them.
     from models.facts import rebuild
 
@@ -54,5 +56,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_order_facts_last_us", table_name="order_facts")
+    op.drop_index("ix_order_facts_submitted_us", table_name="order_facts")
     op.drop_table("order_facts")
