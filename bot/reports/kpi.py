@@ -70,6 +70,7 @@ from sqlalchemy import (
     case,
     cast,
     distinct,
+    exists,
     func,
     literal,
     null,
@@ -658,8 +659,10 @@ def order_rows(
     else:
         # The facts rows of the orders settled within the period; the others (events after
         # the period's end, or none yet) from their events, as the naive version reads all.
-        kept = select(OrderFactsRow.order_id).where(*settled(period))
-        unsettled = select(Order.id).where(*cohort, Order.id.not_in(kept))
+        # An anti-join per cohort order (not a NOT IN of the whole city's month: a
+        # community's cohort of ~100 orders then probes ~100 rows, not 90,000).
+        kept = exists().where(OrderFactsRow.order_id == Order.id, *settled(period))
+        unsettled = select(Order.id).where(*cohort, ~kept)
         g = union_all(stored_facts(period, clocks, cohort),
                       event_facts(period, clocks, cohort, unsettled)).subquery("g")
     rv = (
