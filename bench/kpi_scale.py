@@ -20,7 +20,7 @@ the month before too, as the reports show it beside), ``--runs`` times each, p50
 
 for the whole city and one community (``g2-0``), the process's peak RSS, the machine's load.
 
-    .venv/bin/python bench/kpi_scale.py                     # Yunfu: 1,080,000 orders (~15 min)
+    .venv/bin/python bench/kpi_scale.py                     # Yunfu: 1,080,000 orders (≈ 5 + 6 min)
     .venv/bin/python bench/kpi_scale.py --scale 0.1 --runs 5   # a quick one
 
 The database is a fresh one created next to ``--database-url``'s and dropped at the end

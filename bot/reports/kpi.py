@@ -43,10 +43,12 @@ reached" is the level of the grid handling them. Revisits (回访) are those of 
 orders: opened, done, still open at the period's end.
 
 How they are computed: in SQL, the same on SQLite and PostgreSQL. :func:`order_rows` reads each
-order of the cohort from its events (one windowed and grouped query: the per-order facts and
-flags above, each written there once); :func:`cohort_statement` sums them per child grid (and
-category, channel, source, level reached) and takes the times' percentiles with window
-functions, in one statement per period. ``bot/reports/replay.py`` keeps the event-by-event
+order of the cohort from its ``order_facts`` row (:mod:`models.facts`, kept equal to its events
+in the transaction that writes them) when all its events lie in the period, else from its
+events (one windowed and grouped query: the per-order facts and flags above, each written there
+once); :func:`cohort_statement` sums them per child grid (and category, channel, source, level
+reached) and takes the times' percentiles (PostgreSQL: ``percentile_disc``; SQLite: window
+functions), in one statement per period. ``bot/reports/replay.py`` keeps the event-by-event
 replay in Python as the tests' oracle.
 """
 
@@ -851,8 +853,9 @@ def cohort_statement(
         func.sum(flag(c.stars >= SATISFIED_STARS)), *pad,
     ).group_by(c.building_id)
     if ordered_sets:
-        # PostgreSQL: percentile_disc(p) is the value at position ⌈p·n⌉ of the sorted values
-        # (orderedsetaggs.c: ceil(p * n)), the nearest rank: one sort per group, no window.
+        # PostgreSQL: percentile_disc(p) is the first sorted value whose cumulative share
+        # reaches p, the one at position ⌈p·n⌉: the nearest rank (the replay oracle checks
+        # it). One sort per group, no window pass.
         quantiles = []
         for span, col in _SPANS.items():
             for key in (c.child, literal("*", String)):
