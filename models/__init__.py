@@ -17,6 +17,7 @@ from models.duties import (
     Whistle,
     WhistleAnswer,
 )
+from models.facts import OrderFactsRow
 from models.grid import Building, Category, Community, Grid
 from models.messaging import (
     Conversation,
@@ -57,6 +58,7 @@ __all__ = [
     "OfferedChoices",
     "Order",
     "OrderEvent",
+    "OrderFactsRow",
     "OutboxMessage",
     "PatrolPlan",
     "PatrolRun",

@@ -43,10 +43,12 @@ reached" is the level of the grid handling them. Revisits (回访) are those of 
 orders: opened, done, still open at the period's end.
 
 How they are computed: in SQL, the same on SQLite and PostgreSQL. :func:`order_rows` reads each
-order of the cohort from its events (one windowed and grouped query: the per-order facts and
-flags above, each written there once); :func:`cohort_statement` sums them per child grid (and
-category, channel, source, level reached) and takes the times' percentiles with window
-functions, in one statement per period. ``bot/reports/replay.py`` keeps the event-by-event
+order of the cohort from its ``order_facts`` row (:mod:`models.facts`, kept equal to its events
+in the transaction that writes them) when all its events lie in the period, else from its
+events (one windowed and grouped query: the per-order facts and flags above, each written there
+once); :func:`cohort_statement` sums them per child grid (and category, channel, source, level
+reached) and takes the times' percentiles (PostgreSQL: ``percentile_disc``; SQLite: window
+functions), in one statement per period. ``bot/reports/replay.py`` keeps the event-by-event
 replay in Python as the tests' oracle.
 """
 
@@ -70,6 +72,7 @@ from sqlalchemy import (
     case,
     cast,
     distinct,
+    exists,
     func,
     literal,
     null,
@@ -107,15 +110,23 @@ from models import (
     WhistleAnswer,
 )
 from models.duties import ANSWER_COMING, RUN_CHECKED_IN, RUN_MISSED, RUN_SKIPPED
+from models.facts import (
+    ACCEPT_ACTIONS,
+    DISPATCH_ACTIONS,
+    ESCALATE_ACTIONS,
+    OFFER_ACTIONS,
+    RESPONSE_ACTIONS,
+    STATUS_CODE,
+    STATUSES,
+    OrderFactsRow,
+)
+from models.facts import epoch_us as facts_epoch_us
 from models.orders import (
-    ACCEPTED,
     AUTO_CLOSED,
     CANCELLED,
     CLOSED,
     CONFIRMED,
-    DISPATCHED,
     DONE,
-    ESCALATED,
     SOURCE_RESIDENT,
     SUBMITTED,
 )
@@ -134,13 +145,6 @@ RATE_NAMES = (
     "whistle_answer",
 )
 
-#: A person's first handling of an order (the response): not the clocks' automatic actions.
-RESPONSE_ACTIONS = ("assign", "broadcast", "handle", "escalate")
-#: The order went out to someone who can do it (starts the accept clock).
-DISPATCH_ACTIONS = ("assign", "broadcast", "auto_broadcast", "handle")
-OFFER_ACTIONS = ("assign", "broadcast", "auto_broadcast")
-ACCEPT_ACTIONS = ("accept", "handle")
-ESCALATE_ACTIONS = ("escalate", "auto_escalate")
 FINISHED = (DONE, CONFIRMED, CLOSED, AUTO_CLOSED)
 #: Stars that count as satisfied (满意); 3 ★ (基本满意) does not.
 SATISFIED_STARS = 4
@@ -428,11 +432,9 @@ def _ranked(counts: Counter[str]) -> dict[str, int]:
 
 # ---- the cohort in SQL: one row per order, then the sums --------------------------------------
 
-#: Order statuses by code (code = position + 1; 0: a status not listed). An order with no event
-#: before the period's end is ``submitted``.
-STATUSES = (SUBMITTED, ESCALATED, DISPATCHED, ACCEPTED, DONE, CONFIRMED, CLOSED, CANCELLED,
-            AUTO_CLOSED)
-_CODE = {s: n for n, s in enumerate(STATUSES, 1)}
+#: Order statuses by code (:data:`models.facts.STATUSES`). An order with no event before the
+#: period's end is ``submitted``.
+_CODE = STATUS_CODE
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
 
@@ -456,7 +458,11 @@ async def custom_plans(session: AsyncSession) -> None:
     plan, which cannot see the subtree's path prefix or the period: measured at scale 0.005,
     one community's figures went from ~0.1 s to 2.6 s on the sixth run."""
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # And sort the times' percentiles of a city month (~650,000 rows at Yunfu) in memory
+        # rather than on disk (the default 4 MB spilled 20 MB). One round trip.
+        await session.execute(text(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
+            " set_config('work_mem', '64MB', true)"))
 
 
 async def cohort_clocks(
@@ -487,35 +493,15 @@ def _clock(
     return case(*whens, else_=literal(0, BigInteger)) if whens else literal(0, BigInteger)
 
 
-def order_rows(
-    scope: Scope, period: Period, clocks: dict[tuple[str, int], Clocks]
+def event_facts(
+    period: Period,
+    clocks: dict[tuple[str, int], Clocks],
+    cohort: tuple[Any, ...],
+    only: Any = None,
 ) -> Select[Any]:
-    """One row per order of the cohort, read from its events up to the period's end (every
-    timestamp an integer of microseconds, :class:`~bot.reports.sql.epoch_us`). The definitions
-    every order figure counts:
-
-    * ``responded_t``: the first handling by a person (:data:`RESPONSE_ACTIONS` with an actor);
-      ``handler_id`` that person. ``responded_on_time``: ``responded_t`` ≤ submission +
-      the dispatch clock.
-    * ``dispatched_t``: the first :data:`DISPATCH_ACTIONS`.
-    * ``accepted_t``: the first :data:`ACCEPT_ACTIONS`; ``accepted_on_time``: that first one was
-      "handle myself", or came within the accept clock of the last offer
-      (:data:`OFFER_ACTIONS`) before it.
-    * ``done_t``: the last "done"; ``done_on_time``: ``done_t`` ≤ ``accepted_t`` + the deadline.
-    * ``rated_t``, ``stars``: the last rating (stars: its note when that is a number);
-      ``verdict``: 1 when the resident's last word (rating or "not solved") is a rating, 0 when
-      it is "not solved"; ``reopened``: "not solved" count.
-    * ``closed_t``: the first move to closed or auto-closed; ``cancelled_t``: the last cancel;
-      ``escalations``: escalate and auto-escalate events; ``auto_closed``: an auto-close.
-    * ``status``: the last event's status (``submitted`` without events);
-      ``cancelled_unhandled``: cancelled with no handling by a person (out of the response rate).
-    * ``member_code``: the person of the last acceptance or "done" with a person, + 1.
-    * ``revisits_opened`` / ``revisits_done``: its revisits opened before the end, done before it.
-    * ``child``: the id (text) of the subtree's child grid the order's grid is under ('' for the
-      root itself).
-    """
-    cohort = cohort_where(scope, period)
-    hg_e, hg, og = aliased(Grid), aliased(Grid), aliased(Grid)
+    """Per order of the cohort (``only``: of these order ids), its facts read from its events
+    of the period (the columns of :func:`order_rows`' per-order part, ``oid`` first)."""
+    hg_e = aliased(Grid)
     ev_t = epoch_us(OrderEvent.created_at)
     window: dict[str, Any] = {
         "partition_by": OrderEvent.order_id,
@@ -543,12 +529,13 @@ def order_rows(
         # bound lets the event time index read the period's events instead of the table.
         .where(*cohort, OrderEvent.created_at >= period.start,
                OrderEvent.created_at < period.end)
+        .where(*([] if only is None else [OrderEvent.order_id.in_(only)]))
         .subquery("ev")
     )
     e = ev.c
     responds = and_(e.action.in_(RESPONSE_ACTIONS), e.actor_id.isnot(None))
     accepts = e.action.in_(ACCEPT_ACTIONS)
-    g = (
+    return (
         select(
             e.oid,
             last_of(e.seq, true(), _status_code(e.to_status)).label("status_code"),
@@ -581,10 +568,106 @@ def order_rows(
             func.max(case((e.action == "cancel", e.t))).label("cancelled_t"),
             func.sum(flag(e.action.in_(ESCALATE_ACTIONS))).label("escalations"),
             func.max(flag(e.action == "auto_close")).label("auto_closed"),
+            cast(null(), String).label("channel"),
+            literal(0).label("stored"),
         )
         .group_by(e.oid)
-        .subquery("g")
     )
+
+
+def stored_facts(
+    period: Period, clocks: dict[tuple[str, int], Clocks], cohort: tuple[Any, ...]
+) -> Any:
+    """The same columns as :func:`event_facts`, from the ``order_facts`` rows of the cohort's
+    orders whose events all lie in the period (then they are the events up to its end)."""
+    fr, hg_f = OrderFactsRow, aliased(Grid)
+    accept_us = _clock(clocks, Order.category, hg_f.depth, "accept_minutes", MINUTE_US)
+    return (
+        select(
+            fr.order_id.label("oid"),
+            fr.status_code,
+            fr.responded_us.label("responded_t"),
+            fr.handler_id,
+            fr.dispatched_us.label("dispatched_t"),
+            fr.accepted_us.label("accepted_t"),
+            flag(or_(fr.accepted_by_handle == 1,
+                     and_(fr.offer_us.isnot(None),
+                          fr.accepted_us <= fr.offer_us + accept_us))).label("accepted_on_time"),
+            fr.member_code,
+            fr.done_us.label("done_t"),
+            fr.rated_us.label("rated_t"),
+            (fr.stars + 1).label("stars_code"),
+            fr.verdict,
+            fr.reopened,
+            fr.closed_us.label("closed_t"),
+            fr.cancelled_us.label("cancelled_t"),
+            fr.escalations,
+            fr.auto_closed,
+            fr.channel,
+            literal(1).label("stored"),
+        )
+        .select_from(Order)
+        .join(fr, fr.order_id == Order.id)
+        .join(hg_f, hg_f.id == Order.handling_grid_id)
+        .where(*cohort, *settled(period))
+    )
+
+
+def settled(period: Period) -> tuple[Any, ...]:
+    """The order's facts row holds exactly its events of the period: all lie inside it (and
+    the order was submitted in it: the index range the cohort's rows are read by)."""
+    start, end = _us(period.start), _us(period.end)
+    fr = OrderFactsRow
+    return (fr.submitted_us >= start, fr.submitted_us < end, fr.first_us >= start,
+            fr.last_us < end)
+
+
+def _us(when: datetime) -> Any:
+    return literal(facts_epoch_us(when), BigInteger)
+
+
+def order_rows(
+    scope: Scope, period: Period, clocks: dict[tuple[str, int], Clocks], *, naive: bool = False
+) -> Select[Any]:
+    """One row per order of the cohort as its events stood at the period's end (every
+    timestamp an integer of microseconds, :class:`~bot.reports.sql.epoch_us`): from the
+    order's ``order_facts`` row (:mod:`models.facts`) when all its events lie in the period,
+    else from its events (:func:`event_facts`; ``naive``: every order from its events, the way
+    it was done before the facts rows). The definitions every order figure counts:
+
+    * ``responded_t``: the first handling by a person (:data:`RESPONSE_ACTIONS` with an actor);
+      ``handler_id`` that person. ``responded_on_time``: ``responded_t`` ≤ submission +
+      the dispatch clock.
+    * ``dispatched_t``: the first :data:`DISPATCH_ACTIONS`.
+    * ``accepted_t``: the first :data:`ACCEPT_ACTIONS`; ``accepted_on_time``: that first one was
+      "handle myself", or came within the accept clock of the last offer
+      (:data:`OFFER_ACTIONS`) before it.
+    * ``done_t``: the last "done"; ``done_on_time``: ``done_t`` ≤ ``accepted_t`` + the deadline.
+    * ``rated_t``, ``stars``: the last rating (stars: its note when that is a number);
+      ``verdict``: 1 when the resident's last word (rating or "not solved") is a rating, 0 when
+      it is "not solved"; ``reopened``: "not solved" count.
+    * ``closed_t``: the first move to closed or auto-closed; ``cancelled_t``: the last cancel;
+      ``escalations``: escalate and auto-escalate events; ``auto_closed``: an auto-close.
+    * ``status``: the last event's status (``submitted`` without events);
+      ``cancelled_unhandled``: cancelled with no handling by a person (out of the response rate).
+    * ``member_code``: the person of the last acceptance or "done" with a person, + 1.
+    * ``revisits_opened`` / ``revisits_done``: its revisits opened before the end, done before it.
+    * ``child``: the id (text) of the subtree's child grid the order's grid is under ('' for the
+      root itself).
+    """
+    cohort = cohort_where(scope, period)
+    hg, og = aliased(Grid), aliased(Grid)
+    if naive:
+        g = event_facts(period, clocks, cohort).subquery("g")
+    else:
+        # The facts rows of the orders settled within the period; the others (events after
+        # the period's end, or none yet) from their events, as the naive version reads all.
+        # An anti-join per cohort order (not a NOT IN of the whole city's month: a
+        # community's cohort of ~100 orders then probes ~100 rows, not 90,000).
+        kept = exists().where(OrderFactsRow.order_id == Order.id, *settled(period))
+        unsettled = select(Order.id).where(*cohort, ~kept)
+        g = union_all(stored_facts(period, clocks, cohort),
+                      event_facts(period, clocks, cohort, unsettled)).subquery("g")
     rv = (
         select(
             Revisit.order_id.label("oid"),
@@ -598,12 +681,14 @@ def order_rows(
         .group_by(Revisit.order_id)
         .subquery("rv")
     )
-    channel = (
+    receipt = (
         select(OutboxMessage.channel)
         .where(OutboxMessage.ref == literal(Ref.prefix(RefKind.RECEIPT)) + cast(Order.id, String))
         .limit(1)
         .scalar_subquery()
     )
+    # The facts row's copy; the outbox for the orders read from their events.
+    channel = receipt if naive else case((g.c.stored == 1, g.c.channel), else_=receipt)
     submitted = epoch_us(Order.created_at)
     dispatch_us = _clock(clocks, Order.category, hg.depth, "dispatch_minutes", MINUTE_US)
     accept_us = _clock(clocks, Order.category, hg.depth, "accept_minutes", MINUTE_US)
@@ -680,7 +765,8 @@ async def load_orders(
     clocks = await cohort_clocks(session, settings, scope, period)
     if not clocks:
         return []
-    rows = (await session.execute(order_rows(scope, period, clocks).order_by(Order.id))).all()
+    q = order_rows(scope, period, clocks).subquery("o")
+    rows = (await session.execute(select(q).order_by(q.c.id))).all()
     out = []
     for r in rows:
         member = None if r.member_code is None else int(r.member_code) - 1
@@ -740,13 +826,18 @@ _SPANS = {"dispatch": "dispatched_t", "accept": "accepted_t", "done": "done_t",
 
 
 def cohort_statement(
-    scope: Scope, period: Period, clocks: dict[tuple[str, int], Clocks]
+    scope: Scope,
+    period: Period,
+    clocks: dict[tuple[str, int], Clocks],
+    *,
+    naive: bool = False,
+    ordered_sets: bool = False,
 ) -> Any:
     """One statement: the sums per (child grid, category, channel, source, level reached of
     escalated orders), the median and p90 (nearest rank) of each time per child grid and for
     the whole subtree ('*'), and per building the orders and ratings (hot spots)."""
     # Read once by every part below (PostgreSQL; SQLite materialises a CTE used more than once).
-    f = order_rows(scope, period, clocks).cte("f").prefix_with(
+    f = order_rows(scope, period, clocks, naive=naive).cte("f").prefix_with(
         "MATERIALIZED", dialect="postgresql"
     )
     c = f.c
@@ -762,6 +853,19 @@ def cohort_statement(
         func.count(), func.sum(flag(c.stars >= 0)),
         func.sum(flag(c.stars >= SATISFIED_STARS)), *pad,
     ).group_by(c.building_id)
+    if ordered_sets:
+        # PostgreSQL: percentile_disc(p) is the first sorted value whose cumulative share
+        # reaches p, the one at position ⌈p·n⌉: the nearest rank (the replay oracle checks
+        # it). One sort per group, no window pass.
+        quantiles = []
+        for span, col in _SPANS.items():
+            for key in (c.child, literal("*", String)):
+                q = select(literal("q", String), key, literal(span, String), s_null, s_null,
+                           func.percentile_disc(0.5).within_group(c[col] - c.submitted_t),
+                           func.percentile_disc(0.9).within_group(c[col] - c.submitted_t),
+                           *([i_null] * _N)).where(c[col].isnot(None))
+                quantiles.append(q.group_by(key) if key is c.child else q)
+        return union_all(sums, buildings, *quantiles)
     spans = [
         select(key, literal(span, String).label("span"), (c[col] - c.submitted_t).label("v"))
         .where(c[col].isnot(None))
@@ -795,7 +899,8 @@ class CohortFigures:
 
 
 async def cohort_figures(
-    session: AsyncSession, settings: Settings, scope: Scope, period: Period
+    session: AsyncSession, settings: Settings, scope: Scope, period: Period, *,
+    naive: bool = False,
 ) -> CohortFigures:
     """The order figures of ``period`` for the subtree and each child grid (one statement)."""
     figures: dict[str, Figures] = defaultdict(Figures)
@@ -811,10 +916,18 @@ async def cohort_figures(
     sums: dict[str, list[int]] = defaultdict(lambda: [0] * _N)
     categories: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     times: dict[str, dict[str, dict[str, float | None]]] = defaultdict(dict)
-    for row in (await session.execute(cohort_statement(scope, period, clocks))).all():
+    statement = cohort_statement(
+        scope, period, clocks, naive=naive,
+        ordered_sets=session.get_bind().dialect.name == "postgresql")
+    for row in (await session.execute(statement)).all():
         kind, child, a, b, src, lc, ld, *n = row
         if kind == "b":
             out.buildings[int(lc)] = (int(n[0]), int(n[1]), int(n[2]))
+            continue
+        if kind == "q":  # the median and the p90 (PostgreSQL)
+            for name, value in (("median", lc), ("p90", ld)):
+                if value is not None:
+                    times[child].setdefault(a, {})[name] = int(value) / 10**6 / 60
             continue
         if kind == "p":  # rank lc of ld values: the median, the p90 or both
             minutes = int(n[0]) / 10**6 / 60
@@ -1339,6 +1452,7 @@ async def build_report(
     now: datetime,
     *,
     with_orders: bool = True,
+    naive: bool = False,
 ) -> Report:
     """The figures of ``scope`` for ``period`` and the period before, per child grid ranked
     by :func:`score`, the orders (the ledger's rows; none with ``with_orders=False``),
@@ -1348,7 +1462,7 @@ async def build_report(
     current: dict[str, Any] = {}
     before: dict[str, Any] = {}
     for per, store in ((period, current), (previous, before)):
-        store["orders"] = await cohort_figures(session, settings, scope, per)
+        store["orders"] = await cohort_figures(session, settings, scope, per, naive=naive)
         store["duties"] = await load_duties(session, scope, per)
     keys = {gid: child_key(scope, gid) for gid in scope.ids()}
 
