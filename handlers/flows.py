@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.core import cards, refs
+from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import NewOrder, OrderError
 from bot.i18n import SUPPORTED
@@ -31,7 +31,7 @@ from handlers.context import (
     Step,
     declared_step,
 )
-from models import Building, Category, Conversation, Order, Person, Role
+from models import Building, Category, Conversation, Order, Person, Role, refs
 from models.orders import OPEN_STATES
 from models.people import ROLE_RESIDENT
 

@@ -9,10 +9,10 @@ import secrets
 from typing import Any
 
 from bot.core import payloads as p
-from bot.core import refs
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_NOTICE, Ctx, Step
+from models import refs
 
 
 async def ask(ctx: Ctx, text: str) -> None:

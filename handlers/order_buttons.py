@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.core import cards, refs
+from bot.core import cards
 from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.responsibility import can_manage
 from bot.ports import Button, Outbound
 from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx, Step
-from models import Grid, Offer, Person, Revisit
+from models import Grid, Offer, Person, Revisit, refs
 from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
 

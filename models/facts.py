@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from models import refs
 from models.base import Base
 from models.messaging import OutboxMessage
 from models.orders import (
@@ -124,7 +125,6 @@ class OrderFactsRow(Base):
     channel: Mapped[str | None] = mapped_column(String(16))
 
 
-RECEIPT = "receipt:"
 
 
 def fold(order_id: int, submitted_at: datetime, events: Iterable[Any]) -> dict[str, Any] | None:
@@ -209,12 +209,12 @@ def _write(conn: Connection, order_ids: Sequence[int], rows: Sequence[Any]) -> i
         channels: dict[str | None, str] = {}
         for ref, channel in conn.execute(
             select(OutboxMessage.ref, OutboxMessage.channel)
-            .where(OutboxMessage.ref.in_([f"{RECEIPT}{f['order_id']}" for f in facts]))
+            .where(OutboxMessage.ref.in_([refs.receipt(f["order_id"]) for f in facts]))
             .order_by(OutboxMessage.id.desc())
         ).all():
             channels[ref] = channel
         for f in facts:
-            f["channel"] = channels.get(f"{RECEIPT}{f['order_id']}")
+            f["channel"] = channels.get(refs.receipt(f["order_id"]))
     conn.execute(delete(OrderFactsRow).where(OrderFactsRow.order_id.in_(order_ids)))
     if facts:
         conn.execute(insert(OrderFactsRow), facts)
@@ -248,9 +248,9 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         for obj in objs:
             if isinstance(obj, OrderEvent) and obj.order_id is not None:
                 touched.add(obj.order_id)
-            elif isinstance(obj, OutboxMessage) and (obj.ref or "").startswith(RECEIPT):
-                number = (obj.ref or "")[len(RECEIPT):]
-                if number.isdigit():
-                    touched.add(int(number))
+            elif isinstance(obj, OutboxMessage):
+                ref = refs.parse_ref(obj.ref)
+                if ref is not None and ref.kind is refs.RefKind.RECEIPT:
+                    touched.add(ref.id)
     if touched:
         refresh(session.connection(), touched)

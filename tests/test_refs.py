@@ -1,12 +1,12 @@
-"""Outbox refs (bot/core/refs.py): built and parsed in one place, and the stored string form of
+"""Outbox refs (models/refs.py): built and parsed in one place, and the stored string form of
 every kind pinned (existing databases hold these strings; changing one would orphan them)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.core import refs
-from bot.core.refs import Ref, RefKind, parse_ref
+from models import refs
+from models.refs import Ref, RefKind, parse_ref
 
 #: The strings as databases store them (before refs.py existed they were written by f-strings).
 STORED = {

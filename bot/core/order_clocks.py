@@ -14,14 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import cards, refs
+from bot.core import cards
 from bot.core.cards import number
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
 from bot.core.overdue import due_at as order_due_at
 from bot.core.responsibility import escalation_target, members_in_subtree, new_order_target
 from bot.ports import Outbound
-from models import Category, ClockSetting, Grid, Order
+from models import Category, ClockSetting, Grid, Order, refs
 from models.orders import (
     ACCEPTED,
     AUTO_CLOSED,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core import cards, payloads, points, refs
+from bot.core import cards, payloads, points
 from bot.core.cards import OrderView, number
 from bot.core.notify import Notifier
 from bot.core.points import PointsRules
@@ -41,6 +41,7 @@ from models import (
     Person,
     Revisit,
     Role,
+    refs,
 )
 from models.orders import (
     ACCEPTED,

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core.refs import RefKind, parse_ref
 from models import Category, Community, Grid, Order, OutboxMessage, QuietHours
+from models.refs import RefKind, parse_ref
 
 
 def parse_hhmm(value: str) -> time:

@@ -13,14 +13,13 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.core import refs
 from bot.core.cards import number
 from bot.core.notify import Notifier
-from bot.core.refs import RefKind, parse_ref
 from bot.core.responsibility import escalation_target, new_order_target
 from bot.i18n import Translator
 from bot.ports import Outbound
-from models import Grid, Identity, Offer, Order, OutboxMessage, Person
+from models import Grid, Identity, Offer, Order, OutboxMessage, Person, refs
+from models.refs import RefKind, parse_ref
 
 log = logging.getLogger(__name__)
 

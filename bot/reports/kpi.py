@@ -88,7 +88,6 @@ from sqlalchemy.orm import aliased
 from bot.config import Settings
 from bot.core.order_clocks import ClockCache, Clocks, resolve_clocks
 from bot.core.points import standings
-from bot.core.refs import Ref, RefKind
 from bot.core.responsibility import path_ids
 from bot.reports.sql import digits, epoch_us, first_of, flag, last_of, path_segment
 from models import (
@@ -131,6 +130,7 @@ from models.orders import (
     SUBMITTED,
 )
 from models.people import ROLE_MEMBER
+from models.refs import Ref, RefKind
 
 #: Names of the rates (settings ``bulletin_weights`` / ``bulletin_floors`` use them).
 RATE_NAMES = (

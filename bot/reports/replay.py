@@ -16,15 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.core import refs
 from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.reports.kpi import (
-    ACCEPT_ACTIONS,
-    DISPATCH_ACTIONS,
-    ESCALATE_ACTIONS,
     FINISHED,
-    OFFER_ACTIONS,
-    RESPONSE_ACTIONS,
     SATISFIED_STARS,
     TIME_SPANS,
     Figures,
@@ -38,7 +32,14 @@ from bot.reports.kpi import (
     load_revisits,
     nearest_rank,
 )
-from models import ClockSetting, Order, OrderEvent, OutboxMessage
+from models import ClockSetting, Order, OrderEvent, OutboxMessage, refs
+from models.facts import (
+    ACCEPT_ACTIONS,
+    DISPATCH_ACTIONS,
+    ESCALATE_ACTIONS,
+    OFFER_ACTIONS,
+    RESPONSE_ACTIONS,
+)
 from models.orders import AUTO_CLOSED, CANCELLED, CLOSED, SOURCE_RESIDENT
 
 

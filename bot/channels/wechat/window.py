@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.core.refs import RefKind, parse_ref
 from models import Identity, OutboxMessage
+from models.refs import RefKind, parse_ref
 
 #: How long after a person's last message customer-service messages may reach them.
 WINDOW = timedelta(hours=48)

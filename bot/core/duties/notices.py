@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 
-from bot.core import refs
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
 from bot.ports import Outbound
-from models import Grid, Notice, OutboxMessage, Person, Role
+from models import Grid, Notice, OutboxMessage, Person, Role, refs
 from models.messaging import OUT_FAILED, OUT_PENDING, OUT_SENDING, OUT_SENT
 from models.people import ROLE_RESIDENT
 

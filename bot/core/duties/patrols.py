@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.core import payloads, points, refs
+from bot.core import payloads, points
 from bot.core.duties.base import YIELD_EVERY, DutyBase
 from bot.core.orders import OrderError
 from bot.core.responsibility import can_manage
 from bot.ports import Button, Outbound
-from models import Grid, PatrolPlan, PatrolRun, Person
+from models import Grid, PatrolPlan, PatrolRun, Person, refs
 from models.duties import RUN_CHECKED_IN, RUN_DUE, RUN_MISSED, RUN_SKIPPED
 
 

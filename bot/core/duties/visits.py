@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bot.core import payloads, points, refs
+from bot.core import payloads, points
 from bot.core.duties.base import YIELD_EVERY, DutyBase
 from bot.core.orders import NewOrder, OrderError
 from bot.core.responsibility import can_manage
@@ -26,6 +26,7 @@ from models import (
     Person,
     VisitLog,
     VisitPlan,
+    refs,
 )
 from models.duties import FREQUENCIES, HOUSEHOLD_KINDS, VISIT_HELP
 from models.orders import SOURCE_VISIT

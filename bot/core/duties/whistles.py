@@ -7,11 +7,11 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from bot.core import payloads, points, refs
+from bot.core import payloads, points
 from bot.core.duties.base import DutyBase
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
-from models import Grid, Person, Role, Whistle, WhistleAnswer
+from models import Grid, Person, Role, Whistle, WhistleAnswer, refs
 from models.duties import ANSWER_CANNOT, ANSWER_COMING
 from models.people import ROLE_MEMBER, ROLE_WORKER
 

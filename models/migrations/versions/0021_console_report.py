@@ -5,7 +5,7 @@ computed, so that no console viewer waits for a report, a second instance and a 
 included; ``viewed_at`` says which overviews people open (recomputed first).
 
 Revision ID: 0021
-Revises: 0016
+Revises: 0020
 Create Date: 2026-11-29 09:40:00.000000
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 import models.base
 
 revision: str = "0021"
-down_revision: str | None = "0016"
+down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
