@@ -3,6 +3,8 @@ cancel, revisit. Every press is authorised against the order on the server."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy import select
 
 from bot.core import cards
@@ -16,119 +18,164 @@ from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
 
 async def button(ctx: Ctx, payload: p.Payload) -> None:
-    """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``)."""
+    """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``): the press goes to the
+    function its kind (and, for ``o:``, its action) names in :data:`BY_KIND` /
+    :data:`BY_ACTION`."""
     assert ctx.person is not None and payload.id is not None
-    person, oid = ctx.person, payload.id
-    if payload.kind is p.PayloadKind.ASSIGN:
-        order = await ctx.orders.assign(person, oid, int(payload.arg or 0))
-        member = await ctx.session.get(Person, int(payload.arg or 0))
-        ctx.toast = ctx.t("dispatch.assigned_short")
-        ctx.say(
-            "dispatch.assigned", number=cards.number(order), name=member.name if member else "-"
-        )
+    if payload.kind is p.PayloadKind.ORDER:
+        act = BY_ACTION.get(payload.action)
+        if act is None:  # pragma: no cover - parse() only lets known actions through
+            raise OrderError("error.button_invalid")
+        await act(ctx, ctx.person, payload.id)
         return
-    if payload.kind is p.PayloadKind.RATE:
-        stars = int(payload.arg or 0)
-        # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
-        # rating rolls it back with everything else.
-        follow_up = "resident.rated_revisit" if stars <= REVISIT_AT_OR_BELOW else "resident.rated"
-        ctx.say(follow_up, stars="★" * stars)
-        await ctx.orders.rate(person, oid, stars)
-        ctx.toast = ctx.t("resident.rated_short")
-        return
-    if payload.kind is p.PayloadKind.REVISIT:
-        revisit = await ctx.session.get(Revisit, oid)
-        if revisit is None or revisit.status != "open":
-            raise OrderError("error.revisit_done_already")
-        grid = await ctx.session.get(Grid, revisit.grid_id)
-        if grid is None or not await can_manage(ctx.session, person.id, grid):
-            raise OrderError("error.not_your_button")
-        await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": oid})
-        ctx.say(
-            "revisit.ask_note",
-            [
-                [
-                    Button(ctx.t("btn.skip"), p.flow("skip")),
-                    Button(ctx.t("btn.cancel_flow"), p.flow("x")),
-                ]
-            ],
-        )
-        return
-    action = payload.action
-    if action == "as":
-        order, members = await ctx.orders.assignable(person, oid)
-        if not members:
-            raise OrderError("error.no_members")
-        rows = [
-            [
-                Button(
-                    ctx.t("dispatch.member_label", name=m.name, load=str(m.open_orders)),
-                    p.assign(oid, m.person_id),
-                )
-            ]
-            for m in members
-        ]
-        ctx.say("dispatch.pick_member", rows, number=cards.number(order))
-    elif action == "bc":
-        order, reached = await ctx.orders.broadcast(person, oid)
-        ctx.toast = ctx.t("dispatch.broadcast_short")
-        ctx.say("dispatch.broadcast_ok", number=cards.number(order), count=str(reached))
-    elif action == "me":
-        order = await ctx.orders.handle_self(person, oid)
-        ctx.toast = ctx.t("dispatch.handle_short")
-    elif action == "esc":
-        await ctx.orders.escalation_check(person, oid)
-        await ctx.set_conversation(FLOW_ESCALATE, Step.REASON, {"order_id": oid})
-        ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
-    elif action == "acc":
-        order = await ctx.orders.accept(person, oid)
-        ctx.toast = ctx.t("member.accept_short", number=cards.number(order))
-    elif action == "dec":
-        order = await ctx.orders.decline(person, oid)
-        ctx.toast = ctx.t("member.declined_short")
-    elif action == "done":
-        await ctx.orders.start_done(person, oid)
-        await ctx.set_conversation(FLOW_DONE, Step.NOTE, {"order_id": oid})
-        ctx.say(
-            "member.ask_done_note",
-            [
-                [
-                    Button(ctx.t("btn.skip"), p.flow("skip")),
-                    Button(ctx.t("btn.cancel_flow"), p.flow("x")),
-                ]
-            ],
-        )
-    elif action == "ns":
-        order = await ctx.orders.not_solved(person, oid)
-        ctx.say("resident.reopened", number=cards.number(order))
-    elif action == "cx":
-        order = await ctx.orders.cancel_check(person, oid)
-        ctx.reply(
-            ctx.t("resident.confirm_cancel", number=cards.number(order)),
-            [
-                [
-                    Button(ctx.t("btn.confirm_cancel"), p.order("cxy", oid)),
-                    Button(ctx.t("btn.keep_order"), p.order("view", oid)),
-                ]
-            ],
-            ref=refs.cancel_ask(oid),
-        )
-    elif action == "cxy":
-        order = await ctx.orders.cancel(person, oid)
-        ctx.toast = ctx.t("resident.cancelled_short")
-        # The question loses its buttons (where the platform can edit): nothing to press twice.
-        await ctx.notify.edit_for_person(
-            person.id,
-            refs.cancel_ask(oid),
-            lambda lang: Outbound(
-                ctx.tr.t(lang, "resident.cancelled", number=cards.number(order))
-            ),
-        )
-        ctx.say("resident.cancelled", number=cards.number(order))
-    elif action == "view":
-        await show_order(ctx, oid)
-    else:  # pragma: no cover - parse() only lets known actions through
+    by_kind = BY_KIND.get(payload.kind)
+    if by_kind is None:  # pragma: no cover - the intake sends only order kinds here
         raise OrderError("error.button_invalid")
+    await by_kind(ctx, ctx.person, payload)
+
+
+async def _assign(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+    assert payload.id is not None
+    order = await ctx.orders.assign(person, payload.id, int(payload.arg or 0))
+    member = await ctx.session.get(Person, int(payload.arg or 0))
+    ctx.toast = ctx.t("dispatch.assigned_short")
+    ctx.say("dispatch.assigned", number=cards.number(order), name=member.name if member else "-")
+
+
+async def _rate(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+    assert payload.id is not None
+    stars = int(payload.arg or 0)
+    # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
+    # rating rolls it back with everything else.
+    follow_up = "resident.rated_revisit" if stars <= REVISIT_AT_OR_BELOW else "resident.rated"
+    ctx.say(follow_up, stars="★" * stars)
+    await ctx.orders.rate(person, payload.id, stars)
+    ctx.toast = ctx.t("resident.rated_short")
+
+
+async def _revisit(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+    revisit = await ctx.session.get(Revisit, payload.id)
+    if revisit is None or revisit.status != "open":
+        raise OrderError("error.revisit_done_already")
+    grid = await ctx.session.get(Grid, revisit.grid_id)
+    if grid is None or not await can_manage(ctx.session, person.id, grid):
+        raise OrderError("error.not_your_button")
+    await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": revisit.id})
+    ctx.say("revisit.ask_note", [_skip_or_cancel(ctx)])
+
+
+def _skip_or_cancel(ctx: Ctx) -> list[Button]:
+    """The row under a note question: skip the note, or leave the flow."""
+    return [
+        Button(ctx.t("btn.skip"), p.flow("skip")),
+        Button(ctx.t("btn.cancel_flow"), p.flow("x")),
+    ]
+
+
+async def _pick_member(ctx: Ctx, person: Person, oid: int) -> None:
+    order, members = await ctx.orders.assignable(person, oid)
+    if not members:
+        raise OrderError("error.no_members")
+    rows = [
+        [
+            Button(
+                ctx.t("dispatch.member_label", name=m.name, load=str(m.open_orders)),
+                p.assign(oid, m.person_id),
+            )
+        ]
+        for m in members
+    ]
+    ctx.say("dispatch.pick_member", rows, number=cards.number(order))
+
+
+async def _broadcast(ctx: Ctx, person: Person, oid: int) -> None:
+    order, reached = await ctx.orders.broadcast(person, oid)
+    ctx.toast = ctx.t("dispatch.broadcast_short")
+    ctx.say("dispatch.broadcast_ok", number=cards.number(order), count=str(reached))
+
+
+async def _handle_myself(ctx: Ctx, person: Person, oid: int) -> None:
+    await ctx.orders.handle_self(person, oid)
+    ctx.toast = ctx.t("dispatch.handle_short")
+
+
+async def _escalate(ctx: Ctx, person: Person, oid: int) -> None:
+    await ctx.orders.escalation_check(person, oid)
+    await ctx.set_conversation(FLOW_ESCALATE, Step.REASON, {"order_id": oid})
+    ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
+
+
+async def _accept(ctx: Ctx, person: Person, oid: int) -> None:
+    order = await ctx.orders.accept(person, oid)
+    ctx.toast = ctx.t("member.accept_short", number=cards.number(order))
+
+
+async def _decline(ctx: Ctx, person: Person, oid: int) -> None:
+    await ctx.orders.decline(person, oid)
+    ctx.toast = ctx.t("member.declined_short")
+
+
+async def _done(ctx: Ctx, person: Person, oid: int) -> None:
+    await ctx.orders.start_done(person, oid)
+    await ctx.set_conversation(FLOW_DONE, Step.NOTE, {"order_id": oid})
+    ctx.say("member.ask_done_note", [_skip_or_cancel(ctx)])
+
+
+async def _not_solved(ctx: Ctx, person: Person, oid: int) -> None:
+    order = await ctx.orders.not_solved(person, oid)
+    ctx.say("resident.reopened", number=cards.number(order))
+
+
+async def _ask_cancel(ctx: Ctx, person: Person, oid: int) -> None:
+    order = await ctx.orders.cancel_check(person, oid)
+    ctx.reply(
+        ctx.t("resident.confirm_cancel", number=cards.number(order)),
+        [
+            [
+                Button(ctx.t("btn.confirm_cancel"), p.order("cxy", oid)),
+                Button(ctx.t("btn.keep_order"), p.order("view", oid)),
+            ]
+        ],
+        ref=refs.cancel_ask(oid),
+    )
+
+
+async def _cancel(ctx: Ctx, person: Person, oid: int) -> None:
+    order = await ctx.orders.cancel(person, oid)
+    ctx.toast = ctx.t("resident.cancelled_short")
+    # The question loses its buttons (where the platform can edit): nothing to press twice.
+    await ctx.notify.edit_for_person(
+        person.id,
+        refs.cancel_ask(oid),
+        lambda lang: Outbound(ctx.tr.t(lang, "resident.cancelled", number=cards.number(order))),
+    )
+    ctx.say("resident.cancelled", number=cards.number(order))
+
+
+async def _view(ctx: Ctx, person: Person, oid: int) -> None:
+    await show_order(ctx, oid)
+
+
+#: What each ``o:<action>:<order>`` button does (every action of ``payloads.ORDER_ACTIONS``).
+BY_ACTION: dict[str, Callable[[Ctx, Person, int], Awaitable[None]]] = {
+    "as": _pick_member,
+    "bc": _broadcast,
+    "me": _handle_myself,
+    "esc": _escalate,
+    "acc": _accept,
+    "dec": _decline,
+    "done": _done,
+    "ns": _not_solved,
+    "cx": _ask_cancel,
+    "cxy": _cancel,
+    "view": _view,
+}
+#: The other order buttons, by kind.
+BY_KIND: dict[p.PayloadKind, Callable[[Ctx, Person, p.Payload], Awaitable[None]]] = {
+    p.PayloadKind.ASSIGN: _assign,
+    p.PayloadKind.RATE: _rate,
+    p.PayloadKind.REVISIT: _revisit,
+}
 
 
 async def show_order(ctx: Ctx, order_id: int) -> None:

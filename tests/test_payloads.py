@@ -7,6 +7,7 @@ import pytest
 
 from bot.core import payloads as p
 from bot.core.payloads import Payload, PayloadKind
+from handlers.order_buttons import BY_ACTION, BY_KIND
 
 BUILT = [
     (p.order("acc", 12), "o:acc:12", Payload(PayloadKind.ORDER, "acc", 12)),
@@ -46,3 +47,9 @@ def test_every_kind_is_built_above() -> None:
 )
 def test_malformed_payloads_are_refused(raw: str | None) -> None:
     assert p.parse(raw) is None
+
+
+def test_every_order_action_has_its_handler() -> None:
+    """The order buttons' table answers every action a payload may carry, and no other."""
+    assert set(BY_ACTION) == set(p.ORDER_ACTIONS)
+    assert set(BY_KIND) == {p.PayloadKind.ASSIGN, p.PayloadKind.RATE, p.PayloadKind.REVISIT}
