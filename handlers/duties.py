@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.core import payloads as p
@@ -21,32 +22,46 @@ COMMANDS = ("whistle", "notice", "household", "visitplan")
 FIELD_SEPARATORS = ("|", "｜")
 
 
-async def button(ctx: Ctx, payload: p.Payload) -> None:
-    """A duty button: check in (``dp``), visit outcome (``dv``), whistle answer (``dw``),
-    send a notice (``nc``)."""
-    if payload.kind is p.PayloadKind.NOTICE_CONFIRM:
-        await notice.confirm(ctx, payload.arg or "")
-        return
+async def _check_in(ctx: Ctx, payload: p.Payload) -> None:
+    """检到 on a patrol reminder (``dp:ci:<run>``): the check-in flow asks a note."""
     assert ctx.person is not None and payload.id is not None
-    duties = ctx.duties()
-    if payload.kind is p.PayloadKind.PATROL:
-        await duties.start_check_in(ctx.person, payload.id)
-        await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, {"run_id": payload.id})
-        ctx.say("patrol.ask_note", [cancel_row(ctx)])
-    elif payload.kind is p.PayloadKind.VISIT:
-        outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
-        await duties.start_visit(ctx.person, payload.id)
-        await ctx.set_conversation(
-            FLOW_VISIT, Step.NOTE, {"plan_id": payload.id, "outcome": outcome}
-        )
-        if outcome == VISIT_HELP:
-            ctx.say("visit.ask_help", [cancel_row(ctx)])
-        else:
-            ctx.say("visit.ask_note", [skip_row(ctx)])
+    await ctx.duties().start_check_in(ctx.person, payload.id)
+    await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, {"run_id": payload.id})
+    ctx.say("patrol.ask_note", [cancel_row(ctx)])
+
+
+async def _visit(ctx: Ctx, payload: p.Payload) -> None:
+    """A visit's outcome (``dv:ok|help:<plan>``): the visit flow asks a note."""
+    assert ctx.person is not None and payload.id is not None
+    outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
+    await ctx.duties().start_visit(ctx.person, payload.id)
+    await ctx.set_conversation(FLOW_VISIT, Step.NOTE, {"plan_id": payload.id, "outcome": outcome})
+    if outcome == VISIT_HELP:
+        ctx.say("visit.ask_help", [cancel_row(ctx)])
     else:
-        answer = await duties.answer_whistle(ctx.person, payload.id, payload.action)
-        ctx.toast = ctx.t(f"whistle.answered_{answer}")
-        ctx.say(f"whistle.answered_{answer}")
+        ctx.say("visit.ask_note", [skip_row(ctx)])
+
+
+async def _whistle(ctx: Ctx, payload: p.Payload) -> None:
+    """An answer to a whistle (``dw:on|no:<whistle>``)."""
+    assert ctx.person is not None and payload.id is not None
+    answer = await ctx.duties().answer_whistle(ctx.person, payload.id, payload.action)
+    ctx.toast = ctx.t(f"whistle.answered_{answer}")
+    ctx.say(f"whistle.answered_{answer}")
+
+
+async def _send_notice(ctx: Ctx, payload: p.Payload) -> None:
+    """确认发送 under a notice's preview (``nc:<code>``)."""
+    await notice.confirm(ctx, payload.arg or "")
+
+
+#: The duty buttons, by kind (combined with the order buttons in the intake's table).
+BUTTONS: dict[p.PayloadKind, Callable[[Ctx, p.Payload], Awaitable[None]]] = {
+    p.PayloadKind.PATROL: _check_in,
+    p.PayloadKind.VISIT: _visit,
+    p.PayloadKind.WHISTLE: _whistle,
+    p.PayloadKind.NOTICE_CONFIRM: _send_notice,
+}
 
 
 async def checkin_step(

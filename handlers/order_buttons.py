@@ -17,24 +17,17 @@ from models import Grid, Offer, Person, Revisit, refs
 from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
 
-async def button(ctx: Ctx, payload: p.Payload) -> None:
-    """Act on an order button (``o:``, ``oa:``, ``or:``, ``rv:``): the press goes to the
-    function its kind (and, for ``o:``, its action) names in :data:`BY_KIND` /
-    :data:`BY_ACTION`."""
+async def _order_action(ctx: Ctx, payload: p.Payload) -> None:
+    """``o:<action>:<order>``: the function :data:`BY_ACTION` names for the action."""
     assert ctx.person is not None and payload.id is not None
-    if payload.kind is p.PayloadKind.ORDER:
-        act = BY_ACTION.get(payload.action)
-        if act is None:  # pragma: no cover - parse() only lets known actions through
-            raise OrderError("error.button_invalid")
-        await act(ctx, ctx.person, payload.id)
-        return
-    by_kind = BY_KIND.get(payload.kind)
-    if by_kind is None:  # pragma: no cover - the intake sends only order kinds here
+    act = BY_ACTION.get(payload.action)
+    if act is None:  # pragma: no cover - parse() only lets known actions through
         raise OrderError("error.button_invalid")
-    await by_kind(ctx, ctx.person, payload)
+    await act(ctx, ctx.person, payload.id)
 
 
-async def _assign(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+async def _assign(ctx: Ctx, payload: p.Payload) -> None:
+    person = _person(ctx)
     assert payload.id is not None
     order = await ctx.orders.assign(person, payload.id, int(payload.arg or 0))
     member = await ctx.session.get(Person, int(payload.arg or 0))
@@ -42,7 +35,8 @@ async def _assign(ctx: Ctx, person: Person, payload: p.Payload) -> None:
     ctx.say("dispatch.assigned", number=cards.number(order), name=member.name if member else "-")
 
 
-async def _rate(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+async def _rate(ctx: Ctx, payload: p.Payload) -> None:
+    person = _person(ctx)
     assert payload.id is not None
     stars = int(payload.arg or 0)
     # The thanks goes first, ahead of the receipt's edit and the member's news: a refused
@@ -53,7 +47,8 @@ async def _rate(ctx: Ctx, person: Person, payload: p.Payload) -> None:
     ctx.toast = ctx.t("resident.rated_short")
 
 
-async def _revisit(ctx: Ctx, person: Person, payload: p.Payload) -> None:
+async def _revisit(ctx: Ctx, payload: p.Payload) -> None:
+    person = _person(ctx)
     revisit = await ctx.session.get(Revisit, payload.id)
     if revisit is None or revisit.status != "open":
         raise OrderError("error.revisit_done_already")
@@ -62,6 +57,11 @@ async def _revisit(ctx: Ctx, person: Person, payload: p.Payload) -> None:
         raise OrderError("error.not_your_button")
     await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": revisit.id})
     ctx.say("revisit.ask_note", [_skip_or_cancel(ctx)])
+
+
+def _person(ctx: Ctx) -> Person:
+    assert ctx.person is not None  # the intake answers buttons of bound people only
+    return ctx.person
 
 
 def _skip_or_cancel(ctx: Ctx) -> list[Button]:
@@ -170,8 +170,9 @@ BY_ACTION: dict[str, Callable[[Ctx, Person, int], Awaitable[None]]] = {
     "cxy": _cancel,
     "view": _view,
 }
-#: The other order buttons, by kind.
-BY_KIND: dict[p.PayloadKind, Callable[[Ctx, Person, p.Payload], Awaitable[None]]] = {
+#: The order buttons, by kind (combined with the duty buttons in the intake's table).
+BUTTONS: dict[p.PayloadKind, Callable[[Ctx, p.Payload], Awaitable[None]]] = {
+    p.PayloadKind.ORDER: _order_action,
     p.PayloadKind.ASSIGN: _assign,
     p.PayloadKind.RATE: _rate,
     p.PayloadKind.REVISIT: _revisit,

@@ -7,7 +7,9 @@ import pytest
 
 from bot.core import payloads as p
 from bot.core.payloads import Payload, PayloadKind
-from handlers.order_buttons import BY_ACTION, BY_KIND
+from handlers import duties, order_buttons
+from handlers.intake import BUTTONS
+from handlers.order_buttons import BY_ACTION
 
 BUILT = [
     (p.order("acc", 12), "o:acc:12", Payload(PayloadKind.ORDER, "acc", 12)),
@@ -49,7 +51,10 @@ def test_malformed_payloads_are_refused(raw: str | None) -> None:
     assert p.parse(raw) is None
 
 
-def test_every_order_action_has_its_handler() -> None:
-    """The order buttons' table answers every action a payload may carry, and no other."""
+def test_every_button_kind_has_one_answer() -> None:
+    """Every kind of payload parse() accepts is answered: flow and menu buttons by the intake
+    itself, every other kind by the one row of the intake's table; and the order buttons'
+    table answers every action an order payload may carry, and no other."""
     assert set(BY_ACTION) == set(p.ORDER_ACTIONS)
-    assert set(BY_KIND) == {p.PayloadKind.ASSIGN, p.PayloadKind.RATE, p.PayloadKind.REVISIT}
+    assert set(BUTTONS) | {PayloadKind.FLOW, PayloadKind.MENU} == set(PayloadKind)
+    assert not set(order_buttons.BUTTONS) & set(duties.BUTTONS)

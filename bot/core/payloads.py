@@ -39,10 +39,6 @@ class PayloadKind(StrEnum):
 #: ``cx`` asks the resident to confirm the withdrawal, ``cxy`` is that confirmation.
 ORDER_ACTIONS = ("as", "bc", "me", "esc", "acc", "dec", "done", "ns", "cx", "cxy", "view")
 FLOW_ACTIONS = ("cat", "skip", "ok", "x", "lang", "push", "same", "new", "pick", "me")
-#: The duty buttons (handled by ``handlers.duties``).
-DUTY_KINDS = frozenset(
-    {PayloadKind.PATROL, PayloadKind.VISIT, PayloadKind.WHISTLE, PayloadKind.NOTICE_CONFIRM}
-)
 #: Row ids are 32-bit integers (PostgreSQL ``integer``): a larger one cannot name a row and
 #: would make the database refuse the query instead of the handler refusing politely.
 MAX_ID = 2**31 - 1
