@@ -453,17 +453,28 @@ def cohort_where(scope: Scope, period: Period) -> tuple[Any, ...]:
     )
 
 
+#: PostgreSQL settings of a report's transactions (see :func:`custom_plans`).
+REPORT_SETTINGS: dict[str, str] = {
+    "plan_cache_mode": "force_custom_plan",
+    "work_mem": "64MB",
+    "jit": "off",
+}
+
+
 async def custom_plans(session: AsyncSession) -> None:
     """On PostgreSQL, plan the report's statements for their parameters every time, for the
     rest of the transaction. A prepared statement run five times may otherwise get a generic
     plan, which cannot see the subtree's path prefix or the period: measured at scale 0.005,
-    one community's figures went from ~0.1 s to 2.6 s on the sixth run."""
-    if session.get_bind().dialect.name == "postgresql":
-        # And sort the times' percentiles of a city month (~650,000 rows at Yunfu) in memory
-        # rather than on disk (the default 4 MB spilled 20 MB). One round trip.
-        await session.execute(text(
-            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
-            " set_config('work_mem', '64MB', true)"))
+    one community's figures went from ~0.1 s to 2.6 s on the sixth run.
+
+    And sort the times' percentiles of a city month (~650,000 rows at Yunfu) in memory rather
+    than on disk (the default 4 MB ``work_mem`` spilled 20 MB); and no JIT compilation: the
+    city month's statement costs far above ``jit_above_cost``, and compiling its clocks'
+    ``CASE`` expressions (352 functions) took 5.4 s of its 6.9 s (EXPLAIN ANALYZE at Yunfu
+    scale; 2.8 s without JIT). One round trip."""
+    if session.get_bind().dialect.name == "postgresql" and REPORT_SETTINGS:
+        await session.execute(text("SELECT " + ", ".join(
+            f"set_config('{name}', '{value}', true)" for name, value in REPORT_SETTINGS.items())))
 
 
 async def cohort_clocks(
