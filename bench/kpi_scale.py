@@ -13,10 +13,17 @@ October. Then ``order_facts`` is backfilled by the migration's code (``models.fa
 Measured for October 2026 (its cohort's orders submitted in October, the events up to its end;
 the month before too, as the reports show it beside), ``--runs`` times each, p50 and p95:
 
-* ``order_kpis``: :func:`bot.reports.kpi.cohort_figures` of the month and the month before
-  (with :func:`~bot.reports.kpi.load_scope`), naive (every order from its events) and facts;
+* ``month_kpis``: :func:`bot.reports.kpi.cohort_figures` of the month alone;
+* ``order_kpis``: ``cohort_figures`` of the month and the month before (with
+  :func:`~bot.reports.kpi.load_scope`);
 * ``report``: the whole :func:`~bot.reports.kpi.build_report` without the ledger's order rows
-  (+ duties, members, points, hot spots), naive and facts;
+  (+ duties, members, points, hot spots);
+
+each in the ``--phases`` asked for, in one run on one database: ``naive`` (every order from
+its events), ``old`` (the ``order_facts`` rows, one session, the server's JIT: the path before
+``jit = off`` and :mod:`bot.reports.snapshot`), ``sequential`` (facts, one session, no JIT)
+and ``concurrent`` (facts, the independent parts on up to four connections sharing one
+snapshot); the figures and members' work of every phase are asserted equal;
 
 for the whole city and one community (``g2-0``), the process's peak RSS, the machine's load.
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.reports import snapshot
+from bot.reports import kpi, snapshot
 from bot.reports.kpi import Period, Report, build_report, load_scope
 from models import Person
 from tests.conftest import Harness
@@ -34,6 +34,12 @@ async def reports(harness: Harness, code: str | None, *ways: bool) -> list[Any]:
         return [comparable(await build_report(
             session, harness.app.settings, scope, OCTOBER, local(2026, 11, 1, 9, 0),
             sequential=sequential)) for sequential in ways]
+
+
+@pytest.fixture(autouse=True)
+def any_subtree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's subtrees are small: let any of them read its parts concurrently."""
+    monkeypatch.setattr(kpi, "CONCURRENT_FROM_GRIDS", 1)
 
 
 @pytest.fixture
@@ -87,13 +93,18 @@ async def test_a_write_while_the_parts_run_is_seen_by_none(
     assert any(m.done > done[m.person_id] for m in after[0].members)
 
 
-async def test_no_free_connection_or_a_written_transaction_stays_in_the_session(
+async def test_small_subtree_no_free_connection_or_written_transaction_stay_sequential(
     harness: Harness, database_url: str, parts_seen: list[int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite is always sequential")
     await write_history(harness.app.sessionmaker)
+    # A subtree smaller than the threshold.
+    monkeypatch.setattr(kpi, "CONCURRENT_FROM_GRIDS", 10**6)
+    want, got = await reports(harness, "xinhua", True, False)
+    assert got == want and not parts_seen
+    monkeypatch.setattr(kpi, "CONCURRENT_FROM_GRIDS", 1)
     # The engine's other reports hold all but one of the bound's connections.
     monkeypatch.setitem(snapshot._in_use, harness.app.engine.sync_engine,
                         snapshot.MAX_CONNECTIONS - 1)
