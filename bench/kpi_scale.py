@@ -13,10 +13,17 @@ October. Then ``order_facts`` is backfilled by the migration's code (``models.fa
 Measured for October 2026 (its cohort's orders submitted in October, the events up to its end;
 the month before too, as the reports show it beside), ``--runs`` times each, p50 and p95:
 
-* ``order_kpis``: :func:`bot.reports.kpi.cohort_figures` of the month and the month before
-  (with :func:`~bot.reports.kpi.load_scope`), naive (every order from its events) and facts;
+* ``month_kpis``: :func:`bot.reports.kpi.cohort_figures` of the month alone;
+* ``order_kpis``: ``cohort_figures`` of the month and the month before (with
+  :func:`~bot.reports.kpi.load_scope`);
 * ``report``: the whole :func:`~bot.reports.kpi.build_report` without the ledger's order rows
-  (+ duties, members, points, hot spots), naive and facts;
+  (+ duties, members, points, hot spots);
+
+each in the ``--phases`` asked for, in one run on one database: ``naive`` (every order from
+its events), ``old`` (the ``order_facts`` rows, one session, the server's JIT: the path before
+``jit = off`` and :mod:`bot.reports.snapshot`), ``sequential`` (facts, one session, no JIT)
+and ``concurrent`` (facts, the independent parts on up to four connections sharing one
+snapshot); the figures and members' work of every phase are asserted equal;
 
 for the whole city and one community (``g2-0``), the process's peak RSS, the machine's load.
 
@@ -50,7 +57,14 @@ from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
-from bot.reports.kpi import Period, build_report, cohort_figures, load_scope  # noqa: E402
+from bot.reports.kpi import (  # noqa: E402
+    REPORT_SETTINGS,
+    Period,
+    build_report,
+    cohort_figures,
+    load_scope,
+)
+from bot.reports.snapshot import run_parts  # noqa: E402
 from models.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from models.facts import rebuild  # noqa: E402
 
@@ -246,43 +260,70 @@ class Bench:
                 times.append(time.perf_counter() - t0)
         return _stats(times), result
 
-    async def measure(self, code: str | None, naive: bool, runs: int) -> dict[str, Any]:
+    async def measure(self, code: str | None, phase: str, runs: int) -> dict[str, Any]:
+        """``phase``: naive (event-log SQL, sequential), old (facts, one session, with the
+        server's JIT: the path before bot.reports.snapshot and ``jit = off``), sequential
+        (facts, one session, no JIT) or concurrent (facts, the parts on one snapshot)."""
+        naive, sequential = phase == "naive", phase != "concurrent"
+        jit = REPORT_SETTINGS.pop("jit") if phase in ("naive", "old") else None
+        try:
+            return await self._measure(code, naive, sequential, runs)
+        finally:
+            if jit is not None:
+                REPORT_SETTINGS["jit"] = jit
+
+    async def _measure(self, code: str | None, naive: bool, sequential: bool,
+                       runs: int) -> dict[str, Any]:
         period = self.period
+
+        async def month(session: AsyncSession) -> Any:
+            scope = await load_scope(session, code)
+            now = await cohort_figures(session, self.settings, scope, period, naive=naive)
+            return now.figures["*"].to_json()
 
         async def kpis(session: AsyncSession) -> Any:
             scope = await load_scope(session, code)
-            now = await cohort_figures(session, self.settings, scope, period, naive=naive)
-            before = await cohort_figures(session, self.settings, scope, period.previous(),
-                                          naive=naive)
+            now, before = await run_parts(session, [
+                lambda s: cohort_figures(s, self.settings, scope, period, naive=naive),
+                lambda s: cohort_figures(s, self.settings, scope, period.previous(),
+                                         naive=naive),
+            ], concurrent=not sequential)
             return now.figures["*"].to_json(), before.figures["*"].to_json()
 
         async def report(session: AsyncSession) -> Any:
             scope = await load_scope(session, code)
             r = await build_report(session, self.settings, scope, period, period.end,
-                                   with_orders=False, naive=naive)
+                                   with_orders=False, naive=naive, sequential=sequential)
             return [(row.code, row.figures.to_json(), row.previous.to_json())
-                    for row in (r.total, *r.children)]
+                    for row in (r.total, *r.children)], [
+                        (m.person_id, m.accepted, m.done, m.ratings, m.points, m.visits_due)
+                        for m in r.members]
 
         out: dict[str, Any] = {}
+        out["month_kpis"], _ = await self.timed(month, runs)
         out["order_kpis"], figures = await self.timed(kpis, runs)
         out["report"], rows = await self.timed(report, runs)
         out["received"] = figures[0]["received"]
         return {"timings": out, "figures": figures, "rows": rows}
 
 
-async def measure(url: str, runs: int, community_runs: int) -> dict[str, Any]:
+async def measure(url: str, runs: int, community_runs: int,
+                  phases: list[str]) -> dict[str, Any]:
     bench = Bench(url, runs)
-    result: dict[str, Any] = {"month": bench.period.label}
+    result: dict[str, Any] = {"month": bench.period.label, "phases": phases}
     try:
         for where, code, n in (("community", "g2-0", community_runs), ("city", None, runs)):
             got = {}
-            for phase in ("naive", "facts"):
-                got[phase] = await bench.measure(code, phase == "naive", n)
+            for phase in phases:
+                got[phase] = await bench.measure(code, phase, n)
                 print(where, phase, json.dumps(got[phase]["timings"]), file=sys.stderr,
                       flush=True)
-            # The same figures both ways (every rate, count and time, both months, each child).
-            assert got["naive"]["figures"] == got["facts"]["figures"], where
-            assert got["naive"]["rows"] == got["facts"]["rows"], where
+            # The same figures every way (every rate, count and time, both months, each
+            # child, each member's work).
+            first = got[phases[0]]
+            for phase in phases[1:]:
+                assert got[phase]["figures"] == first["figures"], (where, phase)
+                assert got[phase]["rows"] == first["rows"], (where, phase)
             result[where] = {phase: got[phase]["timings"] for phase in got}
         result["peak_rss_mb"] = rss_mb()
     finally:
@@ -291,8 +332,11 @@ async def measure(url: str, runs: int, community_runs: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    phases = args.phases.split(",")
     if args.reuse:
-        out = await measure(args.reuse, args.runs, args.community_runs)
+        before = [round(x, 2) for x in os.getloadavg()]
+        out = await measure(args.reuse, args.runs, args.community_runs, phases)
+        out["load_average_before"] = before
         out["load_average"] = [round(x, 2) for x in os.getloadavg()]
         return out
     admin_url = args.database_url
@@ -308,7 +352,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["populate"] = await populate(url, args.scale, args.orders)
         print("populate", json.dumps(result["populate"]), file=sys.stderr, flush=True)
         result["rss_after_populate_mb"] = rss_mb()
-        result.update(await measure(url, args.runs, args.community_runs))
+        result.update(await measure(url, args.runs, args.community_runs, phases))
         result["load_average"] = [round(x, 2) for x in os.getloadavg()]
         result["goals"] = {"city_s": 10, "community_s": 0.2}
         return result
@@ -338,6 +382,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
     parser.add_argument("--reuse", help="measure this existing database (no generation)")
     parser.add_argument("--out", help="also write the JSON report here")
+    parser.add_argument("--phases", default="naive,old,sequential,concurrent",
+                        help="naive (event-log SQL), old (facts, one session, server's JIT),"
+                        " sequential (facts, one session, no JIT) and/or concurrent (facts,"
+                        " the report's parts on one snapshot), in order")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     out = json.dumps(result, ensure_ascii=False, indent=2, default=str)

@@ -89,6 +89,7 @@ from bot.config import Settings
 from bot.core.order_clocks import ClockCache, Clocks, resolve_clocks
 from bot.core.points import standings
 from bot.core.responsibility import path_ids
+from bot.reports.snapshot import Part, run_parts
 from bot.reports.sql import digits, epoch_us, first_of, flag, last_of, path_segment
 from models import (
     Building,
@@ -452,17 +453,28 @@ def cohort_where(scope: Scope, period: Period) -> tuple[Any, ...]:
     )
 
 
+#: PostgreSQL settings of a report's transactions (see :func:`custom_plans`).
+REPORT_SETTINGS: dict[str, str] = {
+    "plan_cache_mode": "force_custom_plan",
+    "work_mem": "64MB",
+    "jit": "off",
+}
+
+
 async def custom_plans(session: AsyncSession) -> None:
     """On PostgreSQL, plan the report's statements for their parameters every time, for the
     rest of the transaction. A prepared statement run five times may otherwise get a generic
     plan, which cannot see the subtree's path prefix or the period: measured at scale 0.005,
-    one community's figures went from ~0.1 s to 2.6 s on the sixth run."""
-    if session.get_bind().dialect.name == "postgresql":
-        # And sort the times' percentiles of a city month (~650,000 rows at Yunfu) in memory
-        # rather than on disk (the default 4 MB spilled 20 MB). One round trip.
-        await session.execute(text(
-            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
-            " set_config('work_mem', '64MB', true)"))
+    one community's figures went from ~0.1 s to 2.6 s on the sixth run.
+
+    And sort the times' percentiles of a city month (~650,000 rows at Yunfu) in memory rather
+    than on disk (the default 4 MB ``work_mem`` spilled 20 MB); and no JIT compilation: the
+    city month's statement costs far above ``jit_above_cost``, and compiling its clocks'
+    ``CASE`` expressions (352 functions) took 5.4 s of its 6.9 s (EXPLAIN ANALYZE at Yunfu
+    scale; 2.8 s without JIT). One round trip."""
+    if session.get_bind().dialect.name == "postgresql" and REPORT_SETTINGS:
+        await session.execute(text("SELECT " + ", ".join(
+            f"set_config('{name}', '{value}', true)" for name, value in REPORT_SETTINGS.items())))
 
 
 async def cohort_clocks(
@@ -1241,10 +1253,7 @@ async def load_members(
     for pid, (accepted, done, ratings) in work.items():
         m = members[pid]
         m.accepted, m.done, m.ratings = accepted, done, ratings
-    for v in visits:
-        if v.member_id in members:
-            members[v.member_id].visits_due += v.due
-            members[v.member_id].visits_logged += min(v.logged, v.due)
+    add_visits(members.values(), visits)
     # Points of the period: the one definition of bot.core.points (the ledger's rows).
     grid_ids = sorted({m.grid_id for m in members.values()})
     for line in await standings(session, grid_ids, period.start, period.end,
@@ -1252,6 +1261,15 @@ async def load_members(
         if line.person_id in members:
             members[line.person_id].points = line.points
     return sorted(members.values(), key=lambda m: (-m.points, m.name, m.person_id))
+
+
+def add_visits(members: Iterable[MemberFigures], visits: Sequence[VisitFact]) -> None:
+    """Count the visits due and logged (at most the due) of the period for their members."""
+    by_id = {m.person_id: m for m in members}
+    for v in visits:
+        if v.member_id in by_id:
+            by_id[v.member_id].visits_due += v.due
+            by_id[v.member_id].visits_logged += min(v.logged, v.due)
 
 
 async def member_work(
@@ -1444,6 +1462,12 @@ def _figures(
     )
 
 
+#: Subtrees of at least this many grids read the report's parts concurrently (PostgreSQL).
+#: At Yunfu scale one community (22 grids) took 78 ms p50 sequentially and 95 ms with its
+#: parts on four connections; a street has ~350 grids, the city 22,189.
+CONCURRENT_FROM_GRIDS = 1000
+
+
 async def build_report(
     session: AsyncSession,
     settings: Settings,
@@ -1453,17 +1477,42 @@ async def build_report(
     *,
     with_orders: bool = True,
     naive: bool = False,
+    sequential: bool = False,
 ) -> Report:
     """The figures of ``scope`` for ``period`` and the period before, per child grid ranked
     by :func:`score`, the orders (the ledger's rows; none with ``with_orders=False``),
-    members, hot spots."""
+    members, hot spots. On PostgreSQL the independent reads run at the same time on one
+    snapshot (:func:`bot.reports.snapshot.run_parts`) for a subtree of at least
+    :data:`CONCURRENT_FROM_GRIDS` grids; ``sequential=True`` (benchmarks)
+    runs them one after another in ``session``, as on SQLite."""
     previous = period.previous()
     await custom_plans(session)
+
+    def orders_of(per: Period) -> Part:
+        return lambda s: cohort_figures(s, settings, scope, per, naive=naive)
+
+    async def members_of(s: AsyncSession) -> list[MemberFigures]:
+        await custom_plans(s)
+        return await load_members(s, scope, period, [], settings)
+
+    async def duties_of(s: AsyncSession, per: Period) -> Any:
+        await custom_plans(s)
+        return await load_duties(s, scope, per)
+
+    async def cohort_of(s: AsyncSession) -> list[OrderFacts]:
+        return await load_orders(s, settings, scope, period) if with_orders else []
+
+    # Independent reads: on PostgreSQL at the same time on one snapshot (bot.reports.snapshot)
+    # for a large subtree; a small one's take milliseconds, less than the extra connections
+    # cost. The costliest first: with fewer connections than parts, the cheap ones queue.
     current: dict[str, Any] = {}
     before: dict[str, Any] = {}
-    for per, store in ((period, current), (previous, before)):
-        store["orders"] = await cohort_figures(session, settings, scope, per, naive=naive)
-        store["duties"] = await load_duties(session, scope, per)
+    (current["orders"], before["orders"], members, current["duties"], before["duties"],
+     cohort) = await run_parts(session, [
+        orders_of(period), orders_of(previous), members_of,
+        lambda s: duties_of(s, period), lambda s: duties_of(s, previous), cohort_of,
+    ], concurrent=not sequential and len(scope.grids) >= CONCURRENT_FROM_GRIDS)
+    add_visits(members, current["duties"][1])
     keys = {gid: child_key(scope, gid) for gid in scope.ids()}
 
     def row(grid: Grid | None) -> GridRow:
@@ -1485,7 +1534,6 @@ async def build_report(
     ranked = sorted(children, key=lambda r: (r.score is None, -(r.score or 0), r.code))
     for n, r in enumerate(ranked, 1):
         r.rank = n if r.score is not None else None
-    cohort = await load_orders(session, settings, scope, period) if with_orders else []
     people = {pid for o in cohort for pid in (o.handler_id, o.member_id, o.resident_id) if pid}
     names: dict[int, str] = {}
     for chunk in _chunks(sorted(people)):
@@ -1499,7 +1547,6 @@ async def build_report(
             (b.id, b)
             for b in (await session.scalars(select(Building).where(Building.id.in_(chunk)))).all()
         )
-    members = await load_members(session, scope, period, current["duties"][1], settings)
 
     def hot(counts: dict[Any, tuple[int, int, int]], name_of: Any) -> list[Hotspot]:
         spots = [Hotspot(str(k), name_of(k), n, Ratio(sat, rated))
