@@ -9,7 +9,7 @@ from bot.core.invites import InviteError, check_invite, redeem_invite, signing_k
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from handlers import common, profile
-from handlers.context import FLOW_BIND, Ctx, Step
+from handlers.context import Ctx, Flow, Step
 from models import Building, Grid, Identity, Person, Role
 from models.people import ROLE_RESIDENT
 
@@ -98,7 +98,7 @@ async def start(ctx: Ctx, token: str) -> None:
         welcome = ctx.t("bind.role_ok", role=ctx.t(f"role.{invite.role}"), grid=grid.name)
     if new_person:
         # Someone new: how do the others call them? (WeChat gives no name at all.)
-        await ctx.set_conversation(FLOW_BIND, Step.NAME, data)
+        await ctx.set_conversation(Flow.BIND, Step.NAME, data)
         ctx.reply(Outbound(welcome + "\n\n" + ctx.t("bind.ask_name"), _name_buttons(ctx)))
         return
     if invite.role == ROLE_RESIDENT:
@@ -116,7 +116,7 @@ def _name_buttons(ctx: Ctx) -> list[list[Button]]:
 
 
 async def _ask_room(ctx: Ctx, data: dict[str, object], before: str = "") -> None:
-    await ctx.set_conversation(FLOW_BIND, Step.ROOM, data)
+    await ctx.set_conversation(Flow.BIND, Step.ROOM, data)
     # One message, not two: the welcome and the first question belong together.
     ctx.reply(before + ctx.t("bind.ask_room"), [[Button(ctx.t("btn.skip"), p.flow("skip"))]])
 
@@ -142,7 +142,7 @@ async def step(ctx: Ctx, state: str, data: dict[str, object], payload: p.Payload
         if data.get("role_id") is not None:
             await _ask_room(ctx, data, ctx.t("bind.name_ok", name=ctx.person.name) + "\n")
         else:
-            await ctx.set_conversation(FLOW_BIND, Step.PHONE, data)
+            await ctx.set_conversation(Flow.BIND, Step.PHONE, data)
             ctx.say("bind.ask_phone_member", skip_row, name=ctx.person.name)
         return
     if state == Step.ROOM:
@@ -153,7 +153,7 @@ async def step(ctx: Ctx, state: str, data: dict[str, object], payload: p.Payload
             role = await ctx.session.get(Role, int(str(data["role_id"])))
             if role is not None and role.person_id == ctx.person.id:
                 role.room = text
-        await ctx.set_conversation(FLOW_BIND, Step.PHONE, data)
+        await ctx.set_conversation(Flow.BIND, Step.PHONE, data)
         ctx.say("bind.ask_phone", skip_row)
         return
     if not skip:

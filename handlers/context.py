@@ -199,15 +199,3 @@ def declared_step(flow: str, state: str) -> bool:
 #: A flow's step function: (context, current step, the flow's data, the button pressed if any).
 FlowStep = Callable[[Ctx, str, dict[str, Any], Payload | None], Awaitable[None]]
 
-# The flows by the names the handler modules import.
-FLOW_BIND = Flow.BIND
-FLOW_ORDER = Flow.ORDER
-FLOW_ESCALATE = Flow.ESCALATE
-FLOW_DONE = Flow.DONE
-FLOW_REVISIT = Flow.REVISIT
-FLOW_CHECKIN = Flow.CHECKIN
-FLOW_VISIT = Flow.VISIT
-FLOW_NOTICE = Flow.NOTICE
-FLOW_HOUSEHOLD = Flow.HOUSEHOLD
-FLOW_VISITPLAN = Flow.VISITPLAN
-FLOW_PROFILE = Flow.PROFILE

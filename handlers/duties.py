@@ -12,7 +12,7 @@ from bot.core.orders import OrderError
 from bot.ports import Outbound
 from handlers import duty_lists, notice
 from handlers.common import cancel_row, location_question, skip_row
-from handlers.context import FLOW_CHECKIN, FLOW_NOTICE, FLOW_VISIT, Ctx, FlowStep, Step
+from handlers.context import Ctx, Flow, FlowStep, Step
 from models import Order
 from models.duties import VISIT_FINE, VISIT_HELP
 from models.people import ROLE_ADMIN, ROLE_HEAD, ROLE_WORKER
@@ -26,7 +26,7 @@ async def _check_in(ctx: Ctx, payload: p.Payload) -> None:
     """检到 on a patrol reminder (``dp:ci:<run>``): the check-in flow asks a note."""
     assert ctx.person is not None and payload.id is not None
     await ctx.duties().start_check_in(ctx.person, payload.id)
-    await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, {"run_id": payload.id})
+    await ctx.set_conversation(Flow.CHECKIN, Step.NOTE, {"run_id": payload.id})
     ctx.say("patrol.ask_note", [cancel_row(ctx)])
 
 
@@ -35,7 +35,7 @@ async def _visit(ctx: Ctx, payload: p.Payload) -> None:
     assert ctx.person is not None and payload.id is not None
     outcome = VISIT_HELP if payload.action == "help" else VISIT_FINE
     await ctx.duties().start_visit(ctx.person, payload.id)
-    await ctx.set_conversation(FLOW_VISIT, Step.NOTE, {"plan_id": payload.id, "outcome": outcome})
+    await ctx.set_conversation(Flow.VISIT, Step.NOTE, {"plan_id": payload.id, "outcome": outcome})
     if outcome == VISIT_HELP:
         ctx.say("visit.ask_help", [cancel_row(ctx)])
     else:
@@ -76,14 +76,14 @@ async def checkin_step(
         if ev.photo:
             data["photo"] = ev.photo
         if not text or payload is not None:
-            await ctx.set_conversation(FLOW_CHECKIN, Step.NOTE, data)
+            await ctx.set_conversation(Flow.CHECKIN, Step.NOTE, data)
             ctx.say("patrol.ask_note", [cancel_row(ctx)])
             return
         data["note"] = text
         if data.get("photo"):
             await _ask_location(ctx, data)
             return
-        await ctx.set_conversation(FLOW_CHECKIN, Step.PHOTO, data)
+        await ctx.set_conversation(Flow.CHECKIN, Step.PHOTO, data)
         ctx.say("patrol.ask_photo", [skip_row(ctx)])
         return
     if state == Step.PHOTO:
@@ -109,7 +109,7 @@ async def checkin_step(
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_CHECKIN, Step.LOCATION, data)
+    await ctx.set_conversation(Flow.CHECKIN, Step.LOCATION, data)
     ctx.reply(location_question(ctx, "patrol.ask_location"))
 
 
@@ -141,9 +141,9 @@ async def visit_step(
 
 
 FLOWS: dict[str, FlowStep] = {
-    FLOW_CHECKIN: checkin_step,
-    FLOW_VISIT: visit_step,
-    FLOW_NOTICE: notice.confirm_step,
+    Flow.CHECKIN: checkin_step,
+    Flow.VISIT: visit_step,
+    Flow.NOTICE: notice.confirm_step,
     **duty_lists.FLOWS,
 }
 

@@ -16,7 +16,7 @@ from bot.core import payloads as p
 from bot.core.orders import OrderError
 from bot.ports import Button
 from handlers.common import cancel_row
-from handlers.context import FLOW_HOUSEHOLD, FLOW_VISITPLAN, Ctx, Flow, FlowStep, Step
+from handlers.context import Ctx, Flow, FlowStep, Step
 from models import Building, Grid, Household, Person, Role, VisitPlan
 from models.duties import FREQUENCIES, HOUSEHOLD_KINDS
 from models.people import ROLE_MEMBER
@@ -92,7 +92,7 @@ async def _household_building(ctx: Ctx, data: dict[str, Any], text: str) -> None
          f"b{b.id}")
         for b in choices
     ]
-    await _ask(ctx, FLOW_HOUSEHOLD, Step.BUILDING, data, key, options, text=text[:32])
+    await _ask(ctx, Flow.HOUSEHOLD, Step.BUILDING, data, key, options, text=text[:32])
 
 
 async def _household_kind(ctx: Ctx, data: dict[str, Any]) -> None:
@@ -102,7 +102,7 @@ async def _household_kind(ctx: Ctx, data: dict[str, Any]) -> None:
         if code is None:
             options = [(ctx.t(f"household.kind.{k}"), k) for k in HOUSEHOLD_KINDS]
             key = "duty.pick_kind_unknown" if text else "duty.pick_kind"
-            await _ask(ctx, FLOW_HOUSEHOLD, Step.KIND, data, key, options, text=text[:20])
+            await _ask(ctx, Flow.HOUSEHOLD, Step.KIND, data, key, options, text=text[:20])
             return
         data["kind"] = code
     await _household_add(ctx, data)
@@ -175,7 +175,7 @@ async def _plan_household(ctx: Ctx, data: dict[str, Any], text: str) -> None:
         label = ctx.t("duty.household_label", name=h.name,
                       building=building.name if building else "-")
         options.append((label, f"h{h.id}"))
-    await _ask(ctx, FLOW_VISITPLAN, Step.HOUSEHOLD, data, "duty.pick_household", options,
+    await _ask(ctx, Flow.VISITPLAN, Step.HOUSEHOLD, data, "duty.pick_household", options,
                text=text[:32])
 
 
@@ -198,7 +198,7 @@ async def _plan_member(ctx: Ctx, data: dict[str, Any]) -> None:
                 where = await _grid_name(ctx, grid_id) if grid_id else "-"
                 options.append((ctx.t("duty.member_label", name=m.name, grid=where),
                                 f"m{m.id}"))
-            await _ask(ctx, FLOW_VISITPLAN, Step.MEMBER, data, "duty.pick_member", options,
+            await _ask(ctx, Flow.VISITPLAN, Step.MEMBER, data, "duty.pick_member", options,
                        text=text[:32])
             return
         data["member_id"] = found.one.id
@@ -212,7 +212,7 @@ async def _plan_frequency(ctx: Ctx, data: dict[str, Any]) -> None:
         if code is None:
             options = [(ctx.t(f"frequency.{f}"), f) for f in FREQUENCIES]
             key = "duty.pick_frequency_unknown" if text else "duty.pick_frequency"
-            await _ask(ctx, FLOW_VISITPLAN, Step.FREQUENCY, data, key, options, text=text[:20])
+            await _ask(ctx, Flow.VISITPLAN, Step.FREQUENCY, data, key, options, text=text[:20])
             return
         data["frequency"] = code
     await _plan_add(ctx, data)
@@ -272,7 +272,7 @@ async def visitplan_step(
     await _plan_frequency(ctx, data)
 
 
-FLOWS: dict[str, FlowStep] = {FLOW_HOUSEHOLD: household_step, FLOW_VISITPLAN: visitplan_step}
+FLOWS: dict[str, FlowStep] = {Flow.HOUSEHOLD: household_step, Flow.VISITPLAN: visitplan_step}
 
 
 def next_morning(now: datetime, ctx: Ctx) -> datetime:

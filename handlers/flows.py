@@ -19,18 +19,7 @@ from bot.core.orders import NewOrder, OrderError
 from bot.i18n import SUPPORTED
 from bot.ports import Button, Outbound
 from handlers import bind, common, duties, free_text, profile
-from handlers.context import (
-    FLOW_BIND,
-    FLOW_DONE,
-    FLOW_ESCALATE,
-    FLOW_ORDER,
-    FLOW_PROFILE,
-    FLOW_REVISIT,
-    Ctx,
-    FlowStep,
-    Step,
-    declared_step,
-)
+from handlers.context import Ctx, Flow, FlowStep, Step, declared_step
 from models import Building, Category, Conversation, Order, Person, Role, refs
 from models.orders import OPEN_STATES
 from models.people import ROLE_RESIDENT
@@ -49,12 +38,12 @@ async def step(ctx: Ctx, conv: Conversation, payload: p.Payload | None = None) -
         await common.show_menu(ctx)
         return
     steps: dict[str, FlowStep] = {
-        FLOW_BIND: bind.step,
-        FLOW_PROFILE: _profile_step,
-        FLOW_ORDER: order_step,
-        FLOW_ESCALATE: escalate_step,
-        FLOW_DONE: done_step,
-        FLOW_REVISIT: revisit_step,
+        Flow.BIND: bind.step,
+        Flow.PROFILE: _profile_step,
+        Flow.ORDER: order_step,
+        Flow.ESCALATE: escalate_step,
+        Flow.DONE: done_step,
+        Flow.REVISIT: revisit_step,
         **duties.FLOWS,
     }
     handler = steps.get(conv.flow)
@@ -104,7 +93,7 @@ async def start_order(ctx: Ctx) -> None:
     """Begin the order flow: a resident picks a category."""
     residence = await _residence(ctx)
     await ctx.set_conversation(
-        FLOW_ORDER, Step.CATEGORY, {"role_id": residence.id, "key": new_key()}
+        Flow.ORDER, Step.CATEGORY, {"role_id": residence.id, "key": new_key()}
     )
     await _ask_category(ctx)
 
@@ -146,7 +135,7 @@ async def start_from_message(ctx: Ctx) -> None:
                 for c in categories
             ],
         )
-    await ctx.set_conversation(FLOW_ORDER, Step.CATEGORY, data)
+    await ctx.set_conversation(Flow.ORDER, Step.CATEGORY, data)
     if guess is None:
         # One message (WeChat's passive reply carries one): what we heard, and the question.
         await _ask_category(ctx, ctx.t("order.started", description=_quote(text)))
@@ -194,7 +183,7 @@ async def order_step(
         # so, and ask the current step again (never keep the old category silently).
         code = await _category(ctx, payload.arg)
         data["category"] = code
-        await ctx.set_conversation(FLOW_ORDER, Step(state), data)
+        await ctx.set_conversation(Flow.ORDER, Step(state), data)
         ctx.say("order.category_changed", category=cards.category_name(ctx.tr, ctx.lang, code))
         await _ask_again(ctx, state, data)
         return
@@ -206,7 +195,7 @@ async def order_step(
         if data.get("description"):  # started from the resident's own words
             await _after_description(ctx, data)
             return
-        await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
+        await ctx.set_conversation(Flow.ORDER, Step.DESCRIPTION, data)
         ctx.say(
             "order.ask_description",
             [common.cancel_row(ctx)],
@@ -221,7 +210,7 @@ async def order_step(
         if ev.voice and len(text) < MIN_DESCRIPTION:
             text = ctx.t("order.voice_only")
         if len(text) < MIN_DESCRIPTION or payload is not None:
-            await ctx.set_conversation(FLOW_ORDER, Step.DESCRIPTION, data)
+            await ctx.set_conversation(Flow.ORDER, Step.DESCRIPTION, data)
             ctx.say("order.ask_description_again", [common.cancel_row(ctx)])
             return
         data["description"] = text
@@ -232,7 +221,7 @@ async def order_step(
             data["photo"] = ev.photo
         elif ev.voice:
             data["voice"] = ev.voice  # kept; a photo is still welcome
-            await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
+            await ctx.set_conversation(Flow.ORDER, Step.PHOTO, data)
             ctx.say("order.ask_photo_again", [common.skip_row(ctx)])
             return
         elif ev.photo_lost:
@@ -279,7 +268,7 @@ async def _after_description(ctx: Ctx, data: dict[str, Any]) -> None:
     if data.get("photo"):
         await _ask_location(ctx, data)
     else:
-        await ctx.set_conversation(FLOW_ORDER, Step.PHOTO, data)
+        await ctx.set_conversation(Flow.ORDER, Step.PHOTO, data)
         ctx.say("order.ask_photo", [common.skip_row(ctx)])
 
 
@@ -302,7 +291,7 @@ async def _ask_again(ctx: Ctx, state: str, data: dict[str, Any]) -> None:
 
 
 async def _ask_location(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, Step.LOCATION, data)
+    await ctx.set_conversation(Flow.ORDER, Step.LOCATION, data)
     ctx.reply(common.location_question(ctx, "order.ask_location"))
 
 
@@ -334,7 +323,7 @@ def _question_ref(data: dict[str, Any]) -> str | None:
 
 
 async def _confirm(ctx: Ctx, data: dict[str, Any]) -> None:
-    await ctx.set_conversation(FLOW_ORDER, Step.CONFIRM, data)
+    await ctx.set_conversation(Flow.ORDER, Step.CONFIRM, data)
     lines = [ctx.t("order.confirm_title"), *_summary_lines(ctx, data)]
     ctx.reply(
         Outbound(
@@ -410,7 +399,7 @@ async def _ask_if_duplicate(ctx: Ctx, data: dict[str, Any]) -> bool:
 
 async def _ask_duplicate(ctx: Ctx, data: dict[str, Any]) -> None:
     earlier = await ctx.orders.get(int(data["dup_of"]))
-    await ctx.set_conversation(FLOW_ORDER, Step.DUPLICATE, data)
+    await ctx.set_conversation(Flow.ORDER, Step.DUPLICATE, data)
     minutes = max(1, int((ctx.now - _aware(earlier.created_at, ctx.now)).total_seconds() // 60))
     key = data.get("key") or ""
     ctx.reply(
@@ -510,7 +499,7 @@ def belongs(conv: Conversation, payload: p.Payload) -> bool:
     key = confirmation_key(payload)
     if key is None:
         return True
-    return conv.flow == FLOW_ORDER and (conv.data or {}).get("key") == key
+    return conv.flow == Flow.ORDER and (conv.data or {}).get("key") == key
 
 
 async def finished(ctx: Ctx, payload: p.Payload) -> bool:

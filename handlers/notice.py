@@ -11,7 +11,7 @@ from typing import Any
 from bot.core import payloads as p
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_NOTICE, Ctx, Step
+from handlers.context import Ctx, Flow, Step
 from models import refs
 
 
@@ -24,7 +24,7 @@ async def ask(ctx: Ctx, text: str) -> None:
     if count == 0:
         raise OrderError("notice.nobody", grid=grid.name)
     code = secrets.token_hex(4)
-    await ctx.set_conversation(FLOW_NOTICE, Step.CONFIRM, {"text": text, "code": code})
+    await ctx.set_conversation(Flow.NOTICE, Step.CONFIRM, {"text": text, "code": code})
     ctx.reply(
         ctx.t("notice.confirm", grid=grid.name, count=str(count), text=text),
         [
@@ -51,7 +51,7 @@ async def confirm(ctx: Ctx, code: str) -> None:
     """确认发送: sends the pending notice whose code the button carries, once."""
     assert ctx.person is not None
     conv = await ctx.conversation()
-    if conv is None or conv.flow != FLOW_NOTICE:
+    if conv is None or conv.flow != Flow.NOTICE:
         # Sent or cancelled already (a second tap, an old message): nothing more goes out.
         raise OrderError("notice.confirm_done")
     data = dict(conv.data)

@@ -12,7 +12,7 @@ from bot.core import payloads as p
 from bot.core.orders import REVISIT_AT_OR_BELOW, OrderError
 from bot.core.responsibility import can_manage
 from bot.ports import Button, Outbound
-from handlers.context import FLOW_DONE, FLOW_ESCALATE, FLOW_REVISIT, Ctx, Step
+from handlers.context import Ctx, Flow, Step
 from models import Grid, Offer, Person, Revisit, refs
 from models.orders import AWAITING_DISPATCH, DISPATCHED, DONE
 
@@ -55,7 +55,7 @@ async def _revisit(ctx: Ctx, payload: p.Payload) -> None:
     grid = await ctx.session.get(Grid, revisit.grid_id)
     if grid is None or not await can_manage(ctx.session, person.id, grid):
         raise OrderError("error.not_your_button")
-    await ctx.set_conversation(FLOW_REVISIT, Step.NOTE, {"revisit_id": revisit.id})
+    await ctx.set_conversation(Flow.REVISIT, Step.NOTE, {"revisit_id": revisit.id})
     ctx.say("revisit.ask_note", [_skip_or_cancel(ctx)])
 
 
@@ -101,7 +101,7 @@ async def _handle_myself(ctx: Ctx, person: Person, oid: int) -> None:
 
 async def _escalate(ctx: Ctx, person: Person, oid: int) -> None:
     await ctx.orders.escalation_check(person, oid)
-    await ctx.set_conversation(FLOW_ESCALATE, Step.REASON, {"order_id": oid})
+    await ctx.set_conversation(Flow.ESCALATE, Step.REASON, {"order_id": oid})
     ctx.say("dispatch.ask_reason", [[Button(ctx.t("btn.cancel_flow"), p.flow("x"))]])
 
 
@@ -117,7 +117,7 @@ async def _decline(ctx: Ctx, person: Person, oid: int) -> None:
 
 async def _done(ctx: Ctx, person: Person, oid: int) -> None:
     await ctx.orders.start_done(person, oid)
-    await ctx.set_conversation(FLOW_DONE, Step.NOTE, {"order_id": oid})
+    await ctx.set_conversation(Flow.DONE, Step.NOTE, {"order_id": oid})
     ctx.say("member.ask_done_note", [_skip_or_cancel(ctx)])
 
 

@@ -13,7 +13,7 @@ from bot.core import payloads as p
 from bot.core.orders import OrderError
 from bot.ports import Button, Outbound
 from handlers import common
-from handlers.context import FLOW_PROFILE, Ctx, Step
+from handlers.context import Ctx, Flow, Step
 from models import Building, Role
 from models.people import ROLE_RESIDENT
 
@@ -106,7 +106,7 @@ async def edit(ctx: Ctx, what: str, value: str | None = None) -> None:
     if value is not None:
         await _apply(ctx, what, value.strip())
         return
-    await ctx.set_conversation(FLOW_PROFILE, Step(what), {})
+    await ctx.set_conversation(Flow.PROFILE, Step(what), {})
     ctx.say(f"me.ask_{what}", [common.cancel_row(ctx)])
 
 
@@ -124,14 +124,14 @@ async def _apply(ctx: Ctx, what: str, text: str) -> None:
     if what == Step.NAME:
         name = clean_name(text)
         if name is None:
-            await ctx.set_conversation(FLOW_PROFILE, Step.NAME, {})
+            await ctx.set_conversation(Flow.PROFILE, Step.NAME, {})
             ctx.say("bind.bad_name", again)
             return
         ctx.person.name = name
     elif what == Step.PHONE:
         phone = normalize_phone(text)
         if phone is None:
-            await ctx.set_conversation(FLOW_PROFILE, Step.PHONE, {})
+            await ctx.set_conversation(Flow.PROFILE, Step.PHONE, {})
             ctx.say("me.bad_phone", again)
             return
         ctx.person.phone = phone
@@ -141,7 +141,7 @@ async def _apply(ctx: Ctx, what: str, text: str) -> None:
             await ctx.end_conversation()
             raise OrderError("me.no_room")
         if not room_ok(text):
-            await ctx.set_conversation(FLOW_PROFILE, Step.ROOM, {})
+            await ctx.set_conversation(Flow.PROFILE, Step.ROOM, {})
             ctx.say("me.bad_room", again)
             return
         residence.room = text
