@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,16 +24,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture
-async def tg_app(
-    database_url: str, tmp_path: Path
+@contextlib.asynccontextmanager
+async def telegram_demo(
+    database_url: str, media_dir: Path
 ) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
-    """The demo service on Telegram (polling) against the fake Bot API server."""
+    """The demo service on Telegram (polling) against the fake Bot API server, its media
+    store in ``media_dir``."""
     async with FakeTelegramServer() as tg:
         settings = load_settings(
             database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
-            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
-            media_dir=tmp_path / "media",
+            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url, media_dir=media_dir,
         )
         app = Gridbot(settings)
         await app.prepare()
@@ -43,3 +44,12 @@ async def tg_app(
             yield Harness(app, None), tg  # type: ignore[arg-type]
         finally:
             await app.stop()
+
+
+@pytest.fixture
+async def tg_app(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
+    """The demo service on Telegram (polling) against the fake Bot API server."""
+    async with telegram_demo(database_url, tmp_path / "media") as stack:
+        yield stack

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import Gridbot
-from bot.channels.base import Limits
-from bot.config import load_settings
 from tests.conftest import Harness
+from tests.e2e.conftest import telegram_demo
 from tests.fakes.telegram_server import FakeTelegramServer
 from tests.support.messages import has
 
@@ -26,20 +24,8 @@ async def unwritable_media(
 ) -> AsyncIterator[tuple[Harness, FakeTelegramServer]]:
     blocker = tmp_path / "read-only-install"
     blocker.write_text("a file where the media folder should go")  # even root cannot mkdir
-    async with FakeTelegramServer() as tg:
-        settings = load_settings(
-            database_url=database_url, demo=True, secret_key="e2e", telegram_token=tg.token,
-            telegram_api_url=tg.base_url, telegram_file_url=tg.file_url,
-            media_dir=blocker / "media",
-        )
-        app = Gridbot(settings)
-        await app.prepare()
-        app.enable("telegram").limits = Limits(per_chat_interval=0.01, global_per_second=1000)
-        await app.start()
-        try:
-            yield Harness(app, None), tg  # type: ignore[arg-type]
-        finally:
-            await app.stop()
+    async with telegram_demo(database_url, blocker / "media") as stack:
+        yield stack
 
 
 async def test_a_photo_that_cannot_be_stored_keeps_the_order(
