@@ -71,3 +71,6 @@ class ConsoleReport(Base):
     #: recomputed first); ``None``: only computed for a head's or admin's own grid.
     viewed_at: Mapped[datetime | None] = mapped_column(index=True)
     report: Mapped[str] = mapped_column(Text)
+    #: How long computing it took (milliseconds): whether a viewer of a subtree with nothing
+    #: kept for a month is worth keeping waiting for its computation; ``None``: not measured.
+    took_ms: Mapped[int | None] = mapped_column()

@@ -13,7 +13,10 @@ every instance reads the same rows, and a restart does not start cold.
 * **On a view.** The console reads the kept row (one primary-key lookup); one older than the
   cadence is still shown, with its time, while this instance recomputes it. With no row at all
   (a subtree nobody opened this month) it waits ``console_report_wait_ms`` for the computation
-  it starts, then shows what it has and says the figures are being computed.
+  it starts when that computation is expected in time (:func:`quick`), then shows what it has
+  and says the figures are being computed; one not expected in time (a city's) is started
+  after the page, so that the page does not share the machine with it.
+* **Not forever.** A run deletes the kept rows of months older than :data:`KEEP_MONTHS`.
 
 On PostgreSQL a computation runs in a thread of its own with its own event loop and
 connection (:func:`compute_apart`), so the pages this process serves meanwhile are not held up
@@ -35,13 +38,14 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
 
 from bot.config import Settings
 from bot.reports.kpi import (
+    CONCURRENT_FROM_GRIDS,
     Figures,
     GridRow,
     Period,
@@ -65,6 +69,8 @@ RECENT = timedelta(days=7)
 HOT = timedelta(days=1)
 #: ``viewed_at`` is written at most this often per row (a reload is not a write).
 VIEW_MARK = timedelta(minutes=1)
+#: Kept rows of this many months (this one included) stay; older ones are deleted by a run.
+KEEP_MONTHS = 13
 
 
 @dataclass
@@ -76,6 +82,8 @@ class Overview:
     computed_at: datetime
     total: GridRow
     children: list[GridRow]
+    #: How long the computation took (milliseconds); ``None``: not measured.
+    took_ms: int | None = None
 
     def as_report(self, period: Period) -> Report:
         """A :class:`Report` carrying only these rows (what the bulletin's chart reads)."""
@@ -141,7 +149,7 @@ def decode(row: ConsoleReport) -> Overview | None:
         if data.get("v") != VERSION:
             return None
         return Overview(row.grid_id, row.period, row.computed_at, _row(data["total"]),
-                        [_row(r) for r in data["children"]])
+                        [_row(r) for r in data["children"]], row.took_ms)
     except (ValueError, KeyError, TypeError):
         log.warning("console: a kept report of grid %s %s could not be read", row.grid_id,
                     row.period)
@@ -166,11 +174,13 @@ async def compute(
 ) -> Overview:
     """The overview of grid ``code``'s subtree for ``period``, from the one KPI module. Its
     time is ``now``, taken before anything is read: whatever was committed before it counts."""
+    started = time.monotonic()
     async with sessionmaker() as session:
         scope = await load_scope(session, code)
         assert scope.root is not None
         made = await build_report(session, settings, scope, period, now, with_orders=False)
-    return Overview(scope.root.id, period.label, now, made.total, made.children)
+    took_ms = round((time.monotonic() - started) * 1000)
+    return Overview(scope.root.id, period.label, now, made.total, made.children, took_ms)
 
 
 async def compute_apart(
@@ -209,11 +219,12 @@ async def store(
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         statement = insert(ConsoleReport).values(
             grid_id=overview.grid_id, period=overview.period, computed_at=overview.computed_at,
-            viewed_at=viewed_at, report=encode(overview),
+            viewed_at=viewed_at, report=encode(overview), took_ms=overview.took_ms,
         )
         changes: dict[str, Any] = {
             "computed_at": statement.excluded.computed_at,
             "report": statement.excluded.report,
+            "took_ms": statement.excluded.took_ms,
         }
         if viewed_at is not None:
             changes["viewed_at"] = statement.excluded.viewed_at
@@ -230,6 +241,33 @@ async def read(session: AsyncSession, grid_id: int, period: str) -> Overview | N
     """The kept overview of ``grid_id``'s subtree and month ``period``, if any."""
     row = await session.get(ConsoleReport, (grid_id, period))
     return decode(row) if row is not None else None
+
+
+async def quick(session: AsyncSession, grid: Grid, wait_ms: int) -> bool:
+    """Whether an overview of ``grid``'s subtree is expected to be computed within
+    ``wait_ms`` (so a viewer with nothing kept is worth keeping waiting for it): its latest
+    measured computation, of any month, took no longer; never measured, the subtree has fewer
+    grids than a large one (:data:`bot.reports.kpi.CONCURRENT_FROM_GRIDS`, where a report's
+    parts are read concurrently because it takes seconds)."""
+    if wait_ms <= 0:
+        return False
+    took = await session.scalar(
+        select(ConsoleReport.took_ms)
+        .where(ConsoleReport.grid_id == grid.id, ConsoleReport.took_ms.is_not(None))
+        .order_by(ConsoleReport.computed_at.desc())
+        .limit(1)
+    )
+    if took is not None:
+        return took <= wait_ms
+    size = await session.scalar(
+        select(func.count()).select_from(
+            select(Grid.id)
+            .where(Grid.path.startswith(grid.path, autoescape=True))
+            .limit(CONCURRENT_FROM_GRIDS)
+            .subquery()
+        )
+    )
+    return (size or 0) < CONCURRENT_FROM_GRIDS
 
 
 async def mark_viewed(session: AsyncSession, grid_id: int, period: str, now: datetime) -> None:
@@ -297,7 +335,11 @@ async def refresh(
         return 0
     started = time.monotonic()
     period = month_of(clock(), settings)
-    async with sessionmaker() as session:
+    async with sessionmaker() as session, session.begin():
+        oldest = period
+        for _ in range(KEEP_MONTHS - 1):
+            oldest = oldest.previous()
+        await session.execute(delete(ConsoleReport).where(ConsoleReport.period < oldest.label))
         todo = await due(session, settings, period, clock())
     done = 0
     for code in todo[: settings.console_report_batch]:

@@ -515,21 +515,25 @@ class Console:
         self, session: AsyncSession, viewer: Viewer, grid: Grid, period: Period
     ) -> tuple[kept.Overview | None, datetime | None, bool]:
         """The kept overview of ``grid`` and ``period`` (never waiting for a computation longer
-        than ``console_report_wait_ms``), when the viewer last acted in the console after it
-        was computed (its figures may not show that yet), and whether to compute it again
-        (older than the cadence, or the viewer acted since)."""
+        than ``console_report_wait_ms``, nor at all for one not expected in that time), when
+        the viewer last acted in the console after it was computed (its figures may not show
+        that yet), and whether to compute it (again) once the page is on its way (none kept
+        and not waited for, older than the cadence, or the viewer acted since)."""
         now = self.clock()
         found = await kept.read(session, grid.id, period.label)
         if found is None:
+            wait_ms = self.settings.console_report_wait_ms
+            if (grid.id, period.label) in self._computing or not await kept.quick(
+                session, grid, wait_ms
+            ):
+                return None, None, True
             computing = self._compute(grid, period)
             # What this request wrote (the session's last activity) is committed first: the
             # computation's own transaction must not wait for this one (SQLite has one writer,
             # and its transactions begin IMMEDIATE), and the connection goes back to the pool.
             await session.commit()
             try:
-                found = await asyncio.wait_for(
-                    asyncio.shield(computing), self.settings.console_report_wait_ms / 1000
-                )
+                found = await asyncio.wait_for(asyncio.shield(computing), wait_ms / 1000)
             except TimeoutError:
                 return None, None, False
             return found, None, False
@@ -566,10 +570,13 @@ class Console:
         found, acted, again = await self.kept_overview(session, viewer, grid, period)
         query = urlencode({"grid": grid.code, "month": period.label})
         if found is None:
-            return self.render(
+            response = self.render(
                 "overview.html", viewer.lang, viewer, report=None, grid=grid, period=period,
                 grids=choices, chart_query=query, refresh=REFRESH_SECONDS,
             )
+            if again:  # once the page is on its way
+                response.background = BackgroundTask(self._spawn, grid, period)
+            return response
         report = found.as_report(period)
         lb = Labels(self.tr, viewer.lang)
         rates = [

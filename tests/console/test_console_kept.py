@@ -9,6 +9,7 @@ from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from bot.console import kept
@@ -148,3 +149,69 @@ async def test_figures_older_than_the_viewers_action_say_so_and_are_recomputed(
             again = await liu.get("/console/")
             assert "计算于 10:02" in again.text
             assert 'data-testid="acted-since"' not in again.text
+
+
+async def _slow_last_month(h: ConsoleHarness, code: str, took_ms: int) -> None:
+    """``code``'s overview was last computed for the month before, taking ``took_ms``."""
+    made = await kept.compute(h.app.sessionmaker, h.app.settings, code,
+                              kept.month_of(h.clock(), h.app.settings).previous(), h.clock())
+    made.took_ms = took_ms
+    await kept.store(h.app.sessionmaker, made)
+
+
+async def test_a_subtree_known_to_be_slow_is_not_waited_for_and_is_computed_after_the_page(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Nothing kept for this month, and last month's overview took longer than the page may
+    wait: the page answers at once (it does not share the machine with the computation) and
+    the figures are computed after it; a subtree known to be quick is waited for."""
+    async with console_harness(database_url, tmp_path) as h:  # waits up to 30 s
+        await h.place("xh-b01")
+        budget = h.app.settings.console_report_wait_ms
+        await _slow_last_month(h, "xinhua", budget + 1)
+        await _slow_last_month(h, "xh-g1", budget)
+        async with aclosing(await h.signed_in(CHEN)) as chen:
+            first = await chen.get("/console/")
+            assert 'data-testid="computing"' in first.text
+            await _computed(h, "xinhua", "2027-03", NOW)
+            found = await _kept(h, "xinhua", "2027-03")
+            assert found is not None and found.took_ms is not None and found.took_ms >= 0
+            second = await chen.get("/console/")
+            assert 'data-testid="received">1<' in second.text
+            quick = await chen.get("/console/?grid=xh-g1")
+            assert 'data-testid="computing"' not in quick.text
+            assert 'data-testid="received">1<' in quick.text
+
+
+async def test_a_large_subtree_never_computed_is_not_waited_for(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never computed: a subtree as large as those whose reports take seconds (here the
+    threshold is lowered to the demo community's size) is computed after the page; a
+    smaller one is waited for."""
+    monkeypatch.setattr(kept, "CONCURRENT_FROM_GRIDS", 4)
+    async with console_harness(database_url, tmp_path) as h, aclosing(
+        await h.signed_in(CHEN)
+    ) as chen:
+        first = await chen.get("/console/")  # 新华社区: 13 grids
+        assert 'data-testid="computing"' in first.text
+        small = await chen.get("/console/?grid=xh-g2-m1")  # one grid
+        assert 'data-testid="computing"' not in small.text
+        assert "第二网格1号微网格 · 2027-03" in small.text and "计算于 10:00" in small.text
+        await _computed(h, "xinhua", "2027-03", NOW)
+        assert 'data-testid="computing"' not in (await chen.get("/console/")).text
+
+
+async def test_a_run_forgets_kept_months_older_than_a_year(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with console_harness(database_url, tmp_path) as h:
+        async with h.app.sessionmaker() as session, session.begin():
+            grid = await session.scalar(select(Grid).where(Grid.code == "xh-g1"))
+            assert grid is not None
+            for period in ("2026-02", "2026-03"):
+                session.add(ConsoleReport(grid_id=grid.id, period=period, computed_at=NOW,
+                                          report="{}"))
+        await _run_job(h)
+        kept_periods = {period for _, period in await _rows(h)}
+        assert kept_periods == {"2026-03", "2027-03"}  # 2026-02 is 13 months back
