@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         description="An overview with no kept report waits this long for it before it shows "
         "what it has and says the figures are being computed; only when it is expected in "
         "time (its last computation of any month was as quick; never computed: a subtree of "
-        "fewer than 1,000 grids), else it answers at once and computes after the page",
+        "fewer than 50 grids), else it answers at once and computes after the page",
     )
     demo_duties: bool = Field(
         True, description="With the demo community, also load its demo patrol and visit plans"

@@ -45,7 +45,6 @@ from sqlalchemy.pool import NullPool
 
 from bot.config import Settings
 from bot.reports.kpi import (
-    CONCURRENT_FROM_GRIDS,
     Figures,
     GridRow,
     Period,
@@ -69,6 +68,11 @@ RECENT = timedelta(days=7)
 HOT = timedelta(days=1)
 #: ``viewed_at`` is written at most this often per row (a reload is not a write).
 VIEW_MARK = timedelta(minutes=1)
+#: A subtree never computed is waited for (up to ``console_report_wait_ms``) only when it has
+#: fewer grids than this: a community or smaller. A Yunfu community (about 22 grids, a thousand
+#: orders a month) computes in about 80 ms on PostgreSQL; a city of 223 grids and 10,800
+#: orders took 0.43 s (``bench/console.py --scale 0.01``), not worth keeping anyone waiting.
+QUICK_GRIDS = 50
 #: Kept rows of this many months (this one included) stay; older ones are deleted by a run.
 KEEP_MONTHS = 13
 
@@ -247,8 +251,7 @@ async def quick(session: AsyncSession, grid: Grid, wait_ms: int) -> bool:
     """Whether an overview of ``grid``'s subtree is expected to be computed within
     ``wait_ms`` (so a viewer with nothing kept is worth keeping waiting for it): its latest
     measured computation, of any month, took no longer; never measured, the subtree has fewer
-    grids than a large one (:data:`bot.reports.kpi.CONCURRENT_FROM_GRIDS`, where a report's
-    parts are read concurrently because it takes seconds)."""
+    than :data:`QUICK_GRIDS` grids."""
     if wait_ms <= 0:
         return False
     took = await session.scalar(
@@ -263,11 +266,11 @@ async def quick(session: AsyncSession, grid: Grid, wait_ms: int) -> bool:
         select(func.count()).select_from(
             select(Grid.id)
             .where(Grid.path.startswith(grid.path, autoescape=True))
-            .limit(CONCURRENT_FROM_GRIDS)
+            .limit(QUICK_GRIDS)
             .subquery()
         )
     )
-    return (size or 0) < CONCURRENT_FROM_GRIDS
+    return (size or 0) < QUICK_GRIDS
 
 
 async def mark_viewed(session: AsyncSession, grid_id: int, period: str, now: datetime) -> None:

@@ -186,10 +186,9 @@ async def test_a_subtree_known_to_be_slow_is_not_waited_for_and_is_computed_afte
 async def test_a_large_subtree_never_computed_is_not_waited_for(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Never computed: a subtree as large as those whose reports take seconds (here the
-    threshold is lowered to the demo community's size) is computed after the page; a
-    smaller one is waited for."""
-    monkeypatch.setattr(kept, "CONCURRENT_FROM_GRIDS", 4)
+    """Never computed: a subtree of ``QUICK_GRIDS`` grids or more (lowered here to 4; the
+    demo community has 13) is computed after the page; a smaller one is waited for."""
+    monkeypatch.setattr(kept, "QUICK_GRIDS", 4)
     async with console_harness(database_url, tmp_path) as h, aclosing(
         await h.signed_in(CHEN)
     ) as chen:
