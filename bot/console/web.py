@@ -794,7 +794,7 @@ class Console:
         The list of someone with several subtrees (heads of two grids, neither above the
         other) and no grid chosen spans them all: the ledger is then of each subtree's report,
         each narrowed to the list (no figure of a grid outside the viewer's subtrees, such as a
-        common parent's other children), its orders together, newest first as listed."""
+        common parent's other children), its orders together, by number as in any ledger."""
         fmt = request.path_params["fmt"]
         if fmt not in ("xlsx", "csv"):
             raise NotFound

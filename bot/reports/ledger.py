@@ -223,7 +223,7 @@ def points_rows(report: Report, lb: Labels) -> tuple[list[str], list[list[Any]]]
 
 def together(reports: Sequence[Report]) -> Report:
     """Several reports of one period, of subtrees apart, as one for the rows that are not per
-    grid: every order (newest first, as the console lists them), every member (by points),
+    grid: every order (by number, as one report's sheet lists them), every member (by points),
     every visit plan, with the grids, buildings and names to show them. Its figures (``total``,
     ``children``) stay the first report's: the per-grid sheets take each report's own. One
     report is returned as it is."""
@@ -235,7 +235,7 @@ def together(reports: Sequence[Report]) -> Report:
     return replace(
         first,
         scope=Scope(None, grids, levels),
-        orders=sorted((o for r in reports for o in r.orders), key=lambda o: -o.id),
+        orders=sorted((o for r in reports for o in r.orders), key=lambda o: o.id),
         members=sorted((m for r in reports for m in r.members),
                        key=lambda m: (-m.points, m.name, m.person_id)),
         visits=[v for r in reports for v in r.visits],
