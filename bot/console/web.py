@@ -61,7 +61,7 @@ from bot.reports.kpi import (
     load_scope,
     parse_month,
 )
-from bot.reports.ledger import Labels, order_rows, points_rows, write_xlsx
+from bot.reports.ledger import Labels, order_rows, points_rows, title, together, write_xlsx
 from models import (
     Building,
     Category,
@@ -796,26 +796,32 @@ class Console:
         self, request: Request, session: AsyncSession, viewer: Viewer
     ) -> Response:
         """The filtered list of one month as the ledger (xlsx: the workbook of ``gridbot
-        report`` with the order sheet narrowed to the list; csv: that order sheet)."""
+        report`` with the order sheet narrowed to the list; csv: that order sheet).
+
+        The list of someone with several subtrees (heads of two grids, neither above the
+        other) and no grid chosen spans them all: the ledger is then of each subtree's report,
+        each narrowed to the list (no figure of a grid outside the viewer's subtrees, such as a
+        common parent's other children), its orders together, by number as in any ledger."""
         fmt = request.path_params["fmt"]
         if fmt not in ("xlsx", "csv"):
             raise NotFound
         f = await self._filter(request, session, viewer)
         period = f.period or self.this_month()
         f = OrderFilter(f.grid, f.status, f.category, period, f.overdue, f.number)
-        root = f.grid or viewer.roots[0]
-        scope = await load_scope(session, root.code)
-        full = await build_report(session, self.settings, scope, period, self.clock())
         wanted = await order_ids(
             session, self.settings, viewer.scope(Order.grid_id), f, self.clock()
         )
-        report = _narrowed(full, wanted)
-        name = self.tr.t(viewer.lang, "report.title", grid=report.total.name,
-                         period=period.label).replace("/", "-")
+        reports = []
+        for root in [f.grid] if f.grid else viewer.roots:
+            scope = await load_scope(session, root.code)
+            full = await build_report(session, self.settings, scope, period, self.clock())
+            reports.append(_narrowed(full, wanted))
+        lb = Labels(self.tr, viewer.lang)
+        name = title(reports, lb).replace("/", "-")
         if fmt == "xlsx":
-            data = await asyncio.to_thread(write_xlsx, report, self.tr, viewer.lang)
+            data = await asyncio.to_thread(write_xlsx, reports, self.tr, viewer.lang)
             return _download(data, f"{name}.xlsx", XLSX)
-        headers, rows = order_rows(report, Labels(self.tr, viewer.lang), None)
+        headers, rows = order_rows(together(reports), lb, None)
         return _download(_csv(headers, rows), f"{name}.csv", "text/csv; charset=utf-8")
 
     # ---- duties, members, bulletins ------------------------------------------------------

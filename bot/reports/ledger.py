@@ -5,6 +5,10 @@ Every writer is a function of a :class:`~bot.reports.kpi.Report` (figures and ro
 language, never of command-line arguments, so the CLI, the monthly bulletin and a web console
 export share it. Phone numbers and rooms appear only when ``contacts`` is given (the caller
 decides; the workbook then says so at the top of the order sheet).
+
+The workbook can also be of several reports of one period, of subtrees apart (a console export
+of someone who heads two grids, neither above the other): each subtree's grids in turn, their
+orders and members together (:func:`together`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import io
 import json
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +28,16 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from bot.i18n import Translator
-from bot.reports.kpi import RATE_NAMES, Figures, GridRow, OrderFacts, Ratio, Report, fmt_minutes
+from bot.reports.kpi import (
+    RATE_NAMES,
+    Figures,
+    GridRow,
+    OrderFacts,
+    Ratio,
+    Report,
+    Scope,
+    fmt_minutes,
+)
 
 #: Rates shown in the summary (all of them, in the vocabulary's order).
 SUMMARY_RATES = RATE_NAMES
@@ -207,45 +221,82 @@ def points_rows(report: Report, lb: Labels) -> tuple[list[str], list[list[Any]]]
     return headers, rows
 
 
+def together(reports: Sequence[Report]) -> Report:
+    """Several reports of one period, of subtrees apart, as one for the rows that are not per
+    grid: every order (by number, as one report's sheet lists them), every member (by points),
+    every visit plan, with the grids, buildings and names to show them. Its figures (``total``,
+    ``children``) stay the first report's: the per-grid sheets take each report's own. One
+    report is returned as it is."""
+    if len(reports) == 1:
+        return reports[0]
+    first = reports[0]
+    grids = {k: v for r in reports for k, v in r.scope.grids.items()}
+    levels = {k: v for r in reports for k, v in r.scope.levels.items()}
+    return replace(
+        first,
+        scope=Scope(None, grids, levels),
+        orders=sorted((o for r in reports for o in r.orders), key=lambda o: o.id),
+        members=sorted((m for r in reports for m in r.members),
+                       key=lambda m: (-m.points, m.name, m.person_id)),
+        visits=[v for r in reports for v in r.visits],
+        names={k: v for r in reports for k, v in r.names.items()},
+        buildings_by_id={k: v for r in reports for k, v in r.buildings_by_id.items()},
+    )
+
+
+def title(reports: Report | Sequence[Report], lb: Labels) -> str:
+    """The workbook's title: its grid (or grids) and period."""
+    several = [reports] if isinstance(reports, Report) else list(reports)
+    grids = lb("name_sep").join(r.total.name for r in several)
+    return lb("title", grid=grids, period=several[0].period.label)
+
+
 def write_xlsx(
-    report: Report,
+    report: Report | Sequence[Report],
     tr: Translator,
     lang: str,
     *,
     contacts: dict[int, str | None] | None = None,
 ) -> bytes:
-    """The workbook: 汇总, 工单, 巡查与走访, 党员积分 (names in ``lang``)."""
+    """The workbook: 汇总, 工单, 巡查与走访, 党员积分 (names in ``lang``); of one report, or
+    of several of one period (subtrees apart): the summary and duty sheets have each one's
+    grids in turn, the order and points sheets :func:`together`'s rows."""
+    reports = [report] if isinstance(report, Report) else list(report)
     lb = Labels(tr, lang)
     wb = Workbook()
-    title = lb("title", grid=report.total.name, period=report.period.label)
+    heading = title(reports, lb)
     ws = wb.active
     assert ws is not None
     ws.title = lb("sheet.summary")
-    headers, rows, formats = summary_rows(report, lb)
-    _sheet(ws, title + " · " + lb("vs", period=report.previous.label), headers, rows, formats)
+    headers, _, formats = summary_rows(reports[0], lb)
+    rows = [row for r in reports for row in summary_rows(r, lb)[1]]
+    _sheet(ws, heading + " · " + lb("vs", period=reports[0].previous.label), headers, rows,
+           formats)
+    all_of = together(reports)
     ws = wb.create_sheet(lb("sheet.orders"))
-    oh, orows = order_rows(report, lb, contacts)
-    note = title + (" · " + lb("with_contacts") if contacts is not None else "")
+    oh, orows = order_rows(all_of, lb, contacts)
+    note = heading + (" · " + lb("with_contacts") if contacts is not None else "")
     _sheet(ws, note, oh, orows)
     ws = wb.create_sheet(lb("sheet.duties"))
-    dh, drows, dformats = duty_rows(report, lb)
-    _sheet(ws, title, dh, drows, dformats)
+    dh, _, dformats = duty_rows(reports[0], lb)
+    drows = [row for r in reports for row in duty_rows(r, lb)[1]]
+    _sheet(ws, heading, dh, drows, dformats)
     start = len(drows) + 4
     plan_headers = [lb("col.household"), lb("col.member"), lb("col.grid"),
                     lb("col.visits_due"), lb("col.visits_logged")]
-    names = dict((m.person_id, m.name) for m in report.members)
+    names = dict((m.person_id, m.name) for m in all_of.members)
     for col, text in enumerate(plan_headers, 1):
         cell = ws.cell(row=start, column=col, value=text)
         cell.font, cell.fill = _HEAD_FONT, _HEAD_FILL
-    grids = report.scope.grids
-    for r, v in enumerate(report.visits, start + 1):
+    grids = all_of.scope.grids
+    for r, v in enumerate(all_of.visits, start + 1):
         values = [v.household, names.get(v.member_id, str(v.member_id)),
                   grids[v.grid_id].name if v.grid_id in grids else "", v.due, v.logged]
         for col, value in enumerate(values, 1):
             ws.cell(row=r, column=col, value=value)
     ws = wb.create_sheet(lb("sheet.points"))
-    ph, prows = points_rows(report, lb)
-    _sheet(ws, title, ph, prows)
+    ph, prows = points_rows(all_of, lb)
+    _sheet(ws, heading, ph, prows)
     out = io.BytesIO()
     wb.save(out)
     return out.getvalue()
@@ -361,5 +412,5 @@ TEXT_FORMATS: dict[str, Callable[[Report, Translator, str], str]] = {
     "csv": write_csv,
 }
 
-__all__ = ["Figures", "Labels", "dumps", "fmt_minutes", "to_json", "write_csv", "write_table",
-           "write_xlsx"]
+__all__ = ["Figures", "Labels", "dumps", "fmt_minutes", "title", "to_json", "together",
+           "write_csv", "write_table", "write_xlsx"]

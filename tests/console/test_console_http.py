@@ -305,6 +305,67 @@ async def test_overview_and_export_show_the_reports_figures(
             assert "2026-10" in bulletin.text and "第二网格" in bulletin.text
 
 
+async def test_a_head_of_two_grids_exports_the_orders_of_both(
+    database_url: str, tmp_path: Path
+) -> None:
+    """刘网格长 heads 第一网格 and, standing in, 第三网格: neither is above the other, so his
+    list with no grid chosen holds the orders of both, and its export (xlsx and csv) holds
+    exactly those, by number as every ledger lists them; nothing of 第二网格, the third grid
+    of their community, which is not his. Narrowed to 第三网格, the export holds that grid's
+    only."""
+    from urllib.parse import unquote
+
+    from models import Grid, Role
+
+    async with console_harness(database_url, tmp_path) as h:
+        liu = await _person_id(h, LIU)
+        async with h.app.sessionmaker() as session, session.begin():
+            third = await session.scalar(select(Grid).where(Grid.code == "xh-g3"))
+            assert third is not None
+            session.add(Role(person_id=liu, grid_id=third.id, role="head"))
+        lamp = await h.place("xh-b01", description="第一网格的灯")
+        bins = await h.place("xh-b16", category="sanitation", description="第三网格的垃圾")
+        pipe = await h.place("xh-b09", description="第二网格的水管")
+        door = await h.place("xh-b02", description="第一网格的门禁")
+        river = await h.place("xh-b19", category="sanitation", description="第三网格的河边")
+        listed = [f"{i:06d}" for i in (river, door, bins, lamp)]  # newest first
+        async with aclosing(await h.signed_in(LIU)) as browser:
+            assert _numbers((await browser.get("/console/orders")).text) == listed
+
+            xlsx = await browser.get("/console/orders/export.xlsx")
+            assert xlsx.status_code == 200
+            wb = load_workbook(io.BytesIO(xlsx.content))
+            ledger = sorted(listed)  # by number, as every ledger sheet
+            assert [r[0].value for r in wb["工单"].iter_rows(min_row=3)] == ledger
+            name = unquote(xlsx.headers["content-disposition"])
+            assert "第一网格、第三网格" in name
+            summary = [[c.value for c in r] for r in wb["汇总"].iter_rows(min_row=3)]
+            grids = {row[2] for row in summary}
+            assert {"第一网格", "第三网格"} <= grids
+            everything = " ".join(
+                str(c.value) for ws in wb for row in ws.iter_rows() for c in row
+                if c.value is not None
+            )
+            assert "第二网格" not in everything and f"{pipe:06d}" not in everything
+            assert "新华社区" not in everything  # their common parent's figures are not his
+
+            csv_ = await browser.get("/console/orders/export.csv")
+            lines = csv_.content.decode("utf-8-sig").strip().splitlines()
+            assert [line.split(",")[0] for line in lines[1:]] == ledger
+            assert "第二网格" not in csv_.text and "第一网格" in unquote(
+                csv_.headers["content-disposition"])
+
+            narrowed = await browser.get("/console/orders/export.csv?grid=xh-g3")
+            lines = narrowed.content.decode("utf-8-sig").strip().splitlines()
+            assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(
+                f"{i:06d}" for i in (bins, river))
+            one = await browser.get("/console/orders/export.xlsx?grid=xh-g3")
+            wb = load_workbook(io.BytesIO(one.content))
+            assert sorted(r[0].value for r in wb["工单"].iter_rows(min_row=3)) == sorted(
+                f"{i:06d}" for i in (bins, river))
+            assert "第一网格" not in unquote(one.headers["content-disposition"])
+
+
 async def test_a_notice_to_a_subtree_is_confirmed_first(
     database_url: str, tmp_path: Path
 ) -> None:
