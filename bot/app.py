@@ -52,7 +52,8 @@ DEMO_DUTIES = tuple(
 #: Seconds each part of :meth:`Gridbot.stop` may take besides the channels (each adapter
 #: has its own ``stop_budget``): 8 s in all with Telegram and WeChat, 10 s with the web
 #: server's 2 s of graceful shutdown, the bound promised for SIGTERM.
-STOP_BUDGETS = {"set-up": 0.5, "scheduler": 2.5, "delivery": 2.0, "database": 0.5}
+STOP_BUDGETS = {"set-up": 0.5, "scheduler": 2.0, "console": 0.5, "delivery": 2.0,
+                "database": 0.5}
 
 #: Seconds between two set-up attempts of a channel in trouble, at the most.
 SETUP_RETRY_MAX = 60.0
@@ -95,6 +96,8 @@ class Gridbot:
         #: Channel name → "ready" or "retrying: <why>" (shown by ``/readyz``).
         self.setup_state: dict[str, str] = {}
         self._setup_tasks: dict[str, asyncio.Task[None]] = {}
+        #: The console the web server serves (its computations are cancelled by :meth:`stop`).
+        self._consoles: list[Console] = []
         self.duties: Any = None  # bot.scheduler.DutyScheduler once started
 
     def add_channel(self, channel: Adapter) -> None:
@@ -260,7 +263,9 @@ class Gridbot:
             Mount(OPEN311_PREFIX, routes=self.open311().routes()),
         ]
         if self.settings.console_on:
-            routes.append(Mount(CONSOLE_PREFIX, routes=self.console().routes()))
+            console = self.console()
+            self._consoles.append(console)
+            routes.append(Mount(CONSOLE_PREFIX, routes=console.routes()))
         for channel in self.channels.values():
             routes += channel.routes()
         return Starlette(routes=routes)
@@ -350,6 +355,7 @@ class Gridbot:
         parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.duties is not None:
             parts.append(("scheduler", self.duties.stop))
+        parts += [("console", c.stop) for c in self._consoles]
         parts += [(c.name, c.stop) for c in self.channels.values()]
         parts += [("delivery", self.deliverer.stop), ("database", self.engine.dispose)]
         budgets = {c.name: c.stop_budget for c in self.channels.values()} | STOP_BUDGETS

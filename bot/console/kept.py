@@ -30,6 +30,7 @@ orders or people.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -196,7 +197,11 @@ async def compute_apart(
 ) -> Overview:
     """:func:`compute` in a thread of its own (its own event loop and connection) on
     PostgreSQL: a city's month is seconds of work, which on this process's loop would hold up
-    every page it serves meanwhile. On SQLite (one process, small) on this loop."""
+    every page it serves meanwhile. On SQLite (one process, small) on this loop.
+
+    Cancelling the caller cancels the computation in its thread too (its statement is
+    cancelled on the server, its connection closed), so stopping the service does not wait
+    for a city's month to finish."""
     bind = sessionmaker.kw.get("bind")
     if not isinstance(bind, AsyncEngine) or bind.dialect.name == "sqlite":
         return await compute(sessionmaker, settings, code, period, now)
@@ -209,7 +214,26 @@ async def compute_apart(
         finally:
             await engine.dispose()
 
-    return await asyncio.to_thread(asyncio.run, apart())
+    apart_loop = asyncio.new_event_loop()
+    work = apart_loop.create_task(apart())
+
+    def run() -> Overview:
+        try:
+            return apart_loop.run_until_complete(work)
+        finally:
+            apart_loop.run_until_complete(apart_loop.shutdown_asyncgens())
+            apart_loop.close()
+
+    thread = asyncio.ensure_future(asyncio.to_thread(run))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        if not apart_loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing left to stop
+                apart_loop.call_soon_threadsafe(work.cancel)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await thread  # the thread ends once its computation has unwound
+        raise
 
 
 async def store(

@@ -479,6 +479,13 @@ class Console:
 
     # ---- overview ------------------------------------------------------------------------
 
+    async def stop(self) -> None:
+        """Cancel the overview computations this instance started (the next view or the
+        background run computes them again) and wait until they have unwound."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _compute(self, grid: Grid, period: Period) -> asyncio.Future[kept.Overview | None]:
         """This instance computes and keeps the overview of ``grid`` and ``period`` in the
         background (once at a time per subtree and month); the future has it (``None``: it

@@ -5,6 +5,7 @@ than the budget, scoped like every page, and marked when the viewer acted since.
 from __future__ import annotations
 
 import asyncio
+import threading
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
@@ -214,3 +215,29 @@ async def test_a_run_forgets_kept_months_older_than_a_year(
         await _run_job(h)
         kept_periods = {period for _, period in await _rows(h)}
         assert kept_periods == {"2026-03", "2027-03"}  # 2026-02 is 13 months back
+
+
+async def test_stopping_the_service_cancels_an_overview_being_computed(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A computation the console started (on PostgreSQL in a thread of its own, where a
+    city's month takes seconds) is cancelled when the service stops, not waited for."""
+    started, unwound = threading.Event(), threading.Event()
+
+    async def slow_report(*args: object, **kwargs: object) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            unwound.set()
+            raise
+
+    monkeypatch.setattr(kept, "build_report", slow_report)
+    async with console_harness(database_url, tmp_path, console_report_wait_ms=0) as h:
+        async with aclosing(await h.signed_in(CHEN)) as chen:
+            page = await chen.get("/console/")
+            assert 'data-testid="computing"' in page.text
+        assert await asyncio.to_thread(started.wait, 60)
+        await h.app.stop()
+        assert unwound.is_set()
+        assert await _kept(h, "xinhua", "2027-03") is None
