@@ -26,10 +26,10 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,9 +38,7 @@ from starlette.routing import Route
 from bot.config import Open311Key, Settings
 from bot.core.cards import number
 from bot.core.city import UNPLACED_CODE, CityHandOff, CityRefused, hand_over
-from bot.core.duties.service import DutyService
-from bot.core.notify import Notifier
-from bot.core.order_clocks import ClockCache
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.i18n import Translator
 from models import Building, Category, CityRequest, Grid, Order, OrderEvent
 from models.orders import ACCEPTED, DONE, OPEN_STATES
@@ -126,7 +124,18 @@ def parse_date(value: str, settings: Settings) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=settings.tz)
 
 
-def expected_at(order: Order, deadline_hours: int) -> datetime | None:
+class _Dated(Protocol):
+    """An order, or a row of one read as columns (what :func:`expected_at` reads)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def expected_at(order: _Dated, deadline_hours: int) -> datetime | None:
     """When the order can be expected done (see the module's docstring)."""
     if order.status == ACCEPTED:
         return order.updated_at + timedelta(hours=deadline_hours)
@@ -272,7 +281,7 @@ class Open311:
         if refused is not None:
             return refused
         q = request.query_params
-        stmt = select(Order)
+        stmt = select(Order.id)
         ids_param = (q.get("service_request_ids") or "").strip()
         if ids_param:
             # The spec: with ids given, every other filter is ignored.
@@ -304,8 +313,7 @@ class Open311:
                     stmt = stmt.where(Order.status.not_in(OPEN_STATES))
         stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(MAX_RESULTS)
         async with self.sessionmaker() as session:
-            orders = list((await session.scalars(stmt)).all())
-            body = await self._describe(session, orders)
+            body = await self._describe(session, stmt)
         return render(fmt, "service_requests", body)
 
     async def request_one(self, request: Request) -> Response:
@@ -315,99 +323,113 @@ class Open311:
         if refused is not None:
             return refused
         rid = request.path_params["rid"]
-        async with self.sessionmaker() as session:
-            order = await session.get(Order, int(rid)) if rid.isdigit() and len(rid) < 12 else None
-            if order is None:
-                return self.error(fmt, 404, "open311.error.unknown_request", id=rid[:32])
-            body = await self._describe(session, [order])
+        body = []
+        if rid.isdigit() and len(rid) < 12:
+            async with self.sessionmaker() as session:
+                body = await self._describe(session, select(Order.id).where(Order.id == int(rid)))
+        if not body:
+            return self.error(fmt, 404, "open311.error.unknown_request", id=rid[:32])
         return render(fmt, "service_requests", body)
 
-    async def _describe(self, session: AsyncSession, orders: list[Order]) -> list[dict[str, Any]]:
-        """The Open311 fields of ``orders``, in a few queries."""
-        if not orders:
-            return []
-        ids = [o.id for o in orders]
-        buildings = {
-            b.id: b
-            for b in await session.scalars(
-                select(Building).where(Building.id.in_({o.building_id for o in orders}))
-            )
-        }
-        grids = {
-            g.id: g
-            for g in await session.scalars(
-                select(Grid).where(Grid.id.in_({o.handling_grid_id for o in orders}))
-            )
-        }
-        city = {
-            c.order_id: c
-            for c in await session.scalars(
-                select(CityRequest).where(CityRequest.order_id.in_(ids))
-            )
-        }
-        last_ids = select(func.max(OrderEvent.id)).where(OrderEvent.order_id.in_(ids))
-        last = {
-            e.order_id: e
-            for e in await session.scalars(
-                select(OrderEvent).where(
-                    OrderEvent.id.in_(last_ids.group_by(OrderEvent.order_id).scalar_subquery())
-                )
-            )
-        }
-        duties = DutyService(
-            session,
-            Notifier(session, self.tr, self.lang),
-            self.tr,
-            self.settings,
-            self.clock(),
+    async def _describe(self, session: AsyncSession, page: Select[Any]) -> list[dict[str, Any]]:
+        """The Open311 fields of the orders ``page`` selects (a ``select`` of orders, newest
+        first): one query for the orders with their building, handling grid, city request and
+        last event; the order clocks read once for the (category, level) pairs they have."""
+        chosen = page.with_only_columns(
+            Order.id,
+            Order.status,
+            Order.category,
+            Order.description,
+            Order.created_at,
+            Order.updated_at,
+            Order.building_id,
+            Order.handling_grid_id,
+        ).cte("chosen")
+        last = (
+            select(OrderEvent.order_id, func.max(OrderEvent.id).label("event_id"))
+            .where(OrderEvent.order_id.in_(select(chosen.c.id)))
+            .group_by(OrderEvent.order_id)
+            .subquery("last_event")
         )
+        rows = (
+            await session.execute(
+                select(
+                    chosen,
+                    Building.name.label("building_name"),
+                    Building.code.label("building_code"),
+                    Building.latitude,
+                    Building.longitude,
+                    Grid.name.label("grid_name"),
+                    Grid.depth,
+                    CityRequest.media_url,
+                    CityRequest.unplaced,
+                    OrderEvent.action.label("event_action"),
+                    OrderEvent.created_at.label("event_at"),
+                )
+                .join(Building, Building.id == chosen.c.building_id)
+                .join(Grid, Grid.id == chosen.c.handling_grid_id)
+                .outerjoin(CityRequest, CityRequest.order_id == chosen.c.id)
+                .outerjoin(last, last.c.order_id == chosen.c.id)
+                .outerjoin(OrderEvent, OrderEvent.id == last.c.event_id)
+                .order_by(chosen.c.created_at.desc(), chosen.c.id.desc())
+            )
+        ).all()
         cache = ClockCache()
+        deadline_hours = {}
+        for category, depth in sorted({(r.category, r.depth) for r in rows}):
+            clocks = await resolve_clocks(session, self.settings, category, depth, cache)
+            deadline_hours[category, depth] = clocks.deadline_hours
+        tr, lang, settings = self.tr, self.lang, self.settings
+        names: dict[str, str] = {}
+
+        def name(key: str) -> str:
+            if key not in names:
+                names[key] = tr.t(lang, key)
+            return names[key]
+
         out = []
-        for o in orders:
-            building, grid = buildings[o.building_id], grids[o.handling_grid_id]
-            clocks = await duties.clocks_for(o.category, grid.depth, cache)
-            c = city.get(o.id)
+        for r in rows:
             out.append(
                 {
-                    "service_request_id": number(o),
-                    "status": "open" if o.status in OPEN_STATES else "closed",
-                    "status_notes": self._notes(o, last.get(o.id), grid, c),
-                    "service_name": self.tr.t(self.lang, f"category.{o.category}"),
-                    "service_code": o.category,
-                    "description": o.description,
-                    "agency_responsible": grid.name,
+                    "service_request_id": number(r),
+                    "status": "open" if r.status in OPEN_STATES else "closed",
+                    "status_notes": self._notes(r, name),
+                    "service_name": name(f"category.{r.category}"),
+                    "service_code": r.category,
+                    "description": r.description,
+                    "agency_responsible": r.grid_name,
                     "service_notice": "",
-                    "requested_datetime": local_iso(o.created_at, self.settings),
-                    "updated_datetime": local_iso(o.updated_at, self.settings),
+                    "requested_datetime": local_iso(r.created_at, settings),
+                    "updated_datetime": local_iso(r.updated_at, settings),
                     "expected_datetime": local_iso(
-                        expected_at(o, clocks.deadline_hours), self.settings
+                        expected_at(r, deadline_hours[r.category, r.depth]), settings
                     ),
-                    "address": building.name,
-                    "address_id": building.code if building.code != UNPLACED_CODE else None,
+                    "address": r.building_name,
+                    "address_id": r.building_code if r.building_code != UNPLACED_CODE else None,
                     "zipcode": None,
-                    "lat": building.latitude,
-                    "long": building.longitude,
-                    "media_url": c.media_url if c else None,
+                    "lat": r.latitude,
+                    "long": r.longitude,
+                    "media_url": r.media_url,
                 }
             )
         return out
 
-    def _notes(
-        self, o: Order, event: OrderEvent | None, grid: Grid, city: CityRequest | None
-    ) -> str:
-        status = self.tr.t(self.lang, f"status.{o.status}")
-        if event is None:
+    def _notes(self, r: Row[Any], name: Callable[[str], str]) -> str:
+        """``status_notes``: the state, the last event and its time, and for a city order no
+        building matched, who handles it (``name`` translates a key without arguments)."""
+        status = name(f"status.{r.status}")
+        if r.event_action is None:
             text = status
         else:
             text = self.tr.t(
                 self.lang,
                 "open311.notes",
                 status=status,
-                event=self.tr.t(self.lang, f"open311.event.{event.action}"),
-                time=local_iso(event.created_at, self.settings) or "",
+                event=name(f"open311.event.{r.event_action}"),
+                time=local_iso(r.event_at, self.settings) or "",
             )
-        if city is not None and city.unplaced:
-            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=grid.name)
+        if r.unplaced:
+            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=r.grid_name)
         return text
 
     # ---- the hand-off -----------------------------------------------------------------------
