@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import logging
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -80,32 +79,42 @@ def xml_text(value: str) -> str:
     return _XML_BAD.sub("\ufffd", value)
 
 
-def _xml_value(parent: ET.Element, tag: str, value: Any) -> None:
-    el = ET.SubElement(parent, tag)
-    if isinstance(value, list):
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _xml_value(out: list[str], tag: str, value: Any) -> None:
+    """``value`` as the element ``<tag>``, written as :mod:`xml.etree.ElementTree` writes it
+    (``<tag />`` when empty) without building the tree: a list's entries are elements named
+    by :data:`_ITEM_TAGS`, a dict's keys name its elements."""
+    if isinstance(value, list) and value:
         item = _ITEM_TAGS.get(tag, "item")
+        out.append(f"<{tag}>")
         for entry in value:
-            _xml_value(el, item, entry)
-    elif isinstance(value, dict):
+            _xml_value(out, item, entry)
+        out.append(f"</{tag}>")
+        return
+    if isinstance(value, dict) and value:
+        out.append(f"<{tag}>")
         for key, sub in value.items():
-            _xml_value(el, key, sub)
-    elif isinstance(value, bool):
-        el.text = "true" if value else "false"
-    elif value is not None:
-        el.text = xml_text(str(value))
+            _xml_value(out, key, sub)
+        out.append(f"</{tag}>")
+        return
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None or isinstance(value, (list, dict)):
+        text = ""
+    else:
+        text = _xml_escape(xml_text(str(value)))
+    out.append(f"<{tag}>{text}</{tag}>" if text else f"<{tag} />")
 
 
 def render(fmt: str, root: str, body: list[Any] | dict[str, Any], status: int = 200) -> Response:
     """A list (or one object) as JSON, or as XML under ``<root>``."""
     if fmt == "xml":
-        el = ET.Element(root)
-        if isinstance(body, list):
-            for entry in body:
-                _xml_value(el, _ITEM_TAGS[root], entry)
-        else:
-            for key, value in body.items():
-                _xml_value(el, key, value)
-        data = ET.tostring(el, encoding="utf-8", xml_declaration=True)
+        out = ["<?xml version='1.0' encoding='utf-8'?>\n"]
+        _xml_value(out, root, body)
+        data = "".join(out).encode("utf-8")
         return Response(data, status_code=status, media_type="text/xml; charset=utf-8")
     return JSONResponse(body, status_code=status)
 
