@@ -25,10 +25,10 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
 
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -151,6 +151,30 @@ def expected_at(order: _Dated, deadline_hours: int) -> datetime | None:
     if order.status in _NOT_STARTED:
         return order.created_at + timedelta(hours=deadline_hours)
     return None
+
+
+class _Entry(NamedTuple):
+    """One order as a search answer reads it: the columns of :meth:`Open311._describe`'s
+    query, in its order."""
+
+    id: int
+    status: str
+    category: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    building_id: int
+    handling_grid_id: int
+    building_name: str
+    building_code: str
+    latitude: float | None
+    longitude: float | None
+    grid_name: str
+    depth: int
+    media_url: str | None
+    unplaced: bool | None
+    event_action: str | None
+    event_at: datetime | None
 
 
 class Open311:
@@ -353,92 +377,107 @@ class Open311:
             Order.updated_at,
             Order.building_id,
             Order.handling_grid_id,
-        ).cte("chosen")
-        last = (
-            select(OrderEvent.order_id, func.max(OrderEvent.id).label("event_id"))
-            .where(OrderEvent.order_id.in_(select(chosen.c.id)))
-            .group_by(OrderEvent.order_id)
-            .subquery("last_event")
-        )
-        rows = (
-            await session.execute(
-                select(
-                    chosen,
-                    Building.name.label("building_name"),
-                    Building.code.label("building_code"),
-                    Building.latitude,
-                    Building.longitude,
-                    Grid.name.label("grid_name"),
-                    Grid.depth,
-                    CityRequest.media_url,
-                    CityRequest.unplaced,
-                    OrderEvent.action.label("event_action"),
-                    OrderEvent.created_at.label("event_at"),
-                )
-                .join(Building, Building.id == chosen.c.building_id)
-                .join(Grid, Grid.id == chosen.c.handling_grid_id)
-                .outerjoin(CityRequest, CityRequest.order_id == chosen.c.id)
-                .outerjoin(last, last.c.order_id == chosen.c.id)
-                .outerjoin(OrderEvent, OrderEvent.id == last.c.event_id)
-                .order_by(chosen.c.created_at.desc(), chosen.c.id.desc())
+        ).subquery("chosen")
+
+        def last_event(column: Any) -> Any:
+            """The column of the order's last event (the highest id), looked up per order."""
+            return (
+                select(column)
+                .where(OrderEvent.order_id == chosen.c.id)
+                .order_by(OrderEvent.id.desc())
+                .limit(1)
+                .scalar_subquery()
             )
-        ).all()
+
+        result = await session.execute(
+            select(
+                chosen,
+                Building.name.label("building_name"),
+                Building.code.label("building_code"),
+                Building.latitude,
+                Building.longitude,
+                Grid.name.label("grid_name"),
+                Grid.depth,
+                CityRequest.media_url,
+                CityRequest.unplaced,
+                last_event(OrderEvent.action).label("event_action"),
+                last_event(OrderEvent.created_at).label("event_at"),
+            )
+            .join(Building, Building.id == chosen.c.building_id)
+            .join(Grid, Grid.id == chosen.c.handling_grid_id)
+            .outerjoin(CityRequest, CityRequest.order_id == chosen.c.id)
+            .order_by(chosen.c.created_at.desc(), chosen.c.id.desc())
+        )
+        assert tuple(result.keys()) == _Entry._fields
+        entries = [_Entry._make(row) for row in result]
         cache = ClockCache()
         deadline_hours = {}
-        for category, depth in sorted({(r.category, r.depth) for r in rows}):
+        for category, depth in sorted({(e.category, e.depth) for e in entries}):
             clocks = await resolve_clocks(session, self.settings, category, depth, cache)
             deadline_hours[category, depth] = clocks.deadline_hours
         tr, lang, settings = self.tr, self.lang, self.settings
         names: dict[str, str] = {}
+        isos: dict[datetime | None, str | None] = {}
 
         def name(key: str) -> str:
+            """A sentence without arguments, looked up once per answer."""
             if key not in names:
                 names[key] = tr.t(lang, key)
             return names[key]
 
+        def iso(when: datetime | None) -> str | None:
+            """:func:`local_iso`, once per moment of the answer."""
+            if when not in isos:
+                isos[when] = local_iso(when, settings)
+            return isos[when]
+
         out = []
-        for r in rows:
+        for e in entries:
             out.append(
                 {
-                    "service_request_id": number(r),
-                    "status": "open" if r.status in OPEN_STATES else "closed",
-                    "status_notes": self._notes(r, name),
-                    "service_name": name(f"category.{r.category}"),
-                    "service_code": r.category,
-                    "description": r.description,
-                    "agency_responsible": r.grid_name,
+                    "service_request_id": number(e),
+                    "status": "open" if e.status in OPEN_STATES else "closed",
+                    "status_notes": self._notes(e, name, iso),
+                    "service_name": name(f"category.{e.category}"),
+                    "service_code": e.category,
+                    "description": e.description,
+                    "agency_responsible": e.grid_name,
                     "service_notice": "",
-                    "requested_datetime": local_iso(r.created_at, settings),
-                    "updated_datetime": local_iso(r.updated_at, settings),
-                    "expected_datetime": local_iso(
-                        expected_at(r, deadline_hours[r.category, r.depth]), settings
-                    ),
-                    "address": r.building_name,
-                    "address_id": r.building_code if r.building_code != UNPLACED_CODE else None,
+                    "requested_datetime": iso(e.created_at),
+                    "updated_datetime": iso(e.updated_at),
+                    "expected_datetime": iso(expected_at(e, deadline_hours[e.category, e.depth])),
+                    "address": e.building_name,
+                    "address_id": e.building_code if e.building_code != UNPLACED_CODE else None,
                     "zipcode": None,
-                    "lat": r.latitude,
-                    "long": r.longitude,
-                    "media_url": r.media_url,
+                    "lat": e.latitude,
+                    "long": e.longitude,
+                    "media_url": e.media_url,
                 }
             )
         return out
 
-    def _notes(self, r: Row[Any], name: Callable[[str], str]) -> str:
+    def _notes(
+        self,
+        e: _Entry,
+        name: Callable[[str], str],
+        iso: Callable[[datetime | None], str | None],
+    ) -> str:
         """``status_notes``: the state, the last event and its time, and for a city order no
-        building matched, who handles it (``name`` translates a key without arguments)."""
-        status = name(f"status.{r.status}")
-        if r.event_action is None:
+        building matched, who handles it (``name`` translates a key without arguments, ``iso``
+        is :func:`local_iso`)."""
+        status = name(f"status.{e.status}")
+        if e.event_action is None:
             text = status
         else:
             text = self.tr.t(
                 self.lang,
                 "open311.notes",
                 status=status,
-                event=name(f"open311.event.{r.event_action}"),
-                time=local_iso(r.event_at, self.settings) or "",
+                event=name(f"open311.event.{e.event_action}"),
+                time=iso(e.event_at) or "",
             )
-        if r.unplaced:
-            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=r.grid_name)
+        if e.unplaced:
+            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=e.grid_name)
         return text
 
     # ---- the hand-off -----------------------------------------------------------------------
