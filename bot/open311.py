@@ -23,13 +23,12 @@ import hashlib
 import hmac
 import logging
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,9 +37,7 @@ from starlette.routing import Route
 from bot.config import Open311Key, Settings
 from bot.core.cards import number
 from bot.core.city import UNPLACED_CODE, CityHandOff, CityRefused, hand_over
-from bot.core.duties.service import DutyService
-from bot.core.notify import Notifier
-from bot.core.order_clocks import ClockCache
+from bot.core.order_clocks import ClockCache, resolve_clocks
 from bot.i18n import Translator
 from models import Building, Category, CityRequest, Grid, Order, OrderEvent
 from models.orders import ACCEPTED, DONE, OPEN_STATES
@@ -82,32 +79,42 @@ def xml_text(value: str) -> str:
     return _XML_BAD.sub("\ufffd", value)
 
 
-def _xml_value(parent: ET.Element, tag: str, value: Any) -> None:
-    el = ET.SubElement(parent, tag)
-    if isinstance(value, list):
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _xml_value(out: list[str], tag: str, value: Any) -> None:
+    """``value`` as the element ``<tag>``, written as :mod:`xml.etree.ElementTree` writes it
+    (``<tag />`` when empty) without building the tree: a list's entries are elements named
+    by :data:`_ITEM_TAGS`, a dict's keys name its elements."""
+    if isinstance(value, list) and value:
         item = _ITEM_TAGS.get(tag, "item")
+        out.append(f"<{tag}>")
         for entry in value:
-            _xml_value(el, item, entry)
-    elif isinstance(value, dict):
+            _xml_value(out, item, entry)
+        out.append(f"</{tag}>")
+        return
+    if isinstance(value, dict) and value:
+        out.append(f"<{tag}>")
         for key, sub in value.items():
-            _xml_value(el, key, sub)
-    elif isinstance(value, bool):
-        el.text = "true" if value else "false"
-    elif value is not None:
-        el.text = xml_text(str(value))
+            _xml_value(out, key, sub)
+        out.append(f"</{tag}>")
+        return
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None or isinstance(value, (list, dict)):
+        text = ""
+    else:
+        text = _xml_escape(xml_text(str(value)))
+    out.append(f"<{tag}>{text}</{tag}>" if text else f"<{tag} />")
 
 
 def render(fmt: str, root: str, body: list[Any] | dict[str, Any], status: int = 200) -> Response:
     """A list (or one object) as JSON, or as XML under ``<root>``."""
     if fmt == "xml":
-        el = ET.Element(root)
-        if isinstance(body, list):
-            for entry in body:
-                _xml_value(el, _ITEM_TAGS[root], entry)
-        else:
-            for key, value in body.items():
-                _xml_value(el, key, value)
-        data = ET.tostring(el, encoding="utf-8", xml_declaration=True)
+        out = ["<?xml version='1.0' encoding='utf-8'?>\n"]
+        _xml_value(out, root, body)
+        data = "".join(out).encode("utf-8")
         return Response(data, status_code=status, media_type="text/xml; charset=utf-8")
     return JSONResponse(body, status_code=status)
 
@@ -126,13 +133,48 @@ def parse_date(value: str, settings: Settings) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=settings.tz)
 
 
-def expected_at(order: Order, deadline_hours: int) -> datetime | None:
+class _Dated(Protocol):
+    """An order, or a row of one read as columns (what :func:`expected_at` reads)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def expected_at(order: _Dated, deadline_hours: int) -> datetime | None:
     """When the order can be expected done (see the module's docstring)."""
     if order.status == ACCEPTED:
         return order.updated_at + timedelta(hours=deadline_hours)
     if order.status in _NOT_STARTED:
         return order.created_at + timedelta(hours=deadline_hours)
     return None
+
+
+class _Entry(NamedTuple):
+    """One order as a search answer reads it: the columns of :meth:`Open311._describe`'s
+    query, in its order."""
+
+    id: int
+    status: str
+    category: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    building_id: int
+    handling_grid_id: int
+    building_name: str
+    building_code: str
+    latitude: float | None
+    longitude: float | None
+    grid_name: str
+    depth: int
+    media_url: str | None
+    unplaced: bool | None
+    event_action: str | None
+    event_at: datetime | None
 
 
 class Open311:
@@ -272,7 +314,7 @@ class Open311:
         if refused is not None:
             return refused
         q = request.query_params
-        stmt = select(Order)
+        stmt = select(Order.id)
         ids_param = (q.get("service_request_ids") or "").strip()
         if ids_param:
             # The spec: with ids given, every other filter is ignored.
@@ -304,8 +346,7 @@ class Open311:
                     stmt = stmt.where(Order.status.not_in(OPEN_STATES))
         stmt = stmt.order_by(Order.created_at.desc(), Order.id.desc()).limit(MAX_RESULTS)
         async with self.sessionmaker() as session:
-            orders = list((await session.scalars(stmt)).all())
-            body = await self._describe(session, orders)
+            body = await self._describe(session, stmt)
         return render(fmt, "service_requests", body)
 
     async def request_one(self, request: Request) -> Response:
@@ -315,99 +356,128 @@ class Open311:
         if refused is not None:
             return refused
         rid = request.path_params["rid"]
-        async with self.sessionmaker() as session:
-            order = await session.get(Order, int(rid)) if rid.isdigit() and len(rid) < 12 else None
-            if order is None:
-                return self.error(fmt, 404, "open311.error.unknown_request", id=rid[:32])
-            body = await self._describe(session, [order])
+        body = []
+        if rid.isdigit() and len(rid) < 12:
+            async with self.sessionmaker() as session:
+                body = await self._describe(session, select(Order.id).where(Order.id == int(rid)))
+        if not body:
+            return self.error(fmt, 404, "open311.error.unknown_request", id=rid[:32])
         return render(fmt, "service_requests", body)
 
-    async def _describe(self, session: AsyncSession, orders: list[Order]) -> list[dict[str, Any]]:
-        """The Open311 fields of ``orders``, in a few queries."""
-        if not orders:
-            return []
-        ids = [o.id for o in orders]
-        buildings = {
-            b.id: b
-            for b in await session.scalars(
-                select(Building).where(Building.id.in_({o.building_id for o in orders}))
+    async def _describe(self, session: AsyncSession, page: Select[Any]) -> list[dict[str, Any]]:
+        """The Open311 fields of the orders ``page`` selects (a ``select`` of orders, newest
+        first): one query for the orders with their building, handling grid, city request and
+        last event; the order clocks read once for the (category, level) pairs they have."""
+        chosen = page.with_only_columns(
+            Order.id,
+            Order.status,
+            Order.category,
+            Order.description,
+            Order.created_at,
+            Order.updated_at,
+            Order.building_id,
+            Order.handling_grid_id,
+        ).subquery("chosen")
+
+        def last_event(column: Any) -> Any:
+            """The column of the order's last event (the highest id), looked up per order."""
+            return (
+                select(column)
+                .where(OrderEvent.order_id == chosen.c.id)
+                .order_by(OrderEvent.id.desc())
+                .limit(1)
+                .scalar_subquery()
             )
-        }
-        grids = {
-            g.id: g
-            for g in await session.scalars(
-                select(Grid).where(Grid.id.in_({o.handling_grid_id for o in orders}))
+
+        result = await session.execute(
+            select(
+                chosen,
+                Building.name.label("building_name"),
+                Building.code.label("building_code"),
+                Building.latitude,
+                Building.longitude,
+                Grid.name.label("grid_name"),
+                Grid.depth,
+                CityRequest.media_url,
+                CityRequest.unplaced,
+                last_event(OrderEvent.action).label("event_action"),
+                last_event(OrderEvent.created_at).label("event_at"),
             )
-        }
-        city = {
-            c.order_id: c
-            for c in await session.scalars(
-                select(CityRequest).where(CityRequest.order_id.in_(ids))
-            )
-        }
-        last_ids = select(func.max(OrderEvent.id)).where(OrderEvent.order_id.in_(ids))
-        last = {
-            e.order_id: e
-            for e in await session.scalars(
-                select(OrderEvent).where(
-                    OrderEvent.id.in_(last_ids.group_by(OrderEvent.order_id).scalar_subquery())
-                )
-            )
-        }
-        duties = DutyService(
-            session,
-            Notifier(session, self.tr, self.lang),
-            self.tr,
-            self.settings,
-            self.clock(),
+            .join(Building, Building.id == chosen.c.building_id)
+            .join(Grid, Grid.id == chosen.c.handling_grid_id)
+            .outerjoin(CityRequest, CityRequest.order_id == chosen.c.id)
+            .order_by(chosen.c.created_at.desc(), chosen.c.id.desc())
         )
+        assert tuple(result.keys()) == _Entry._fields
+        entries = [_Entry._make(row) for row in result]
         cache = ClockCache()
+        deadline_hours = {}
+        for category, depth in sorted({(e.category, e.depth) for e in entries}):
+            clocks = await resolve_clocks(session, self.settings, category, depth, cache)
+            deadline_hours[category, depth] = clocks.deadline_hours
+        tr, lang, settings = self.tr, self.lang, self.settings
+        names: dict[str, str] = {}
+        isos: dict[datetime | None, str | None] = {}
+
+        def name(key: str) -> str:
+            """A sentence without arguments, looked up once per answer."""
+            if key not in names:
+                names[key] = tr.t(lang, key)
+            return names[key]
+
+        def iso(when: datetime | None) -> str | None:
+            """:func:`local_iso`, once per moment of the answer."""
+            if when not in isos:
+                isos[when] = local_iso(when, settings)
+            return isos[when]
+
         out = []
-        for o in orders:
-            building, grid = buildings[o.building_id], grids[o.handling_grid_id]
-            clocks = await duties.clocks_for(o.category, grid.depth, cache)
-            c = city.get(o.id)
+        for e in entries:
             out.append(
                 {
-                    "service_request_id": number(o),
-                    "status": "open" if o.status in OPEN_STATES else "closed",
-                    "status_notes": self._notes(o, last.get(o.id), grid, c),
-                    "service_name": self.tr.t(self.lang, f"category.{o.category}"),
-                    "service_code": o.category,
-                    "description": o.description,
-                    "agency_responsible": grid.name,
+                    "service_request_id": number(e),
+                    "status": "open" if e.status in OPEN_STATES else "closed",
+                    "status_notes": self._notes(e, name, iso),
+                    "service_name": name(f"category.{e.category}"),
+                    "service_code": e.category,
+                    "description": e.description,
+                    "agency_responsible": e.grid_name,
                     "service_notice": "",
-                    "requested_datetime": local_iso(o.created_at, self.settings),
-                    "updated_datetime": local_iso(o.updated_at, self.settings),
-                    "expected_datetime": local_iso(
-                        expected_at(o, clocks.deadline_hours), self.settings
-                    ),
-                    "address": building.name,
-                    "address_id": building.code if building.code != UNPLACED_CODE else None,
+                    "requested_datetime": iso(e.created_at),
+                    "updated_datetime": iso(e.updated_at),
+                    "expected_datetime": iso(expected_at(e, deadline_hours[e.category, e.depth])),
+                    "address": e.building_name,
+                    "address_id": e.building_code if e.building_code != UNPLACED_CODE else None,
                     "zipcode": None,
-                    "lat": building.latitude,
-                    "long": building.longitude,
-                    "media_url": c.media_url if c else None,
+                    "lat": e.latitude,
+                    "long": e.longitude,
+                    "media_url": e.media_url,
                 }
             )
         return out
 
     def _notes(
-        self, o: Order, event: OrderEvent | None, grid: Grid, city: CityRequest | None
+        self,
+        e: _Entry,
+        name: Callable[[str], str],
+        iso: Callable[[datetime | None], str | None],
     ) -> str:
-        status = self.tr.t(self.lang, f"status.{o.status}")
-        if event is None:
+        """``status_notes``: the state, the last event and its time, and for a city order no
+        building matched, who handles it (``name`` translates a key without arguments, ``iso``
+        is :func:`local_iso`)."""
+        status = name(f"status.{e.status}")
+        if e.event_action is None:
             text = status
         else:
             text = self.tr.t(
                 self.lang,
                 "open311.notes",
                 status=status,
-                event=self.tr.t(self.lang, f"open311.event.{event.action}"),
-                time=local_iso(event.created_at, self.settings) or "",
+                event=name(f"open311.event.{e.event_action}"),
+                time=iso(e.event_at) or "",
             )
-        if city is not None and city.unplaced:
-            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=grid.name)
+        if e.unplaced:
+            text += " " + self.tr.t(self.lang, "open311.unplaced_note", grid=e.grid_name)
         return text
 
     # ---- the hand-off -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ resident's phone and room; offers and broadcasts show category, building and sum
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,7 +50,14 @@ class OrderView:
         return bool(self.category and self.category.urgent)
 
 
-def number(order: Order) -> str:
+class Numbered(Protocol):
+    """An order, or a row of one read as columns (what :func:`number` reads)."""
+
+    @property
+    def id(self) -> int: ...
+
+
+def number(order: Numbered) -> str:
     """The order number people read and quote."""
     return f"{order.id:06d}"
 
