@@ -19,8 +19,9 @@ every instance reads the same rows, and a restart does not start cold.
 * **Not forever.** A run deletes the kept rows of months older than :data:`KEEP_MONTHS`.
 
 On PostgreSQL a computation runs in a thread of its own with its own event loop and
-connection (:func:`compute_apart`), so the pages this process serves meanwhile are not held up
-behind it; two instances may compute the same new subtree at once (the newer result is kept).
+connection (:func:`compute_apart`), on one core (:func:`compute`), so the pages this process
+serves meanwhile are not held up behind it; two instances may compute the same new subtree
+at once (the newer result is kept).
 
 What is kept is what the overview and its chart show: the subtree's row and its child grids'
 rows (figures of the month and of the month before, score, rank, rates below a floor), never
@@ -39,7 +40,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import NullPool
@@ -178,12 +179,21 @@ async def compute(
     now: datetime,
 ) -> Overview:
     """The overview of grid ``code``'s subtree for ``period``, from the one KPI module. Its
-    time is ``now``, taken before anything is read: whatever was committed before it counts."""
+    time is ``now``, taken before anything is read: whatever was committed before it counts.
+
+    On one core: its parts one after another on one connection, and on PostgreSQL without
+    parallel workers. Nobody waits on it as on a page, and the pages served meanwhile need the
+    other core: at Yunfu scale on 2 cores, a head's orders page during the background run was
+    p95 508–772 ms with the city's month computed on every core, 146 ms on one (the city's
+    figures ready after 14.8 s instead of 11.2 s; ``bench/console.py``)."""
     started = time.monotonic()
     async with sessionmaker() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
         scope = await load_scope(session, code)
         assert scope.root is not None
-        made = await build_report(session, settings, scope, period, now, with_orders=False)
+        made = await build_report(session, settings, scope, period, now, with_orders=False,
+                                  sequential=True)
     took_ms = round((time.monotonic() - started) * 1000)
     return Overview(scope.root.id, period.label, now, made.total, made.children, took_ms)
 

@@ -9,9 +9,11 @@ import threading
 from contextlib import aclosing
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.console import kept
 from bot.scheduler import DutyRuntime, console_reports
@@ -241,3 +243,30 @@ async def test_stopping_the_service_cancels_an_overview_being_computed(
         await h.app.stop()
         assert unwound.is_set()
         assert await _kept(h, "xinhua", "2027-03") is None
+
+
+async def test_a_kept_overview_is_computed_on_one_core(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages served meanwhile need the other core: the report's parts run one after
+    another, and PostgreSQL plans them without parallel workers."""
+    seen: list[tuple[bool, str | None]] = []
+    real = kept.build_report
+
+    async def spy(session: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+        workers = None
+        if session.get_bind().dialect.name == "postgresql":
+            workers = await session.scalar(text("SHOW max_parallel_workers_per_gather"))
+        seen.append((kwargs.get("sequential", False), workers))
+        return await real(session, *args, **kwargs)
+
+    monkeypatch.setattr(kept, "build_report", spy)
+    async with console_harness(database_url, tmp_path) as h:
+        made = await kept.compute_apart(h.app.sessionmaker, h.app.settings, "xinhua",
+                                        kept.month_of(h.clock(), h.app.settings), h.clock())
+        assert made.period == "2027-03" and made.total.name == "新华社区"
+        postgres = database_url.startswith("postgresql")
+        assert seen == [(True, "0" if postgres else None)]
+        if postgres:  # only the computation's own transaction was changed
+            async with h.app.sessionmaker() as session:
+                assert await session.scalar(text("SHOW max_parallel_workers_per_gather")) != "0"
