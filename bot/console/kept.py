@@ -184,7 +184,7 @@ async def compute(
     On one core: its parts one after another on one connection, and on PostgreSQL without
     parallel workers. Nobody waits on it as on a page, and the pages served meanwhile need the
     other core: at Yunfu scale on 2 cores, a head's orders page during the background run was
-    p95 508–772 ms with the city's month computed on every core, 146 ms on one (the city's
+    p95 508–772 ms with the city's month computed on every core, 146–153 ms on one (the city's
     figures ready after 14.8 s instead of 11.2 s; ``bench/console.py``)."""
     started = time.monotonic()
     async with sessionmaker() as session:
