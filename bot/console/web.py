@@ -337,6 +337,16 @@ class Console:
             raise NotFound
         return grid
 
+    async def _grid_switch(self, session: AsyncSession, viewer: Viewer, grid: Grid) -> list[Grid]:
+        """The grids a page of one grid (overview, duties, members) may switch to: the
+        viewer's own (a head of two grids sees both) and the shown grid's children."""
+        children = (
+            await session.scalars(
+                select(Grid).where(Grid.parent_id == grid.id).order_by(Grid.code, Grid.id)
+            )
+        ).all()  # as Scope.children(), without loading the whole subtree
+        return list(dict.fromkeys([*viewer.roots, *children]))
+
     async def _grid_choices(self, session: AsyncSession, viewer: Viewer) -> list[Any]:
         """The grids a list or a notice may be narrowed to: the viewer's and two levels below
         (code and name; at city scale the micro-grids would make the list unusable)."""
@@ -568,12 +578,7 @@ class Console:
         grid = await self._grid(session, viewer, request.query_params.get("grid"))
         period = self._period(request.query_params.get("month"), self.this_month())
         assert period is not None
-        children = (
-            await session.scalars(
-                select(Grid).where(Grid.parent_id == grid.id).order_by(Grid.code, Grid.id)
-            )
-        ).all()  # as Scope.children(), without loading the whole subtree
-        choices = list(dict.fromkeys([*viewer.roots, *children]))
+        choices = await self._grid_switch(session, viewer, grid)
         found, acted, again = await self.kept_overview(session, viewer, grid, period)
         query = urlencode({"grid": grid.code, "month": period.label})
         if found is None:
@@ -850,7 +855,7 @@ class Console:
         return self.render(
             "duties.html", viewer.lang, viewer, grid=grid, period=period, figures=figures,
             owed=owed, names=names, whistles=whistles, grid_names=scope.grids,
-            patrols_due=len(patrols),
+            patrols_due=len(patrols), grids=await self._grid_switch(session, viewer, grid),
         )
 
     async def members(self, request: Request, session: AsyncSession, viewer: Viewer) -> Response:
@@ -868,6 +873,7 @@ class Console:
             members=report.members, load=load, exits=exits, grid_names=scope.grids,
             idle_months=self.settings.exit_idle_months,
             done=request.query_params.get("done"), error=None,
+            grids=await self._grid_switch(session, viewer, grid),
         )
 
     async def export_members(

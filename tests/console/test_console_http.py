@@ -8,6 +8,7 @@ import asyncio
 import io
 from contextlib import aclosing
 from pathlib import Path
+from urllib.parse import unquote
 
 from openpyxl import load_workbook
 from sqlalchemy import func, select
@@ -16,9 +17,11 @@ from models import (
     ConsoleAction,
     ConsoleLink,
     ConsoleSession,
+    Grid,
     OrderEvent,
     Person,
     PointsEntry,
+    Role,
 )
 from tests.console.support import console_harness, later
 from tests.reports.history import write_history
@@ -313,10 +316,6 @@ async def test_a_head_of_two_grids_exports_the_orders_of_both(
     exactly those, by number as every ledger lists them; nothing of 第二网格, the third grid
     of their community, which is not his. Narrowed to 第三网格, the export holds that grid's
     only."""
-    from urllib.parse import unquote
-
-    from models import Grid, Role
-
     async with console_harness(database_url, tmp_path) as h:
         liu = await _person_id(h, LIU)
         async with h.app.sessionmaker() as session, session.begin():
@@ -586,3 +585,27 @@ async def test_every_page_has_every_sentence_in_both_languages(
                     page = await browser.get(url)
                     assert page.status_code in (200, 404), url
                     assert not key.findall(page.text), (lang, url, key.findall(page.text))
+
+
+async def test_a_head_of_two_grids_can_switch_between_them_on_every_page_of_one_grid(
+    database_url: str, tmp_path: Path
+) -> None:
+    """刘网格长, head of 第一网格 and standing in for 第三网格, opens the overview, duties and
+    members pages on his first grid; each offers both of his grids (and the shown grid's
+    micro-grids), never 第二网格, and the second one opens on request."""
+    async with console_harness(database_url, tmp_path) as h:
+        liu = await _person_id(h, LIU)
+        async with h.app.sessionmaker() as session, session.begin():
+            third = await session.scalar(select(Grid).where(Grid.code == "xh-g3"))
+            assert third is not None
+            session.add(Role(person_id=liu, grid_id=third.id, role="head"))
+        async with aclosing(await h.signed_in(LIU)) as browser:
+            for page in ("/console/", "/console/duties", "/console/members"):
+                first = await browser.get(page)
+                assert first.status_code == 200
+                offered = first.text.split('<select name="grid"', 1)[1].split("</select>", 1)[0]
+                assert 'value="xh-g1" selected' in offered and 'value="xh-g3"' in offered
+                assert 'value="xh-g1-m1"' in offered and 'value="xh-g2"' not in offered
+                second = await browser.get(f"{page}?grid=xh-g3")
+                assert second.status_code == 200 and "第三网格" in second.text.split("</h1>")[0]
+                assert (await browser.get(f"{page}?grid=xh-g2")).status_code == 404
