@@ -23,7 +23,7 @@ from models import (
     PointsEntry,
     Role,
 )
-from tests.console.support import console_harness, later
+from tests.console.support import ConsoleHarness, console_harness, later
 from tests.reports.history import write_history
 
 CHEN = "p-chen-shuji"  # community admin (社区管理员) of 新华社区: the whole community
@@ -317,11 +317,7 @@ async def test_a_head_of_two_grids_exports_the_orders_of_both(
     of their community, which is not his. Narrowed to 第三网格, the export holds that grid's
     only."""
     async with console_harness(database_url, tmp_path) as h:
-        liu = await _person_id(h, LIU)
-        async with h.app.sessionmaker() as session, session.begin():
-            third = await session.scalar(select(Grid).where(Grid.code == "xh-g3"))
-            assert third is not None
-            session.add(Role(person_id=liu, grid_id=third.id, role="head"))
+        await _liu_stands_in_for_the_third_grid(h)
         lamp = await h.place("xh-b01", description="第一网格的灯")
         bins = await h.place("xh-b16", category="sanitation", description="第三网格的垃圾")
         pipe = await h.place("xh-b09", description="第二网格的水管")
@@ -396,6 +392,15 @@ def _numbers(html: str) -> list[str]:
 
     return re.findall(r'<tr data-testid="order-row"><td><a href="/console/orders/\d+">(\d{6})',
                       html)
+
+
+async def _liu_stands_in_for_the_third_grid(h: ConsoleHarness) -> None:
+    """刘网格长 is made head of 第三网格 too: two grids, neither above the other."""
+    liu = await _person_id(h, LIU)
+    async with h.app.sessionmaker() as session, session.begin():
+        third = await session.scalar(select(Grid).where(Grid.code == "xh-g3"))
+        assert third is not None
+        session.add(Role(person_id=liu, grid_id=third.id, role="head"))
 
 
 async def _person_id(h: object, key: str) -> int:
@@ -594,11 +599,7 @@ async def test_a_head_of_two_grids_can_switch_between_them_on_every_page_of_one_
     members pages on his first grid; each offers both of his grids (and the shown grid's
     micro-grids), never 第二网格, and the second one opens on request."""
     async with console_harness(database_url, tmp_path) as h:
-        liu = await _person_id(h, LIU)
-        async with h.app.sessionmaker() as session, session.begin():
-            third = await session.scalar(select(Grid).where(Grid.code == "xh-g3"))
-            assert third is not None
-            session.add(Role(person_id=liu, grid_id=third.id, role="head"))
+        await _liu_stands_in_for_the_third_grid(h)
         async with aclosing(await h.signed_in(LIU)) as browser:
             for page in ("/console/", "/console/duties", "/console/members"):
                 first = await browser.get(page)
