@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.flows.helpers import place_order
 from tests.open311.conftest import City
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -32,12 +33,7 @@ async def _the_city_in_several_states(city: City) -> None:
     await city.login("p-liu-wanggezhang")
     await city.login("p-zhou-zhuren")
     # 1 March 09:00: a resident's order, waiting to be dispatched.
-    await resident.send("/order")
-    await resident.press("维修报修")
-    await resident.send("厨房水管漏水，需要维修")
-    await resident.press("跳过")
-    await resident.press("跳过")
-    await resident.press("提交")
+    await place_order(resident, "维修报修", "厨房水管漏水，需要维修")
     await worker.press("我来处理")  # the worker's card is the newest: this one is handled
     city.clock.set(2027, 3, 1, 9, 5)
     await worker.press("已完成")
