@@ -1483,8 +1483,9 @@ async def build_report(
     by :func:`score`, the orders (the ledger's rows; none with ``with_orders=False``),
     members, hot spots. On PostgreSQL the independent reads run at the same time on one
     snapshot (:func:`bot.reports.snapshot.run_parts`) for a subtree of at least
-    :data:`CONCURRENT_FROM_GRIDS` grids; ``sequential=True`` (benchmarks)
-    runs them one after another in ``session``, as on SQLite."""
+    :data:`CONCURRENT_FROM_GRIDS` grids; ``sequential=True`` (benchmarks, and the console's
+    kept overviews, computed on one core) runs them one after another in ``session``, as on
+    SQLite."""
     previous = period.previous()
     await custom_plans(session)
 
