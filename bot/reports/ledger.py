@@ -268,8 +268,9 @@ def write_xlsx(
     ws = wb.active
     assert ws is not None
     ws.title = lb("sheet.summary")
-    headers, _, formats = summary_rows(reports[0], lb)
-    rows = [row for r in reports for row in summary_rows(r, lb)[1]]
+    summaries = [summary_rows(r, lb) for r in reports]
+    headers, _, formats = summaries[0]
+    rows = [row for _, some, _ in summaries for row in some]
     _sheet(ws, heading + " · " + lb("vs", period=reports[0].previous.label), headers, rows,
            formats)
     all_of = together(reports)
@@ -278,8 +279,9 @@ def write_xlsx(
     note = heading + (" · " + lb("with_contacts") if contacts is not None else "")
     _sheet(ws, note, oh, orows)
     ws = wb.create_sheet(lb("sheet.duties"))
-    dh, _, dformats = duty_rows(reports[0], lb)
-    drows = [row for r in reports for row in duty_rows(r, lb)[1]]
+    duties = [duty_rows(r, lb) for r in reports]
+    dh, _, dformats = duties[0]
+    drows = [row for _, some, _ in duties for row in some]
     _sheet(ws, heading, dh, drows, dformats)
     start = len(drows) + 4
     plan_headers = [lb("col.household"), lb("col.member"), lb("col.grid"),
